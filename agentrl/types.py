@@ -1,0 +1,205 @@
+"""Trajectory data model: what a rollout produces and what training consumes.
+
+A `Trajectory` is one episode of one agent. It keeps the exact token ids the policy sampled and
+the sampler's log-probabilities, so training never decodes and re-encodes text.
+
+Two context modes share this model:
+
+- ``full``: the conversation grows token by token. ``Turn.context_ids`` holds the tokens appended
+  to the context *before* the turn's action (turn 0: the whole initial prompt; later turns: the
+  observation wrapped in the chat template). One training sample per trajectory.
+- ``window``: every turn is re-prompted from scratch (task + last K steps + current
+  observation). ``Turn.context_ids`` holds that whole prompt. One training sample per turn.
+
+`to_samples` turns trajectories into flat `Sample`s, the unit that `agentrl.learner` batches.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+ContextMode = Literal["full", "window"]
+
+#: Why an episode ended. `success`/`failure` come from the env's own termination.
+TERMINATION_REASONS = (
+    "success",  # env terminated with info["success"] true
+    "failure",  # env terminated without success
+    "max_turns",  # the rollout's turn limit was reached
+    "truncated",  # the env itself truncated (its own step limit)
+    "context_limit",  # the prompt outgrew the context budget
+    "env_error",  # the env raised or its worker died
+    "env_timeout",  # the env step exceeded its time limit
+)
+
+
+@dataclass
+class Turn:
+    """One agent turn: context tokens in, sampled action tokens out, env feedback back.
+
+    Attributes:
+        observation: env text the agent saw before acting (raw, no template).
+        context_ids: tokens added to the context before this turn's action (see module doc).
+        action_ids: exactly the sampled token ids, EOS included when it was sampled.
+        logprobs: sampler log-probability of each id in ``action_ids`` (same length).
+        response: decoded ``action_ids`` (for humans and the action parser).
+        action: the string sent to the env (parsed out of ``response``).
+        action_valid: parse succeeded and the env accepted the action.
+        reward: env reward for this step plus any shaping (e.g. invalid-action penalty).
+        env_reward: the env's raw reward for this step.
+        finish_reason: ``stop`` (EOS or stop string), ``length`` (token limit).
+        allowed_ids: for constrained decoding, the allowed token ids at each action position
+            (same length as ``action_ids``); ``None`` when decoding was unconstrained.
+        state_key: history-free key of the state the action was taken in (turn-level grouping).
+        info: JSON-safe subset of the env's info after the step.
+        seconds_generate / seconds_env: time spent producing this turn.
+    """
+
+    observation: str
+    context_ids: list[int]
+    action_ids: list[int]
+    logprobs: list[float]
+    response: str = ""
+    action: str = ""
+    action_valid: bool = True
+    reward: float = 0.0
+    env_reward: float = 0.0
+    finish_reason: str = "stop"
+    allowed_ids: list[list[int]] | None = None
+    state_key: str | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+    seconds_generate: float = 0.0
+    seconds_env: float = 0.0
+
+    def __post_init__(self) -> None:
+        if len(self.action_ids) != len(self.logprobs):
+            raise ValueError(
+                f"Turn: {len(self.action_ids)} action ids but {len(self.logprobs)} logprobs"
+            )
+        if self.allowed_ids is not None and len(self.allowed_ids) != len(self.action_ids):
+            raise ValueError("Turn: allowed_ids must have one entry per action token")
+
+
+@dataclass
+class Trajectory:
+    """One episode of one agent, token-exact.
+
+    ``group_id`` is shared by the trajectories that started from the same task and seed;
+    ``episode_id`` links the per-agent views of one multi-agent episode (equal to
+    ``trajectory_id`` for single-agent envs).
+    """
+
+    trajectory_id: str
+    group_id: str
+    env_id: str
+    seed: int
+    context_mode: ContextMode
+    turns: list[Turn] = field(default_factory=list)
+    episode_id: str = ""
+    task: str = ""
+    task_type: str = ""
+    termination: str = ""
+    success: bool = False
+    score: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.episode_id:
+            self.episode_id = self.trajectory_id
+
+    @property
+    def total_reward(self) -> float:
+        return float(sum(t.reward for t in self.turns))
+
+    @property
+    def num_turns(self) -> int:
+        return len(self.turns)
+
+    @property
+    def num_action_tokens(self) -> int:
+        return sum(len(t.action_ids) for t in self.turns)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Trajectory:
+        d = dict(d)
+        d["turns"] = [Turn(**t) for t in d.get("turns", [])]
+        return cls(**d)
+
+
+def write_jsonl(path: str, trajectories: Iterable[Trajectory], append: bool = False) -> int:
+    """Write trajectories as JSON lines; returns how many were written."""
+    n = 0
+    with open(path, "a" if append else "w", encoding="utf-8") as f:
+        for t in trajectories:
+            f.write(json.dumps(t.to_dict(), ensure_ascii=False) + "\n")
+            n += 1
+    return n
+
+
+def read_jsonl(path: str) -> list[Trajectory]:
+    """Read trajectories written by `write_jsonl`."""
+    with open(path, encoding="utf-8") as f:
+        return [Trajectory.from_dict(json.loads(line)) for line in f if line.strip()]
+
+
+@dataclass
+class Sample:
+    """One training sequence: ``input_ids`` with per-token training targets.
+
+    All lists have the same length L. Position ``i`` describes token ``input_ids[i]``: whether it
+    was sampled (``loss_mask``), its sampler logprob, which turn of which trajectory it belongs
+    to (``turn_index``, -1 on context tokens) and, if constrained, the ids that were allowed.
+    """
+
+    input_ids: list[int]
+    loss_mask: list[int]
+    old_logprobs: list[float]
+    turn_index: list[int]
+    trajectory_index: int
+    allowed_ids: dict[int, list[int]] = field(default_factory=dict)  # position -> allowed ids
+
+
+def to_samples(trajectories: Sequence[Trajectory]) -> list[Sample]:
+    """Flatten trajectories into training samples (one per trajectory in ``full`` mode, one per
+    turn in ``window`` mode). Pure bookkeeping: the ids are used exactly as sampled."""
+    samples: list[Sample] = []
+    for ti, traj in enumerate(trajectories):
+        if traj.context_mode == "full":
+            cur = _new_sample(ti)
+            for k, turn in enumerate(traj.turns):
+                _append_turn(cur, turn, k)
+            if cur.input_ids:
+                samples.append(cur)
+        elif traj.context_mode == "window":
+            for k, turn in enumerate(traj.turns):
+                cur = _new_sample(ti)
+                _append_turn(cur, turn, k)
+                samples.append(cur)
+        else:
+            raise ValueError(f"unknown context_mode {traj.context_mode!r}")
+    return samples
+
+
+def _new_sample(ti: int) -> Sample:
+    return Sample(input_ids=[], loss_mask=[], old_logprobs=[], turn_index=[], trajectory_index=ti)
+
+
+def _append_turn(s: Sample, turn: Turn, k: int) -> None:
+    n_ctx = len(turn.context_ids)
+    s.input_ids += turn.context_ids
+    s.loss_mask += [0] * n_ctx
+    s.old_logprobs += [0.0] * n_ctx
+    s.turn_index += [-1] * n_ctx
+    start = len(s.input_ids)
+    s.input_ids += turn.action_ids
+    s.loss_mask += [1] * len(turn.action_ids)
+    s.old_logprobs += list(turn.logprobs)
+    s.turn_index += [k] * len(turn.action_ids)
+    if turn.allowed_ids is not None:
+        for j, ids in enumerate(turn.allowed_ids):
+            s.allowed_ids[start + j] = list(ids)

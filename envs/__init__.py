@@ -1,0 +1,38 @@
+"""Built-in environments. Importing this package registers their ids with gymnasium.
+
+Each family lives in its own module and is registered here by entry-point string, so optional
+dependencies (TextWorld, ALFWorld, ScienceWorld, ...) are imported only when an env is made.
+"""
+
+from agentrl.registry import register_env
+
+register_env(
+    "agentrl/TextWorld-CoinCollector-v0",
+    entry_point="agentrl.envs.textworld_env:TextWorldEnv",
+    description="TextWorld coin collector: cross a chain of rooms and take the coin",
+    max_episode_steps=50,
+    requires=("textworld",),
+    test_kwargs={"num_games": 2},
+    family="coin_collector",
+    level=5,
+)
+register_env(
+    "agentrl/TextWorld-TreasureHunter-v0",
+    entry_point="agentrl.envs.textworld_env:TextWorldEnv",
+    description="TextWorld treasure hunter: find the named object among distractors",
+    max_episode_steps=50,
+    requires=("textworld",),
+    test_kwargs={"num_games": 2},
+    family="treasure_hunter",
+    level=5,
+)
+register_env(
+    "agentrl/TextWorld-Cooking-v0",
+    entry_point="agentrl.envs.textworld_env:TextWorldEnv",
+    description="TextWorld cooking: gather, process and cook a recipe's ingredients",
+    max_episode_steps=80,
+    requires=("textworld",),
+    test_kwargs={"num_games": 2},
+    family="cooking",
+    level=3,
+)

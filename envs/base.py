@@ -1,0 +1,79 @@
+"""Shared pieces of every agentrl environment: a permissive text space and info conventions.
+
+An agentrl env is a plain `gymnasium.Env` whose observations and actions are strings:
+
+- ``reset(seed=..., options=...) -> (obs, info)``; the same seed gives the same task and dynamics.
+- ``step(action) -> (obs, reward, terminated, truncated, info)``; **never raises** on any action
+  string: an action it cannot use is a normal step with ``info["action_valid"] = False``.
+- ``info`` uses the fixed keys in `INFO_KEYS`.
+"""
+
+from __future__ import annotations
+
+import random
+import string
+from typing import Any
+
+import gymnasium as gym
+
+#: The fixed info keys. `success` must be present at episode end; `action_valid` after every step.
+INFO_KEYS = {
+    "success": "bool, at episode end: the task was achieved",
+    "task_type": "str: category used for per-type success rates",
+    "action_valid": "bool, after every step: the env understood and applied the action",
+    "admissible_actions": "list[str], when the env can enumerate valid actions",
+    "state_key": "hashable, history-free view of the current state (turn-level grouping)",
+    "score": "float: raw env score when it differs from reward",
+    "tool_calls": "int: tool calls made so far (tool-use envs)",
+}
+
+
+class TextSpace(gym.spaces.Space[str]):
+    """Any Python string, of any length and alphabet.
+
+    gymnasium's `spaces.Text` only admits a fixed charset and length, which rejects ordinary
+    sentences; agent observations and actions are free text.
+    """
+
+    def __init__(self, max_sample_length: int = 32, seed: int | None = None) -> None:
+        super().__init__(shape=None, dtype=None, seed=seed)
+        self.max_sample_length = max_sample_length
+
+    def sample(self, mask: Any = None, probability: Any = None) -> str:
+        n = int(self.np_random.integers(0, self.max_sample_length + 1))
+        alphabet = string.ascii_letters + string.digits + " "
+        return "".join(alphabet[int(i)] for i in self.np_random.integers(0, len(alphabet), n))
+
+    def contains(self, x: Any) -> bool:
+        return isinstance(x, str)
+
+    @property
+    def is_np_flattenable(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return "TextSpace()"
+
+    def __eq__(self, other: Any) -> bool:
+        return isinstance(other, TextSpace)
+
+
+class TextEnv(gym.Env[str, str]):
+    """Optional base class: sets the text spaces and the render mode. Subclasses implement
+    `reset` and `step` (call ``super().reset(seed=seed)`` to seed ``self.np_random``)."""
+
+    metadata = {"render_modes": ["ansi"]}
+
+    def __init__(self, render_mode: str | None = None) -> None:
+        self.observation_space = TextSpace()
+        self.action_space = TextSpace()
+        self.render_mode = render_mode
+        self._last_obs = ""
+
+    def render(self) -> str | None:
+        return self._last_obs if self.render_mode == "ansi" else None
+
+
+def rng_for(seed: int | None) -> random.Random:
+    """A private `random.Random` for deterministic task generation from a seed."""
+    return random.Random(seed)

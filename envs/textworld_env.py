@@ -1,0 +1,251 @@
+"""TextWorld games as agentrl envs: coin collector, treasure hunter and cooking families.
+
+Games are generated offline with TextWorld's own generator and Inform7 compiler (shipped in the
+``textworld`` wheel), cached on disk, and played with TextWorld's Z-machine engine. A split is a
+fixed list of generator seeds: ``train`` uses seeds ``0..num_games-1`` and ``eval`` uses
+``100000..`` so held-out games never overlap the training games.
+
+``reset(seed)`` plays game ``seed % num_games`` of the split. Actions outside the admissible
+commands are not sent to the engine: they are steps with ``action_valid=False`` and no effect,
+which keeps any string (100 KB, binary) away from the interpreter.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import re
+from collections import OrderedDict
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+
+from agentrl.envs.base import TextEnv
+
+FAMILIES = ("coin_collector", "treasure_hunter", "cooking")
+EVAL_SEED_OFFSET = 100_000
+_BANNER_END = re.compile(r"\$\$\$\$\$\$\$ \n\n", re.S)
+_STATUS = re.compile(r"\s+-= [^=\n]* =-[-\d/]*\s*$")  # the Z-machine status line
+
+
+def cache_dir() -> str:
+    """Root of agentrl's on-disk cache (``$AGENTRL_CACHE`` or ``~/.cache/agentrl``)."""
+    return os.environ.get("AGENTRL_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "agentrl"))
+
+
+def _settings(family: str, level: int) -> dict[str, Any]:
+    if family == "cooking":
+        # A recipe's difficulty grows with the level: ingredients, rooms to explore, processing.
+        recipe = min(1 + level // 3, 3)
+        go = 1 if level <= 1 else 6 if level <= 4 else 9 if level <= 7 else 12  # allowed sizes
+        return {"recipe": recipe, "take": recipe, "go": go, "open": level >= 2,
+                "cook": level >= 3, "cut": level >= 4, "drop": False, "recipe_seed": 0,
+                "split": "train"}
+    return {"level": level}
+
+
+def _game_path(family: str, level: int, gen_seed: int) -> str:
+    tag = hashlib.sha1(json.dumps(_settings(family, level), sort_keys=True).encode()).hexdigest()[:8]
+    return os.path.join(cache_dir(), "textworld", f"{family}-{level}-{tag}", f"game_{gen_seed}.z8")
+
+
+def _generate_one(args: tuple[str, int, int]) -> str:
+    family, level, gen_seed = args
+    import textworld
+    from textworld import GameOptions
+
+    path = _game_path(family, level, gen_seed)
+    if os.path.exists(path) and os.path.exists(path[:-3] + ".json"):
+        return path
+    opts = GameOptions()
+    opts.seeds = gen_seed
+    opts.path = path
+    opts.force_recompile = True
+    game = _MAKERS[family]()(_settings(family, level), opts)
+    tmp = path[:-3] + f".tmp{os.getpid()}.z8"
+    opts.path = tmp
+    textworld.generator.compile_game(game, opts)
+    # Publish atomically so a concurrent reader never sees a half-written game.
+    os.replace(tmp[:-3] + ".json", path[:-3] + ".json")
+    os.replace(tmp, path)
+    for ext in (".ni",):
+        if os.path.exists(tmp[:-3] + ext):
+            os.remove(tmp[:-3] + ext)
+    return path
+
+
+def _maker_coin() -> Any:
+    from textworld.challenges.tw_coin_collector import coin_collector
+
+    return coin_collector.make
+
+
+def _maker_treasure() -> Any:
+    from textworld.challenges.tw_treasure_hunter import treasure_hunter
+
+    return treasure_hunter.make
+
+
+def _maker_cooking() -> Any:
+    from textworld.challenges.tw_cooking import cooking
+
+    return cooking.make
+
+
+_MAKERS = {"coin_collector": _maker_coin, "treasure_hunter": _maker_treasure,
+           "cooking": _maker_cooking}
+
+
+def ensure_games(family: str, level: int, gen_seeds: list[int], workers: int | None = None,
+                 progress: bool = True) -> list[str]:
+    """Generate (once) and return the paths of the games with these generator seeds.
+
+    Generation runs in a process pool (about 1.4 s per game per core) under a file lock, so
+    concurrent envs wait for one generator instead of racing it.
+    """
+    if family not in FAMILIES:
+        raise ValueError(f"unknown TextWorld family {family!r}; choose one of {FAMILIES}")
+    paths = [_game_path(family, level, s) for s in gen_seeds]
+    missing = [s for s, p in zip(gen_seeds, paths) if not os.path.exists(p)]
+    if not missing:
+        return paths
+    root = os.path.dirname(paths[0])
+    os.makedirs(root, exist_ok=True)
+    with open(os.path.join(root, ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        missing = [s for s, p in zip(gen_seeds, paths) if not os.path.exists(p)]
+        if missing:
+            workers = workers or max(1, min(os.cpu_count() or 1, len(missing)))
+            jobs = [(family, level, s) for s in missing]
+            bar = None
+            if progress:
+                from tqdm import tqdm
+
+                bar = tqdm(total=len(jobs), desc=f"generating {family} games", unit="game")
+            if workers == 1:
+                for j in jobs:
+                    _generate_one(j)
+                    if bar:
+                        bar.update(1)
+            else:
+                with ProcessPoolExecutor(workers) as ex:
+                    for _ in ex.map(_generate_one, jobs):
+                        if bar:
+                            bar.update(1)
+            if bar:
+                bar.close()
+    return paths
+
+
+def _clean(text: str) -> str:
+    """Strip TextWorld's ASCII banner, the prompt marker and surplus blank lines."""
+    m = _BANNER_END.search(text)
+    if m:
+        text = text[m.end():]
+    text = _STATUS.sub("", text)
+    text = text.split("Would you like to RESTART", 1)[0]
+    text = text.replace("\n>", "\n").strip()
+    text = re.sub(r"\n{3,}", "\n\n", text)
+    return text.strip(" >\n")
+
+
+class TextWorldEnv(TextEnv):
+    """A family of generated TextWorld games.
+
+    Args:
+        family: ``coin_collector`` | ``treasure_hunter`` | ``cooking``.
+        level: difficulty (coin collector: rooms to cross; see TextWorld's challenges).
+        split: ``train`` or ``eval`` (disjoint generator seeds).
+        num_games: games in the split; ``reset(seed)`` plays game ``seed % num_games``.
+        invalid_feedback: observation text for an action that is not admissible.
+    """
+
+    def __init__(self, family: str = "coin_collector", level: int = 5, split: str = "train",
+                 num_games: int = 100, invalid_feedback: str = "Nothing happens.",
+                 render_mode: str | None = None) -> None:
+        super().__init__(render_mode)
+        if split not in ("train", "eval"):
+            raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+        if num_games < 1:
+            raise ValueError("num_games must be >= 1")
+        self.family, self.level, self.split, self.num_games = family, level, split, num_games
+        self.invalid_feedback = invalid_feedback
+        offset = 0 if split == "train" else EVAL_SEED_OFFSET
+        self.game_paths = ensure_games(family, level, [offset + i for i in range(num_games)])
+        self._engines: OrderedDict[str, Any] = OrderedDict()
+        self._engine: Any = None
+        self._state: Any = None
+        self._score = 0.0
+        self._done = True
+
+    # -- engine management ------------------------------------------------------------
+    def _engine_for(self, path: str) -> Any:
+        import textworld
+        from textworld import EnvInfos
+
+        eng = self._engines.pop(path, None)
+        if eng is None:
+            infos = EnvInfos(admissible_commands=True, won=True, lost=True, score=True,
+                             max_score=True, objective=True, description=True, inventory=True,
+                             location=True, policy_commands=True)
+            eng = textworld.start(path, request_infos=infos)
+        self._engines[path] = eng
+        while len(self._engines) > 64:  # each engine holds a Z-machine; keep a bounded LRU
+            _, old = self._engines.popitem(last=False)
+            old.close()
+        return eng
+
+    def _info(self, gs: Any, action_valid: bool = True) -> dict[str, Any]:
+        adm = sorted(c for c in gs.admissible_commands if c not in ("look", "inventory"))
+        adm = [c for c in adm if not c.startswith("examine")] or sorted(gs.admissible_commands)
+        return {
+            "task_type": self.family,
+            "task": gs.objective or "",
+            "admissible_actions": adm,
+            "state_key": f"{gs.location}|{_clean(gs.description or '')}|{gs.inventory}",
+            "score": float(gs.score),
+            "max_score": float(gs.max_score),
+            "action_valid": action_valid,
+            "success": bool(gs.won),
+            "walkthrough": list(gs.policy_commands or []),
+        }
+
+    # -- gymnasium API --------------------------------------------------------------------
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
+              ) -> tuple[str, dict[str, Any]]:
+        super().reset(seed=seed)
+        idx = (seed if seed is not None else int(self.np_random.integers(0, 2**31))) % self.num_games
+        self._engine = self._engine_for(self.game_paths[idx])
+        gs = self._engine.reset()
+        self._state, self._score, self._done = gs, float(gs.score), False
+        obs = _clean(gs.feedback)
+        # The banner's tail repeats the objective before the first room; keep the room text.
+        if gs.objective and gs.objective in obs:
+            obs = obs.split(gs.objective, 1)[1].strip()
+        self._last_obs = obs
+        info = self._info(gs)
+        info["game_index"] = idx
+        return obs, info
+
+    def step(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
+        if self._engine is None or self._done:
+            return "The episode is over; call reset().", 0.0, True, False, {
+                "action_valid": False, "success": bool(self._state and self._state.won),
+                "task_type": self.family}
+        cmd = " ".join(str(action).strip().lower().split())
+        gs = self._state
+        if cmd not in gs.admissible_commands:
+            info = self._info(gs, action_valid=False)
+            return self.invalid_feedback, 0.0, False, False, info
+        gs, _, done = self._engine.step(cmd)
+        reward = float(gs.score) - self._score
+        self._state, self._score, self._done = gs, float(gs.score), bool(done)
+        obs = _clean(gs.feedback)
+        self._last_obs = obs
+        return obs, reward, bool(done), False, self._info(gs)
+
+    def close(self) -> None:
+        for eng in self._engines.values():
+            eng.close()
+        self._engines.clear()
