@@ -1,1 +1,6 @@
-"""Algorithms."""
+"""Algorithms: one file each, registered by name (`agentrl algorithms` lists them)."""
+
+from agentrl.algorithms import grpo, ppo  # noqa: F401  (registration)
+from agentrl.algorithms.base import Algorithm, AlgorithmConfig
+
+__all__ = ["Algorithm", "AlgorithmConfig"]

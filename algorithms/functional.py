@@ -1,0 +1,192 @@
+"""Pure tensor math shared by every algorithm: estimators, returns, losses, aggregation.
+
+Every function here is stateless and tested against hand-computed numbers in
+``tests/algorithms/test_functional.py``. Shapes: B = sequences, T = tokens, G = groups.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from typing import Literal
+
+import torch
+
+AggMode = Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
+
+
+# --------------------------------------------------------------------------- group statistics
+
+def group_indices(group_ids: Sequence[Hashable]) -> torch.Tensor:
+    """Map arbitrary hashable group ids to dense ints 0..G-1 (first-seen order). Shape (N,)."""
+    index: dict[Hashable, int] = {}
+    return torch.tensor([index.setdefault(g, len(index)) for g in group_ids], dtype=torch.long)
+
+
+def group_normalize(scores: torch.Tensor, group_ids: Sequence[Hashable], use_std: bool = True,
+                    eps: float = 1e-6, singleton: Literal["zero", "raw"] = "zero") -> torch.Tensor:
+    """GRPO advantage: (score - group mean) / (group std + eps), std with Bessel's correction.
+
+    Args:
+        scores: (N,) one score per member.
+        group_ids: N hashable ids; members with equal ids form a group.
+        use_std: divide by the group std (GRPO) or not (Dr.GRPO / "mean_norm").
+        singleton: a one-member group gets 0 (``zero``) or its raw score (``raw``, verl's
+            mean 0 / std 1 convention).
+    Returns:
+        (N,) advantages.
+    """
+    g = group_indices(group_ids)
+    num_groups = int(g.max()) + 1 if len(g) else 0
+    scores = scores.to(torch.float64)
+    count = torch.zeros(num_groups, dtype=torch.float64).index_add_(0, g, torch.ones_like(scores))
+    total = torch.zeros(num_groups, dtype=torch.float64).index_add_(0, g, scores)
+    mean = total / count
+    dev = scores - mean[g]
+    sq = torch.zeros(num_groups, dtype=torch.float64).index_add_(0, g, dev * dev)
+    std = torch.sqrt(sq / (count - 1).clamp(min=1))
+    adv = dev / (std[g] + eps) if use_std else dev
+    single = count[g] == 1
+    if singleton == "raw":
+        adv = torch.where(single, scores, adv)
+    else:
+        adv = torch.where(single, torch.zeros_like(adv), adv)
+    return adv.to(torch.float32)
+
+
+def rloo(scores: torch.Tensor, group_ids: Sequence[Hashable]) -> torch.Tensor:
+    """Leave-one-out baseline: A_i = s_i - mean_{j != i} s_j = n/(n-1) (s_i - mean). Shape (N,).
+    One-member groups get 0."""
+    g = group_indices(group_ids)
+    n_g = int(g.max()) + 1 if len(g) else 0
+    s = scores.to(torch.float64)
+    count = torch.zeros(n_g, dtype=torch.float64).index_add_(0, g, torch.ones_like(s))
+    total = torch.zeros(n_g, dtype=torch.float64).index_add_(0, g, s)
+    n = count[g]
+    adv = torch.where(n > 1, (s - total[g] / n) * n / (n - 1).clamp(min=1), torch.zeros_like(s))
+    return adv.to(torch.float32)
+
+
+# --------------------------------------------------------------------------- returns
+
+def discounted_returns(rewards: torch.Tensor, gamma: float) -> torch.Tensor:
+    """R_t = sum_{k>=t} gamma^(k-t) r_k for one episode. (T,) -> (T,)."""
+    out = torch.zeros_like(rewards, dtype=torch.float32)
+    running = 0.0
+    for t in range(len(rewards) - 1, -1, -1):
+        running = float(rewards[t]) + gamma * running
+        out[t] = running
+    return out
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, gammas: torch.Tensor, lams: torch.Tensor,
+        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation over one sequence of decision points.
+
+    Step t links to step t+1 with its own discount ``gammas[t]`` and trace ``lams[t]``, so one
+    call covers tokens inside a turn (token gamma/lambda) and turn boundaries (turn gamma/lambda).
+    The step after the last is terminal (value 0).
+
+        delta_t = r_t + gamma_t V_{t+1} - V_t
+        A_t     = delta_t + gamma_t lam_t A_{t+1}
+
+    Args:
+        rewards, values, gammas, lams: (T,) each.
+    Returns:
+        (advantages, returns) with returns = advantages + values; both (T,).
+    """
+    T = rewards.shape[0]
+    adv = torch.zeros(T, dtype=torch.float32)
+    next_v, next_a = 0.0, 0.0
+    for t in range(T - 1, -1, -1):
+        delta = float(rewards[t]) + float(gammas[t]) * next_v - float(values[t])
+        next_a = delta + float(gammas[t]) * float(lams[t]) * next_a
+        adv[t] = next_a
+        next_v = float(values[t])
+    return adv, adv + values.to(torch.float32)
+
+
+# --------------------------------------------------------------------------- aggregation
+
+def aggregate(values: torch.Tensor, mask: torch.Tensor, mode: AggMode = "token-mean",
+              num_tokens: float | None = None, num_seqs: float | None = None,
+              norm_len: float | None = None) -> torch.Tensor:
+    """Reduce per-token values (B, T) to a scalar over ``mask`` (B, T).
+
+    Modes:
+        token-mean: sum over all tokens / number of tokens.
+        seq-mean-token-sum: mean over sequences of each sequence's token sum.
+        seq-mean-token-mean: mean over sequences of each sequence's token mean.
+        seq-mean-token-sum-norm: sum over all tokens / (sequences * norm_len) (Dr.GRPO).
+
+    ``num_tokens`` / ``num_seqs`` / ``norm_len`` override the denominators so that a minibatch
+    split into micro-batches sums to exactly the unsplit value (gradient accumulation).
+    """
+    mask = mask.to(values.dtype)
+    masked = values * mask
+    if mode == "token-mean":
+        denom = num_tokens if num_tokens is not None else mask.sum().clamp(min=1)
+        return masked.sum() / denom
+    seq_has = (mask.sum(-1) > 0).to(values.dtype)
+    n_seq = num_seqs if num_seqs is not None else seq_has.sum().clamp(min=1)
+    if mode == "seq-mean-token-sum":
+        return masked.sum(-1).sum() / n_seq
+    if mode == "seq-mean-token-mean":
+        per = masked.sum(-1) / mask.sum(-1).clamp(min=1)
+        return (per * seq_has).sum() / n_seq
+    if mode == "seq-mean-token-sum-norm":
+        L = norm_len if norm_len is not None else float(values.shape[-1])
+        return masked.sum() / (n_seq * L)
+    raise ValueError(f"unknown aggregation mode {mode!r}")
+
+
+# --------------------------------------------------------------------------- policy losses
+
+def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+                clip_low: float = 0.2, clip_high: float = 0.2, dual_clip: float | None = 3.0,
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PPO clipped surrogate per token, with clip-higher and dual clip.
+
+        ratio = exp(logp - old_logp)
+        l = max(-A ratio, -A clip(ratio, 1 - clip_low, 1 + clip_high))
+        if A < 0 and dual_clip: l = min(l, -A dual_clip)
+
+    Args: all (B, T). Returns (per-token loss (B, T), stats of the same shape: ``clipped``
+    (1 where the clip was active), ``ratio``).
+    """
+    log_ratio = (logprobs - old_logprobs).clamp(-20.0, 20.0)
+    ratio = torch.exp(log_ratio)
+    l1 = -advantages * ratio
+    l2 = -advantages * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
+    loss = torch.maximum(l1, l2)
+    clipped = (l2 > l1).float()
+    if dual_clip is not None:
+        l3 = -advantages * dual_clip
+        dual = (advantages < 0) & (loss > l3)
+        loss = torch.where(advantages < 0, torch.minimum(loss, l3), loss)
+        clipped = torch.maximum(clipped, dual.float())
+    return loss, {"clipped": clipped, "ratio": ratio.detach()}
+
+
+def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    """k3 estimator of KL(pi || ref) per token: exp(ref - logp) - (ref - logp) - 1, clamped to
+    [-10, 10]. (B, T) -> (B, T). Non-negative, unbiased for KL(pi||ref) under pi samples."""
+    d = (ref_logprobs - logprobs).clamp(-20.0, 20.0)
+    return (torch.exp(d) - d - 1.0).clamp(-10.0, 10.0)
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Shannon entropy of softmax(logits) over the last dim. (..., V) -> (...). -inf logits
+    (masked tokens) contribute 0."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    p = logp.exp()
+    return -(p * torch.where(torch.isfinite(logp), logp, torch.zeros_like(logp))).sum(-1)
+
+
+def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
+               clip: float | None = 0.2) -> torch.Tensor:
+    """Clipped value loss per token: 0.5 max((V - R)^2, (clip(V, V_old +- c) - R)^2). (B, T)."""
+    l1 = (values - returns) ** 2
+    if clip is None:
+        return 0.5 * l1
+    v_clip = old_values + (values - old_values).clamp(-clip, clip)
+    return 0.5 * torch.maximum(l1, (v_clip - returns) ** 2)

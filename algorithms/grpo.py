@@ -1,0 +1,80 @@
+"""Multi-turn GRPO: group-relative, trajectory-level advantages broadcast to every turn.
+
+Paper: Shao et al. 2024 (DeepSeekMath), arXiv 2402.03300; multi-turn form as in verl-agent.
+Differs from PPO: no critic; the baseline is the mean score of the G rollouts of the same task
+(same seed), optionally divided by their std.
+
+Config fields that matter: ``stats`` (per trajectory, as in the paper, or over all per-turn
+samples of the group, as verl-agent's default), ``use_std``, ``baseline`` (``grpo`` | ``rloo``).
+Scores: trajectory mode uses the episode's total shaped reward; turn mode gives each turn-sample
+the episode's env reward minus that turn's own invalid-action penalty (verl-agent).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from agentrl.algorithms import functional as Fn
+from agentrl.algorithms.base import Algorithm, AlgorithmConfig
+
+from agentrl.batch import Batch
+from agentrl.config import F
+from agentrl.learner import Learner
+from agentrl.registry import register_algorithm
+
+
+@dataclass
+class GRPOConfig(AlgorithmConfig):
+    stats: Literal["trajectory", "turn"] = F("trajectory", "group statistics over trajectories "
+                                             "(paper) or over all turn-samples (verl-agent)")
+    use_std: bool = F(True, "divide by the group std (False: Dr.GRPO-style mean only)")
+    baseline: Literal["grpo", "rloo"] = F("grpo", "group mean (grpo) or leave-one-out (rloo)")
+
+
+def trajectory_scores(batch: Batch) -> torch.Tensor:
+    """Total shaped reward of each trajectory (K,)."""
+    k = len(batch.trajectories)
+    return torch.zeros(k).index_add_(0, batch.turn_traj, batch.turn_reward)
+
+
+def outcome_advantages(batch: Batch, cfg: GRPOConfig) -> torch.Tensor:
+    """Per-turn advantages (M,) from group-relative outcome scores."""
+    groups = batch.group_ids()
+    traj_score = trajectory_scores(batch)
+    if cfg.stats == "trajectory":
+        if cfg.baseline == "rloo":
+            adv = Fn.rloo(traj_score, groups)
+        else:
+            adv = Fn.group_normalize(traj_score, groups, cfg.use_std)
+        return adv[batch.turn_traj]
+    # turn mode: S_k = episode env reward - own penalty; statistics over all turn-samples.
+    penalty = batch.turn_reward - torch.tensor(
+        [batch.trajectories[i].turns[k].env_reward
+         for i, k in zip(batch.turn_traj.tolist(), batch.turn_step.tolist())])
+    env_total = torch.zeros(len(batch.trajectories)).index_add_(
+        0, batch.turn_traj, batch.turn_reward - penalty)
+    scores = env_total[batch.turn_traj] + penalty
+    turn_groups = [groups[i] for i in batch.turn_traj.tolist()]
+    if cfg.baseline == "rloo":
+        return Fn.rloo(scores, turn_groups)
+    return Fn.group_normalize(scores, turn_groups, cfg.use_std)
+
+
+@register_algorithm
+class GRPO(Algorithm):
+    name = "grpo"
+    description = "multi-turn GRPO: group-normalised episode return, broadcast to every turn"
+    Config = GRPOConfig
+
+    def advantages(self, batch: Batch, learner: Learner) -> dict[str, float]:
+        adv_turn = outcome_advantages(batch, self.cfg)
+        batch.advantages = batch.per_turn(adv_turn)
+        scores = trajectory_scores(batch)
+        by_group: dict[str, list[float]] = {}
+        for g, s in zip(batch.group_ids(), scores.tolist()):
+            by_group.setdefault(g, []).append(s)
+        zero_var = sum(1 for v in by_group.values() if max(v) - min(v) < 1e-9)
+        return {"zero_variance_groups": zero_var / max(1, len(by_group)),
+                "advantage_abs_mean": float(adv_turn.abs().mean()) if len(adv_turn) else 0.0}

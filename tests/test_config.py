@@ -1,0 +1,73 @@
+"""Config: strict keys, types and ranges with messages that name the fix; overrides; files."""
+
+import glob
+
+import pytest
+
+from agentrl.config import ConfigError, config_from_dict, config_to_dict, load_config
+
+
+def test_quickstart_loads_and_roundtrips() -> None:
+    cfg = load_config(None)
+    assert cfg.algorithm.name == "grpo"
+    again = config_from_dict(config_to_dict(cfg))
+    assert config_to_dict(again) == config_to_dict(cfg)
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob("configs/*.yaml")))
+def test_every_shipped_config_loads(path: str) -> None:
+    load_config(path)
+
+
+def test_typo_key_suggests_the_right_one() -> None:
+    with pytest.raises(ConfigError, match=r"unknown key 'train.lrr'; did you mean 'train.lr'"):
+        load_config(None, ["train.lrr=1e-3"])
+    with pytest.raises(ConfigError, match="did you mean 'rollout'"):
+        load_config(None, ["rolout.groups=2"])
+    with pytest.raises(ConfigError, match="algorithm.clip_hgh.*did you mean 'algorithm.clip_high'"):
+        load_config(None, ["algorithm.clip_hgh=0.3"])
+
+
+def test_wrong_type_names_key_and_expected_type() -> None:
+    with pytest.raises(ConfigError, match=r"train.lr: expected a number"):
+        load_config(None, ["train.lr=fast"])
+    with pytest.raises(ConfigError, match=r"rollout.groups: expected an integer"):
+        load_config(None, ["rollout.groups=2.5"])
+    with pytest.raises(ConfigError, match=r"rollout.constrained: expected true or false"):
+        load_config(None, ["rollout.constrained=maybe"])
+
+
+def test_impossible_values_are_rejected_with_the_bound() -> None:
+    with pytest.raises(ConfigError, match=r"rollout.group_size: 0 is out of range; it must be >= 1"):
+        load_config(None, ["rollout.group_size=0"])
+    with pytest.raises(ConfigError, match=r"train.lr: -0.1 is out of range"):
+        load_config(None, ["train.lr=-0.1"])
+    with pytest.raises(ConfigError, match=r"rollout.context: 'ful' is not allowed.*did you mean 'full'"):
+        load_config(None, ["rollout.context=ful"])
+    with pytest.raises(ConfigError, match="unknown algorithm 'gpro'; did you mean 'grpo'"):
+        load_config(None, ["algorithm.name=gpro"])
+
+
+def test_overrides_apply_and_parse_types() -> None:
+    cfg = load_config(None, ["train.lr=1e-3", "rollout.group_size=4", "env.kwargs={level: 3}",
+                             "rollout.stop=[END]", "algorithm.name=ppo", "algorithm.gamma=0.9"])
+    assert cfg.train.lr == 1e-3 and cfg.rollout.group_size == 4
+    assert cfg.env.kwargs == {"level": 3} and cfg.rollout.stop == ["END"]
+    assert cfg.algorithm.name == "ppo" and cfg.algorithm.gamma == 0.9
+
+
+def test_bad_file_and_bad_yaml(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(str(tmp_path / "nope.yaml"))
+    p = tmp_path / "bad.yaml"
+    p.write_text("train: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(str(p))
+
+
+def test_cli_reports_config_errors_before_any_work(capsys) -> None:
+    from agentrl.cli import main
+
+    assert main(["train", "train.lrr=1"]) == 2
+    err = capsys.readouterr().err
+    assert "did you mean 'train.lr'" in err
