@@ -20,7 +20,7 @@ def evaluate(engine: RolloutEngine, seeds: list[int], greedy: bool = False, repe
     """
     trajs: list[Trajectory] = []
     rates = []
-    for r in range(repeats):
+    for _ in range(repeats):
         run = engine.run(list(seeds), [f"eval-{s}" for s in seeds], greedy=greedy,
                          progress=progress)
         rates.append(sum(t.success for t in run) / max(1, len(run)))

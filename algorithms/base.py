@@ -99,7 +99,6 @@ class Algorithm:
                 ) -> dict[str, torch.Tensor]:
         """The shared surrogate: clipped PG on ``advantages`` (N, L), plus KL and entropy."""
         c = self.cfg
-        mask = mb.loss_mask
         per_tok, st = Fn.policy_loss(out.logprobs, mb.old_logprobs, advantages,
                                      c.clip_low, c.clip_high, c.dual_clip or None)
         agg = self._agg
