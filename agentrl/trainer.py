@@ -20,7 +20,6 @@ import torch
 import yaml
 
 from agentrl import checkpoint
-from agentrl.batch import make_batch
 from agentrl.config import Config, config_to_dict
 from agentrl.envpool import EnvPool
 from agentrl.evaluate import evaluate
@@ -210,7 +209,7 @@ class Trainer:
             gids += [f"it{self.iteration}-g{g}"] * c.rollout.group_size
         trajs = self.algorithm.collect(self.engine, seeds, gids)
         t_roll = time.perf_counter() - t0
-        batch = make_batch(trajs, pad_id=self.tokenizer.pad_token_id or 0)
+        batch = self.algorithm.build_batch(trajs, self.tokenizer.pad_token_id or 0)
         t1 = time.perf_counter()
         if self.algorithm.needs_reference:
             batch.ref_logprobs = self.learner.reference_logprobs(batch)

@@ -5,6 +5,7 @@ An algorithm is one file that subclasses `Algorithm`, declares a hyperparameter 
 itself with `@register_algorithm`. The trainer calls, per iteration:
 
     trajectories = algo.collect(engine, seeds, group_ids)   # optional override (branching)
+    batch        = algo.build_batch(trajectories, pad_id)   # optional override (replay)
     metrics      = algo.advantages(batch, learner)          # fills batch.advantages
     terms        = algo.loss(outputs, minibatch)            # {"loss": total, ...named terms}
     algo.on_iteration_end(iteration, metrics)
@@ -83,6 +84,13 @@ class Algorithm:
                 ) -> list[Trajectory]:
         """Produce this iteration's trajectories. Default: one rollout per (seed, group id)."""
         return engine.run(seeds, group_ids)
+
+    def build_batch(self, trajectories: list[Trajectory], pad_id: int) -> Batch:
+        """Tensorize this iteration's trajectories. Override to add rows (e.g. replayed
+        trajectories, flagged in ``batch.extra``)."""
+        from agentrl.batch import make_batch
+
+        return make_batch(trajectories, pad_id)
 
     def advantages(self, batch: Batch, learner: Learner) -> dict[str, float]:
         """Fill ``batch.advantages`` (N, L) (and ``batch.returns`` if used); return metrics."""
