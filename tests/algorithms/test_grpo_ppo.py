@@ -1,0 +1,95 @@
+"""GRPO and PPO credit on hand-made trajectories (no model needed), arithmetic in comments."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from agentrl.algorithms.grpo import GRPO, GRPOConfig
+from agentrl.algorithms.ppo import PPO, PPOConfig
+from agentrl.batch import make_batch
+from agentrl.types import Trajectory, Turn
+
+
+def turn(reward: float, n_tokens: int = 2, valid: bool = True, env_reward: float | None = None) -> Turn:
+    return Turn(observation="o", context_ids=[5, 6], action_ids=[7] * n_tokens,
+                logprobs=[-0.5] * n_tokens, reward=reward, action_valid=valid,
+                env_reward=reward if env_reward is None else env_reward)
+
+
+def traj(gid: str, turns: list[Turn], mode: str = "window") -> Trajectory:
+    return Trajectory(trajectory_id=f"{gid}-{id(turns)}", group_id=gid, env_id="x", seed=0,
+                      context_mode=mode, turns=turns)
+
+
+class _NoLearner:
+    pass
+
+
+def test_grpo_trajectory_stats_hand_computed() -> None:
+    # group g: returns 1.0 (two turns 0 + 1) and 0.0 -> mean .5, std sqrt(.5)=.70711
+    #   advantages +-0.70711 on every action token of each trajectory
+    # group h: a single member -> 0
+    b = make_batch([traj("g", [turn(0.0), turn(1.0)]), traj("g", [turn(0.0)]),
+                    traj("h", [turn(1.0)])])
+    GRPO(GRPOConfig(name="grpo")).advantages(b, _NoLearner())
+    per_traj = [b.advantages[b.row_traj == i][b.loss_mask[b.row_traj == i] > 0].unique().tolist()
+                for i in range(3)]
+    assert per_traj[0] == pytest.approx([0.70711], abs=1e-4)
+    assert per_traj[1] == pytest.approx([-0.70711], abs=1e-4)
+    assert per_traj[2] == [0.0]
+    assert torch.all(b.advantages[b.loss_mask == 0] == 0)
+
+
+def test_grpo_turn_stats_use_own_penalty_only() -> None:
+    # traj A: env rewards 0, 1 ; turn 0 invalid (reward -0.1 = 0 - 0.1 penalty)
+    #   scores: S_A0 = 1 - 0.1 = 0.9, S_A1 = 1.0 ; traj B: one turn, env 0 -> S_B0 = 0
+    # group stats over the 3 turn-samples: mean 0.63333, std sqrt(((.26667)^2+(.36667)^2+(.63333)^2)/2)
+    #   = sqrt((.071111+.134444+.401111)/2) = sqrt(.303333) = .55076
+    # A0: .26667/.55076 = .48419 ; A1: .36667/.55076 = .66576 ; B0: -.63333/.55076 = -1.14993
+    b = make_batch([traj("g", [turn(-0.1, valid=False, env_reward=0.0), turn(1.0)]),
+                    traj("g", [turn(0.0)])])
+    GRPO(GRPOConfig(name="grpo", stats="turn")).advantages(b, _NoLearner())
+    got = [b.advantages[r][b.loss_mask[r] > 0][0].item() for r in range(b.num_rows)]
+    assert got == pytest.approx([0.48419, 0.66576, -1.14993], abs=1e-4)
+
+
+def test_grpo_all_equal_rewards_give_zero_advantage() -> None:
+    b = make_batch([traj("g", [turn(1.0)]), traj("g", [turn(1.0)])])
+    m = GRPO(GRPOConfig(name="grpo")).advantages(b, _NoLearner())
+    assert torch.all(b.advantages == 0) and m["zero_variance_groups"] == 1.0
+
+
+class _FixedValues:
+    """Stands in for the learner's no-grad pass: fixed values at each action token."""
+
+    def __init__(self, values: torch.Tensor) -> None:
+        self.values = values
+
+    def evaluate(self, batch, hidden_fn=None, **_):  # noqa: ANN001
+        return {"hidden_fn": self.values}
+
+
+@pytest.mark.parametrize("mode", ["window", "full"])
+def test_ppo_gae_spans_turns(mode: str) -> None:
+    # one trajectory, two turns of 2 tokens each: rewards r=(0 on turn 0, 1 on turn 1)
+    # tokens in time order: a0 a1 | b0 b1 ; rewards on last token of each turn: [0, 0, 0, 1]
+    # values V = [.1, .2, .3, .4]; token gamma/lam = 1 ; turn gamma = .9, lam = .5
+    # gammas per step: [1, .9, 1, .9(terminal)] lams: [1, .5, 1, .5]
+    # t3: delta = 1 - .4 = .6 ; A3 = .6
+    # t2: delta = 0 + 1*.4 - .3 = .1 ; A2 = .1 + 1*1*.6 = .7
+    # t1: delta = 0 + .9*.3 - .2 = .07 ; A1 = .07 + .9*.5*.7 = .385
+    # t0: delta = 0 + 1*.2 - .1 = .1 ; A0 = .1 + 1*1*.385 = .485
+    t = traj("g", [turn(0.0), turn(1.0)], mode=mode)
+    b = make_batch([t])
+    vals = torch.zeros_like(b.old_logprobs)
+    order = [(r, c) for r in range(b.num_rows) for c in range(b.input_ids.shape[1])
+             if b.loss_mask[r, c] > 0]
+    for (r, c), v in zip(order, [0.1, 0.2, 0.3, 0.4]):
+        vals[r, c] = v
+    algo = PPO(PPOConfig(name="ppo", gamma=0.9, lam=0.5, whiten=False))
+    algo.advantages(b, _FixedValues(vals))
+    got = [b.advantages[r, c].item() for r, c in order]
+    assert got == pytest.approx([0.485, 0.385, 0.7, 0.6], abs=1e-6)
+    assert [b.returns[r, c].item() for r, c in order] == pytest.approx([0.585, 0.585, 1.0, 1.0],
+                                                                       abs=1e-6)
