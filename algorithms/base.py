@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
-from agentrl.algorithms import functional as Fn
 
+from agentrl.algorithms import functional as Fn
 from agentrl.config import F
 
 if TYPE_CHECKING:

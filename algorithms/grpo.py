@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+
 from agentrl.algorithms import functional as Fn
 from agentrl.algorithms.base import Algorithm, AlgorithmConfig
-
 from agentrl.batch import Batch
 from agentrl.config import F
 from agentrl.learner import Learner

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from agentrl.algorithms import functional as Fn
-from agentrl.algorithms.base import Algorithm, AlgorithmConfig
 from torch import nn
 
+from agentrl.algorithms import functional as Fn
+from agentrl.algorithms.base import Algorithm, AlgorithmConfig
 from agentrl.batch import Batch
 from agentrl.config import F
 from agentrl.learner import Learner, ModelOutputs

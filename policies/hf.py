@@ -10,8 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from agentrl.policies.base import CandidateTrie, Generation, SamplingParams
 from torch import nn
+
+from agentrl.policies.base import CandidateTrie, Generation, SamplingParams
 
 
 class HFPolicy:

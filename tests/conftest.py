@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 import torch
-from agentrl.envs.base import TextEnv
 
+from agentrl.envs.base import TextEnv
 from agentrl.models import build_tiny_model, build_tiny_tokenizer
 
 # Tests share one game cache per session unless the caller set one.

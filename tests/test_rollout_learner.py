@@ -6,12 +6,12 @@ import random
 
 import pytest
 import torch
-from agentrl.policies.hf import HFPolicy
 
 from agentrl.batch import make_batch
 from agentrl.config import RolloutConfig, TrainConfig, load_config
 from agentrl.envpool import EnvPool
 from agentrl.learner import Learner
+from agentrl.policies.hf import HFPolicy
 from agentrl.prompts import PromptBuilder, parse_action
 from agentrl.registry import get_algorithm
 from agentrl.rollout import RolloutEngine
