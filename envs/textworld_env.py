@@ -139,6 +139,20 @@ def ensure_games(family: str, level: int, gen_seeds: list[int], workers: int | N
     return paths
 
 
+_TRANSITIONS: OrderedDict[tuple[str, tuple[str, ...]], tuple[str, float, bool, dict[str, Any]]] = (
+    OrderedDict())
+_MAX_TRANSITIONS = 200_000
+
+
+def _remember(key: tuple[str, tuple[str, ...]], rec: tuple[str, float, bool, dict[str, Any]],
+              enabled: bool) -> None:
+    if not enabled:
+        return
+    _TRANSITIONS[key] = rec
+    if len(_TRANSITIONS) > _MAX_TRANSITIONS:
+        _TRANSITIONS.popitem(last=False)
+
+
 def _clean(text: str) -> str:
     """Strip TextWorld's ASCII banner, the prompt marker and surplus blank lines."""
     m = _BANNER_END.search(text)
@@ -160,11 +174,13 @@ class TextWorldEnv(TextEnv):
         split: ``train`` or ``eval`` (disjoint generator seeds).
         num_games: games in the split; ``reset(seed)`` plays game ``seed % num_games``.
         invalid_feedback: observation text for an action that is not admissible.
+        cache_transitions: memoise (game, history) -> transition in this process; exact,
+            since generated games are deterministic (a test checks cached == uncached).
     """
 
     def __init__(self, family: str = "coin_collector", level: int = 5, split: str = "train",
                  num_games: int = 100, invalid_feedback: str = "Nothing happens.",
-                 render_mode: str | None = None) -> None:
+                 cache_transitions: bool = True, render_mode: str | None = None) -> None:
         super().__init__(render_mode)
         if split not in ("train", "eval"):
             raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
@@ -174,10 +190,12 @@ class TextWorldEnv(TextEnv):
         self.invalid_feedback = invalid_feedback
         offset = 0 if split == "train" else EVAL_SEED_OFFSET
         self.game_paths = ensure_games(family, level, [offset + i for i in range(num_games)])
+        self.cache_transitions = cache_transitions
         self._engines: OrderedDict[str, Any] = OrderedDict()
-        self._engine: Any = None
-        self._state: Any = None
-        self._score = 0.0
+        self._path = ""
+        self._history: tuple[str, ...] = ()
+        self._synced = -1  # commands of the current episode the engine has applied (-1: none)
+        self._cur: tuple[str, float, bool, dict[str, Any]] | None = None
         self._done = True
 
     # -- engine management ------------------------------------------------------------
@@ -195,6 +213,7 @@ class TextWorldEnv(TextEnv):
                 # score and state itself, so nothing is lost.
                 warnings.simplefilter("ignore")
                 eng = textworld.start(path, request_infos=infos)
+            self._synced = -1  # a new engine has applied nothing yet
         self._engines[path] = eng
         while len(self._engines) > 64:  # each engine holds a Z-machine; keep a bounded LRU
             _, old = self._engines.popitem(last=False)
@@ -216,38 +235,66 @@ class TextWorldEnv(TextEnv):
         }
 
     # -- gymnasium API --------------------------------------------------------------------
+    # Games are deterministic, so a transition is a pure function of (game, command history).
+    # Transitions are memoised per process; the engine is only touched on a cache miss, after
+    # replaying the history into it when it lags behind. Results are identical either way.
+    def _record(self, gs: Any, feedback: str, done: bool) -> tuple[str, float, bool, dict[str, Any]]:
+        return feedback, float(gs.score), bool(done), self._info(gs)
+
+    def _engine_at(self, history: tuple[str, ...]) -> Any:
+        eng = self._engine_for(self._path)
+        if self._synced != len(history):
+            gs = eng.reset()
+            for cmd in history:
+                gs, _, _ = eng.step(cmd)
+            self._synced = len(history)
+        return eng
+
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
               ) -> tuple[str, dict[str, Any]]:
         super().reset(seed=seed)
         idx = (seed if seed is not None else int(self.np_random.integers(0, 2**31))) % self.num_games
-        self._engine = self._engine_for(self.game_paths[idx])
-        gs = self._engine.reset()
-        self._state, self._score, self._done = gs, float(gs.score), False
-        obs = _clean(gs.feedback)
-        # The banner's tail repeats the objective before the first room; keep the room text.
-        if gs.objective and gs.objective in obs:
-            obs = obs.split(gs.objective, 1)[1].strip()
+        self._path, self._history, self._synced = self.game_paths[idx], (), -1
+        key = (self._path, ())
+        rec = _TRANSITIONS.get(key) if self.cache_transitions else None
+        if rec is None:
+            eng = self._engine_for(self._path)
+            gs = eng.reset()
+            self._synced = 0
+            obs = _clean(gs.feedback)
+            # The banner's tail repeats the objective before the first room; keep the room text.
+            if gs.objective and gs.objective in obs:
+                obs = obs.split(gs.objective, 1)[1].strip()
+            rec = self._record(gs, obs, False)
+            _remember(key, rec, self.cache_transitions)
+        self._cur, self._done = rec, False
+        obs, _, _, info = rec
         self._last_obs = obs
-        info = self._info(gs)
-        info["game_index"] = idx
-        return obs, info
+        return obs, {**info, "game_index": idx}
 
     def step(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
-        if self._engine is None or self._done:
+        if self._cur is None or self._done:
             return "The episode is over; call reset().", 0.0, True, False, {
-                "action_valid": False, "success": bool(self._state and self._state.won),
+                "action_valid": False, "success": bool(self._cur and self._cur[3]["success"]),
                 "task_type": self.family}
         cmd = " ".join(str(action).strip().lower().split())
-        gs = self._state
-        if cmd not in gs.admissible_commands:
-            info = self._info(gs, action_valid=False)
-            return self.invalid_feedback, 0.0, False, False, info
-        gs, _, done = self._engine.step(cmd)
-        reward = float(gs.score) - self._score
-        self._state, self._score, self._done = gs, float(gs.score), bool(done)
-        obs = _clean(gs.feedback)
+        _, score, _, info = self._cur
+        if cmd not in info["admissible_actions"]:
+            return self.invalid_feedback, 0.0, False, False, {**info, "action_valid": False}
+        history = self._history + (cmd,)
+        key = (self._path, history)
+        rec = _TRANSITIONS.get(key) if self.cache_transitions else None
+        if rec is None:
+            eng = self._engine_at(self._history)
+            gs, _, done = eng.step(cmd)
+            self._synced += 1
+            rec = self._record(gs, _clean(gs.feedback), done)
+            _remember(key, rec, self.cache_transitions)
+        self._history, self._cur = history, rec
+        obs, new_score, done, new_info = rec
+        self._done = done
         self._last_obs = obs
-        return obs, reward, bool(done), False, self._info(gs)
+        return obs, new_score - score, done, False, dict(new_info)
 
     def close(self) -> None:
         for eng in self._engines.values():

@@ -29,7 +29,8 @@ class EnvCheckError(AssertionError):
     """An env broke the agentrl env contract; the message says which part."""
 
 
-def check_env(env: gym.Env, seed: int = 0, max_steps: int = 60, skip_gym: bool = False) -> None:
+def check_env(env: gym.Env, seed: int = 0, max_steps: int | None = None,
+              skip_gym: bool = False) -> None:
     """Check that ``env`` follows the agentrl text-env contract.
 
     Runs gymnasium's own checker, then:
@@ -37,8 +38,9 @@ def check_env(env: gym.Env, seed: int = 0, max_steps: int = 60, skip_gym: bool =
       2. same seed => same first observation, same admissible actions, same transitions;
       3. any action string (empty, 100 KB, binary, unicode) is a step with
          ``action_valid=False`` or a valid action, never an exception;
-      4. an episode ends (terminated or truncated) within ``max_steps`` steps of admissible (or
-         sampled) actions, with a boolean ``success`` in the final info;
+      4. an episode ends (terminated or truncated) within ``max_steps`` steps (default: the
+         registered ``max_episode_steps``, else 200) of admissible actions, with a boolean
+         ``success`` in the final info;
       5. observations and infos pickle (they cross process boundaries in the env pool).
 
     Raises:
@@ -81,6 +83,9 @@ def check_env(env: gym.Env, seed: int = 0, max_steps: int = 60, skip_gym: bool =
         _check_info_types(inf, "step")
 
     # 4. episodes end, with success reported
+    if max_steps is None:
+        limit = env.spec.max_episode_steps if env.spec is not None else None
+        max_steps = limit if limit else 200
     obs, info = env.reset(seed=seed)
     done, steps = False, 0
     while not done and steps < max_steps:
