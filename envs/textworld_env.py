@@ -215,7 +215,8 @@ class TextWorldEnv(TextEnv):
                 eng = textworld.start(path, request_infos=infos)
             self._synced = -1  # a new engine has applied nothing yet
         self._engines[path] = eng
-        while len(self._engines) > 64:  # each engine holds a Z-machine; keep a bounded LRU
+        while len(self._engines) > 4:  # each engine holds a Z-machine (~0.5 MB); transitions
+            # are memoised, so few live engines are needed per env
             _, old = self._engines.popitem(last=False)
             old.close()
         return eng
