@@ -36,3 +36,11 @@ register_env(
     family="cooking",
     level=3,
 )
+register_env(
+    "agentrl/WebShop-v0",
+    entry_point="agentrl.envs.webshop.env:WebShopEnv",
+    description="WebShop: search a store, pick the product and options an instruction asks for, buy",
+    max_episode_steps=15,
+    requires=("rank_bm25",),
+    test_kwargs={"num_products": 300},
+)
