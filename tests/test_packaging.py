@@ -22,6 +22,11 @@ def test_wheel_contains_and_imports_subpackages(tmp_path) -> None:
                 "agentrl/testing/__init__.py"):
         assert mod in names, mod
     assert not any(n.startswith(("envs/", "algorithms/", "policies/")) for n in names)
+    # every sub-package in the source tree made it into the wheel
+    for top in ("envs", "policies", "algorithms"):
+        for init in glob.glob(os.path.join(REPO, top, "**", "__init__.py"), recursive=True):
+            rel = os.path.relpath(init, REPO).replace(os.sep, "/")
+            assert f"agentrl/{rel}" in names, f"{rel} missing from the wheel (pyproject packages)"
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target",
                     str(target), whl], check=True)
