@@ -15,6 +15,12 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("config", nargs="?", help="YAML config file")
     t.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.lr=1e-3")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint")
+    from agentrl.evaluate import add_eval_arguments
+
+    add_eval_arguments(sub.add_parser(
+        "eval", help="evaluate checkpoints, runs or models on fixed seeds (side by side)"))
+    r = sub.add_parser("report", help="plots, trajectory viewer and an HTML summary of a run")
+    r.add_argument("run_dir", help="a run directory (runs/<name>)")
     sub.add_parser("envs", help="list registered environments")
     sub.add_parser("algorithms", help="list registered algorithms")
     c = sub.add_parser("check-env", help="run the conformance check on an env id")
@@ -58,6 +64,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         else:
             Trainer(load_config(config, overrides)).train()
         return 0
+    if args.cmd == "eval":
+        from agentrl.evaluate import eval_main
+
+        return eval_main(args)
+    if args.cmd == "report":
+        from agentrl.report import report_main
+
+        return report_main(args.run_dir)
     if args.cmd == "envs":
         from agentrl.registry import ENVS, load_builtin_envs
 

@@ -64,6 +64,21 @@ class PolicyConfig:
     tiny_heads: int = F(4, "tiny model: attention heads", ge=1)
     tiny_vocab: int = F(600, "tiny model: tokenizer vocabulary size (trained on env text)", ge=300)
     tiny_corpus_episodes: int = F(200, "tiny tokenizer: random episodes of env text to train on", ge=1)
+    recompute_old_logprobs: bool = F(False, "PPO ratio against the learner's own logprobs of the "
+                                     "sampled tokens (computed before the update) instead of the "
+                                     "sampler's; for backends whose numerics differ (vllm, bf16)")
+    vllm_gpu_memory_utilization: float = F(0.3, "vllm on GPU: memory fraction for the engine "
+                                           "(weights + KV cache); the learner uses the rest",
+                                           gt=0, le=1)
+    vllm_sleep_level: int = F(0, "vllm on GPU: free engine memory during the update (0 = off, "
+                              "1 = offload weights, 2 = discard them)", ge=0, le=2)
+    vllm_kv_cache_gb: int = F(1, "vllm on CPU: KV cache size in GiB", ge=1)
+    vllm_enforce_eager: bool = F(True, "vllm: no torch.compile/CUDA graphs (fast start; set false "
+                                 "on GPU for faster decoding)")
+    openai_base_url: str = F("", "openai backend: API root, e.g. http://127.0.0.1:8000/v1")
+    openai_model: str = F("", "openai backend: served model name ('' = policy.model)")
+    openai_api_key_env: str = F("OPENAI_API_KEY", "openai backend: environment variable holding "
+                                "the API key (unset = no key)")
 
 
 @dataclass
@@ -105,6 +120,9 @@ class TrainConfig:
     grad_clip: float = F(1.0, "max global grad norm (0 = off)", ge=0)
     checkpoint_every: int = F(10, "iterations between checkpoints (0 = only at the end)", ge=0)
     keep_checkpoints: int = F(2, "checkpoints kept on disk", ge=1)
+    tis_cap: float = F(0.0, "truncated importance sampling: weight each token's advantage by "
+                       "min(pi_learner/pi_sampler, tis_cap) to correct sampler/trainer mismatch "
+                       "(0 = off; > 0 implies policy.recompute_old_logprobs)", ge=0)
 
 
 @dataclass
@@ -122,6 +140,25 @@ class LogConfig:
     trajectories_every: int = F(5, "dump sampled trajectories every N iterations (0 = never)", ge=0)
     trajectories_per_dump: int = F(16, "trajectories per dump", ge=1)
     progress: bool = F(True, "progress bars")
+    wandb: bool = F(False, "also log to Weights & Biases (needs `pip install wandb`; "
+                    "WANDB_MODE=offline works without network)")
+
+
+@dataclass
+class AlarmConfig:
+    """Thresholds for the silent-failure alarms (`agentrl.alarms`); a threshold of 0 turns
+    that alarm off. Each fires at most once per iteration, printed and logged as ``alarm/*``."""
+
+    enabled: bool = F(True, "check the alarms every iteration")
+    zero_variance_groups: float = F(1.0, "alarm when this share of groups has zero reward "
+                                    "variance (1.0 = all: no learning signal)", ge=0, le=1)
+    response_length_hit_rate: float = F(0.5, "alarm when this share of replies hit "
+                                        "rollout.max_new_tokens", ge=0, le=1)
+    invalid_action_rate: float = F(0.5, "alarm when this share of actions is invalid", ge=0, le=1)
+    logprob_mismatch: float = F(0.05, "alarm when mean |sampler - trainer| logprob on sampled "
+                                "tokens exceeds this (nats)", ge=0)
+    host_memory_fraction: float = F(0.9, "alarm when learner + env workers use this share of "
+                                    "host RAM", ge=0, le=1)
 
 
 @dataclass
@@ -136,6 +173,7 @@ class Config:
     train: TrainConfig = F(default_factory=TrainConfig)
     eval: EvalConfig = F(default_factory=EvalConfig)
     log: LogConfig = F(default_factory=LogConfig)
+    alarms: AlarmConfig = F(default_factory=AlarmConfig)
 
     @property
     def algorithm_name(self) -> str:

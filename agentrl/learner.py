@@ -121,6 +121,7 @@ class Learner:
                                            betas=tuple(cfg.betas))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.reference: nn.Module | None = None
+        self.progress: Any = None  # progress bar advanced once per optimizer step
         if algorithm.needs_reference:
             self.reference = copy.deepcopy(model).eval()
             for p in self.reference.parameters():
@@ -218,8 +219,49 @@ class Learner:
                                                     else float("inf"))
                 grad_norms.append(float(gn))
                 self.optimizer.step()
+                if self.progress is not None:
+                    self.progress.update(1)
         self.scheduler.step()
         metrics = {f"train/{k}": sums[k] / max(1, counts[k]) for k in sums}
         metrics["train/grad_norm"] = sum(grad_norms) / max(1, len(grad_norms))
         metrics["train/lr"] = self.optimizer.param_groups[0]["lr"]
         return metrics
+
+
+# -- sampler/trainer mismatch correction ---------------------------------------------------
+
+def truncated_is_weights(old_logprobs: torch.Tensor, sampler_logprobs: torch.Tensor,
+                         loss_mask: torch.Tensor, cap: float) -> torch.Tensor:
+    """Per-token ``min(pi_learner / pi_sampler, cap)`` on action tokens, 0 elsewhere (N, L).
+
+    Truncated importance sampling (Yao et al. 2025, "Your efficient RL framework secretly brings
+    you off-policy RL training"): the sampler (vLLM, bf16 kernels) drew the tokens, the learner
+    scores them slightly differently; weighting the policy-gradient term by the capped ratio
+    makes the update unbiased up to the cap.
+    """
+    w = torch.exp((old_logprobs - sampler_logprobs).clamp(max=math.log(cap)))
+    return w * (loss_mask > 0)
+
+
+@torch.no_grad()
+def recompute_old_logprobs(learner: Learner, batch: Batch) -> None:
+    """Use the learner's logprobs (current weights) as ``batch.old_logprobs``.
+
+    The sampler's logprobs move to ``batch.extra["sampler_logprobs"]`` for `apply_tis`. Call
+    before the update: the first PPO ratio is then exactly 1 whatever the backend's numerics.
+    """
+    lp = learner.evaluate(batch)["logprobs"]  # (N, L), 0 off action tokens
+    batch.extra["sampler_logprobs"] = batch.old_logprobs
+    batch.old_logprobs = lp * (batch.loss_mask > 0)
+
+
+def apply_tis(batch: Batch, cap: float) -> dict[str, float]:
+    """Scale ``batch.advantages`` by `truncated_is_weights` (after `recompute_old_logprobs`)."""
+    mask = batch.loss_mask > 0
+    w = truncated_is_weights(batch.old_logprobs, batch.extra["sampler_logprobs"],
+                             batch.loss_mask, cap)
+    batch.advantages = batch.advantages * w
+    if not mask.any():
+        return {}
+    return {"train/tis_weight_mean": float(w[mask].mean()),
+            "train/tis_capped_fraction": float((w[mask] >= cap).float().mean())}

@@ -53,9 +53,20 @@ def rollout_metrics(trajs: list[Trajectory], prefix: str = "rollout") -> dict[st
 class MetricsLogger:
     """Appends metrics to ``metrics.jsonl`` and TensorBoard; prints a one-line summary."""
 
-    def __init__(self, run_dir: str, tensorboard: bool = True) -> None:
+    def __init__(self, run_dir: str, tensorboard: bool = True,
+                 wandb_config: dict[str, Any] | None = None) -> None:
         self.path = os.path.join(run_dir, "metrics.jsonl")
         self.tb: Any = None
+        self.wandb: Any = None
+        if wandb_config is not None:  # log.wandb=true: the resolved config goes with the run
+            try:
+                import wandb
+            except ImportError:
+                raise ImportError("log.wandb=true needs the wandb package: pip install wandb "
+                                  "(WANDB_MODE=offline logs without network), or set "
+                                  "log.wandb=false") from None
+            self.wandb = wandb.init(project="agentrl", name=os.path.basename(run_dir.rstrip("/")),
+                                    dir=run_dir, config=wandb_config)
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -72,10 +83,15 @@ class MetricsLogger:
                 if isinstance(v, (int, float)) and math.isfinite(v):
                     self.tb.add_scalar(k, v, step)
             self.tb.flush()
+        if self.wandb is not None:
+            self.wandb.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+                           step=step)
 
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
 
 
 def read_metrics(run_dir: str) -> list[dict[str, Any]]:

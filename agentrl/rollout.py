@@ -8,6 +8,7 @@ actions, step the envs as a batch. Finished episodes stop consuming generation. 
 
 from __future__ import annotations
 
+import copy
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -59,6 +60,7 @@ class RolloutEngine:
     def __init__(self, policy: Policy, pool: EnvPool, builder: PromptBuilder,
                  cfg: RolloutConfig, env_id: str) -> None:
         self.policy, self.pool, self.builder, self.cfg, self.env_id = policy, pool, builder, cfg, env_id
+        self.progress: Any = None  # default progress bar for `run` (anything with .update(n))
 
     def sampling(self, greedy: bool = False) -> SamplingParams:
         c = self.cfg
@@ -66,15 +68,25 @@ class RolloutEngine:
                               top_p=c.top_p, top_k=c.top_k, greedy=greedy, stop=list(c.stop))
 
     def run(self, seeds: list[int], group_ids: list[str] | None = None, greedy: bool = False,
-            progress: Any = None) -> list[Trajectory]:
-        """One episode per seed; returns trajectories in the same order."""
+            progress: Any = None, prefixes: list[list[Turn] | None] | None = None,
+            ) -> list[Trajectory]:
+        """One episode per seed; returns trajectories in the same order.
+
+        ``prefixes`` (optional, one entry per episode): turns of an earlier episode with the same
+        seed to replay before sampling (branching). The env is reset with the seed and stepped
+        with the prefix's actions; the prefix turns (token ids, logprobs, context ids) are
+        copied into the new trajectory and sampling continues after them. Needs a deterministic
+        env: a replay whose observations differ from the prefix's, or that ends the episode,
+        ends that episode with ``env_error``. ``extra["prefix_turns"]`` records the length.
+        """
+        progress = progress if progress is not None else self.progress
         n = len(seeds)
         if n > self.pool.num_envs:
             out: list[Trajectory] = []
             for i in range(0, n, self.pool.num_envs):
-                out += self.run(seeds[i:i + self.pool.num_envs],
-                                group_ids[i:i + self.pool.num_envs] if group_ids else None,
-                                greedy, progress)
+                j = i + self.pool.num_envs
+                out += self.run(seeds[i:j], group_ids[i:j] if group_ids else None, greedy,
+                                progress, prefixes[i:j] if prefixes else None)
             return out
         group_ids = group_ids or [str(s) for s in seeds]
         c = self.cfg
@@ -92,13 +104,18 @@ class RolloutEngine:
             traj.task = str(res.info.get("task", ""))
             traj.task_type = str(res.info.get("task_type", ""))
             live.append(_Live(traj=traj, slot=slot, observation=res.observation, info=res.info))
+        if prefixes and any(prefixes):
+            live = self._replay(live, prefixes)
         sampling = self.sampling(greedy)
 
-        for step in range(c.max_turns):
-            if not live:
-                break
+        while live:
             prompts, cands, keep = [], [], []
             for ep in live:
+                step = len(ep.traj.turns)  # per episode: replayed prefixes start later
+                if step >= c.max_turns:
+                    ep.traj.termination = "max_turns"
+                    _finish(ep.traj, ep.info)
+                    continue
                 actions = ep.info.get("admissible_actions")
                 if c.context == "window":
                     ctx = self.builder.window_prompt(ep.traj.task, ep.history, ep.observation,
@@ -166,10 +183,38 @@ class RolloutEngine:
             live = still
             if progress is not None:
                 progress.update(len(keep))
-        for ep in live:
-            ep.traj.termination = "max_turns"
-            _finish(ep.traj, ep.info)
         return trajs
+
+    def _replay(self, live: list[_Live], prefixes: list[list[Turn] | None]) -> list[_Live]:
+        """Step each episode through its prefix's actions (batched by depth) and copy the
+        prefix turns in. Returns the episodes that are still live afterwards."""
+        todo = [(ep, list(prefixes[ep.slot] or [])) for ep in live]
+        depth = max(len(p) for _, p in todo)
+        for d in range(depth):
+            act = [(ep, p) for ep, p in todo if len(p) > d and not ep.traj.termination]
+            if not act:
+                break
+            results = self.pool.step([ep.slot for ep, _ in act], [p[d].action for _, p in act])
+            for (ep, p), res in zip(act, results):
+                turn = copy.deepcopy(p[d])
+                ep.traj.turns.append(turn)
+                ep.history.append(Step(ep.observation, turn.action))
+                if self.cfg.context == "full":
+                    ep.context = ep.context + list(turn.context_ids) + list(turn.action_ids)
+                    ep.last_ended = bool(turn.action_ids) and \
+                        turn.action_ids[-1] == self.policy.eos_token_id
+                diverged = d + 1 < len(p) and res.observation != p[d + 1].observation
+                if res.error or res.terminated or res.truncated or diverged:
+                    ep.traj.termination = res.error or "env_error"
+                    ep.traj.extra["error"] = res.message or (
+                        f"prefix replay diverged at turn {d}: the env is not deterministic "
+                        "under a same-seed reset" if diverged else
+                        f"prefix replay ended the episode at turn {d}; branch earlier")
+                else:
+                    ep.observation, ep.info = res.observation, res.info
+        for ep, p in todo:
+            ep.traj.extra["prefix_turns"] = len(p)
+        return [ep for ep in live if not ep.traj.termination]
 
 
 def _state_key(info: dict[str, Any]) -> str | None:

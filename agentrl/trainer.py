@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import sys
 import time
 from typing import Any
 
@@ -20,10 +21,11 @@ import torch
 import yaml
 
 from agentrl import checkpoint
+from agentrl.alarms import alarm_metrics, logprob_mismatch, memory_metrics
 from agentrl.config import Config, config_to_dict
 from agentrl.envpool import EnvPool
 from agentrl.evaluate import evaluate
-from agentrl.learner import Learner
+from agentrl.learner import Learner, apply_tis, recompute_old_logprobs
 from agentrl.metrics import MetricsLogger, console_line, rollout_metrics
 from agentrl.models import build_tiny_model, build_tiny_tokenizer, load_pretrained, resolve_device
 from agentrl.policies.base import Policy
@@ -31,6 +33,7 @@ from agentrl.prompts import PromptBuilder
 from agentrl.registry import get_algorithm, make_env
 from agentrl.rollout import RolloutEngine
 from agentrl.types import write_jsonl
+from agentrl.viewer import record_turn_advantages
 
 
 def seed_everything(seed: int) -> None:
@@ -87,8 +90,25 @@ def make_policy(cfg: Config, model: Any, tok: Any) -> Policy:
         from agentrl.policies.hf import HFPolicy
 
         return HFPolicy(model, tok, batch_size=cfg.rollout.batch_size)
-    raise NotImplementedError(
-        f"policy.backend={cfg.policy.backend!r} is not available in this build; use 'hf'")
+    p = cfg.policy
+    if p.backend == "vllm":
+        from agentrl.policies.vllm import VLLMPolicy
+
+        return VLLMPolicy.from_module(
+            model, tok, device=str(resolve_device(p.device)), dtype=p.dtype,
+            max_model_len=cfg.rollout.max_context_tokens, seed=cfg.seed,
+            gpu_memory_utilization=p.vllm_gpu_memory_utilization,
+            sleep_level=p.vllm_sleep_level, kv_cache_gb=p.vllm_kv_cache_gb,
+            enforce_eager=p.vllm_enforce_eager)
+    if p.backend == "openai":
+        from agentrl.policies.openai import OpenAIPolicy
+
+        if not p.openai_base_url:
+            raise ValueError("policy.backend=openai needs policy.openai_base_url "
+                             "(e.g. http://127.0.0.1:8000/v1)")
+        return OpenAIPolicy(p.openai_base_url, p.openai_model or p.model, tok,
+                            api_key=os.environ.get(p.openai_api_key_env) or None)
+    raise NotImplementedError(f"policy.backend={p.backend!r}: use 'hf', 'vllm' or 'openai'")
 
 
 class Trainer:
@@ -123,7 +143,8 @@ class Trainer:
                                  cfg.env.pool, cfg.env.step_timeout)
         self.eval_engine = RolloutEngine(self.policy, self.eval_pool, self.builder, cfg.rollout,
                                          cfg.env.id)
-        self.logger = MetricsLogger(self.run_dir, cfg.log.tensorboard)
+        self.logger = MetricsLogger(self.run_dir, cfg.log.tensorboard,
+                                    config_to_dict(cfg) if cfg.log.wandb else None)
         self.rng = random.Random(cfg.seed)
         self.iteration = 0
         self.eval_history: list[dict[str, Any]] = []
@@ -207,19 +228,41 @@ class Trainer:
             s = self.rng.randrange(c.env.train_seeds)
             seeds += [s] * c.rollout.group_size
             gids += [f"it{self.iteration}-g{g}"] * c.rollout.group_size
-        trajs = self.algorithm.collect(self.engine, seeds, gids)
+        bar = self._bar("rollout", None, "turn")
+        self.engine.progress = bar
+        try:
+            trajs = self.algorithm.collect(self.engine, seeds, gids)
+        finally:
+            self.engine.progress = None
+            if bar is not None:
+                bar.close()
         t_roll = time.perf_counter() - t0
         batch = self.algorithm.build_batch(trajs, self.tokenizer.pad_token_id or 0)
         t1 = time.perf_counter()
+        # Before any update both sides hold the same weights: a gap is sampler/trainer drift.
+        consistency = logprob_mismatch(self.learner, batch)
+        if c.policy.recompute_old_logprobs or c.train.tis_cap > 0:
+            recompute_old_logprobs(self.learner, batch)
         if self.algorithm.needs_reference:
             batch.ref_logprobs = self.learner.reference_logprobs(batch)
         adv_metrics = self.algorithm.advantages(batch, self.learner)
-        train_metrics = self.learner.update(batch, self.rng)
+        if c.train.tis_cap > 0:
+            consistency.update(apply_tis(batch, c.train.tis_cap))
+        if hasattr(self.policy, "release_memory"):
+            self.policy.release_memory()  # vllm sleep mode: engine memory to the learner
+        self.learner.progress = self._bar("update", c.train.epochs * c.train.minibatches, "step")
+        try:
+            train_metrics = self.learner.update(batch, self.rng)
+        finally:
+            if self.learner.progress is not None:
+                self.learner.progress.close()
+            self.learner.progress = None
         t2 = time.perf_counter()
         self.policy.update_weights(self.model)
         t3 = time.perf_counter()
         m = rollout_metrics(trajs)
         m.update(train_metrics)
+        m.update(consistency)
         m.update({f"algo/{k}": v for k, v in adv_metrics.items()})
         turns = [t for tr in trajs for t in tr.turns]
         gen = sum(t.seconds_generate for t in turns)
@@ -230,16 +273,29 @@ class Trainer:
                   "perf/action_tokens": float(sum(len(t.action_ids) for t in turns)),
                   "perf/tokens_per_second_generate": sum(len(t.action_ids) for t in turns)
                   / max(gen, 1e-9)})
+        m.update(memory_metrics())
+        record_turn_advantages(batch)  # per-turn credit into the dumps, for the viewer
         self._dump(trajs)
         self.algorithm.on_iteration_end(self.iteration, m)
         return m
 
+    def _bar(self, desc: str, total: int | None, unit: str) -> Any:
+        """A transient progress bar under the training bar (None with log.progress=false or
+        when stderr is not a terminal)."""
+        if not self.cfg.log.progress or not sys.stderr.isatty():
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=total, desc=f"  {desc}", unit=unit, leave=False, position=1,
+                    dynamic_ncols=True)
+
     def _dump(self, trajs: list[Any]) -> None:
         lg = self.cfg.log
-        if lg.trajectories_every and self.iteration % lg.trajectories_every == 0:
+        it = self.iteration + 1  # the number this iteration gets in metrics.jsonl
+        if lg.trajectories_every and it % lg.trajectories_every == 0:
             d = os.path.join(self.run_dir, "trajectories")
             os.makedirs(d, exist_ok=True)
-            write_jsonl(os.path.join(d, f"iter_{self.iteration:05d}.jsonl"),
+            write_jsonl(os.path.join(d, f"iter_{it:05d}.jsonl"),
                         trajs[:lg.trajectories_per_dump])
 
     def train(self) -> dict[str, Any]:
@@ -263,6 +319,7 @@ class Trainer:
             if c.eval.every and self.iteration % c.eval.every == 0 and self.iteration < total:
                 s = self.run_eval(f"iter_{self.iteration}")
                 m["eval/success_rate"] = s["success_rate"]
+            m.update(alarm_metrics(m, c.alarms))
             self.logger.log(self.iteration, m)
             line = console_line(self.iteration, total, m)
             if bar is not None:
@@ -294,6 +351,8 @@ class Trainer:
     def close(self) -> None:
         self.pool.close()
         self.eval_pool.close()
+        if hasattr(self.policy, "close"):
+            self.policy.close()  # vllm: engine and its model directory
 
 
 def write_curve(run_dir: str, evals: list[dict[str, Any]]) -> str | None:
