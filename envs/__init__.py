@@ -37,10 +37,41 @@ register_env(
     level=3,
 )
 register_env(
+    "agentrl/ALFWorld-v0",
+    entry_point="agentrl.envs.alfworld.env:ALFWorldEnv",
+    description="ALFWorld household tasks (6 types) on the official text engine; "
+                "generated games offline, official data via data_path",
+    max_episode_steps=50,
+    requires=("alfworld",),
+    test_kwargs={"num_games": 2},
+    split="train",
+    num_games=120,
+)
+register_env(
+    "agentrl/ScienceWorld-v0",
+    entry_point="agentrl.envs.sciworld_env:ScienceWorldEnv",
+    description="ScienceWorld: the real simulator (Java), 30 science tasks, train/dev/test "
+                "variations, score 0-100",
+    max_episode_steps=100,
+    requires=("scienceworld",),
+    test_kwargs={"task": "find-living-thing", "step_limit": 8},
+    step_limit=100,
+)
+register_env(
     "agentrl/WebShop-v0",
     entry_point="agentrl.envs.webshop.env:WebShopEnv",
     description="WebShop: search a store, pick the product and options an instruction asks for, buy",
     max_episode_steps=15,
     requires=("rank_bm25",),
     test_kwargs={"num_products": 300},
+)
+register_env(
+    "agentrl/ToolUse-v0",
+    entry_point="agentrl.envs.tooluse:ToolUseEnv",
+    description="Tool use: BM25 search, calculator and sandboxed Python over multi-hop "
+                "knowledge-base questions and arithmetic word problems",
+    max_episode_steps=10,
+    requires=("rank_bm25",),
+    test_kwargs={"max_steps": 6},
+    max_steps=10,
 )
