@@ -11,10 +11,16 @@ itself with `@register_algorithm`. The trainer calls, per iteration:
     algo.on_iteration_end(iteration, metrics)
 
 and never names an algorithm. State (histories, replay buffers) goes in `state_dict`.
+
+Shared options every algorithm gets from `AlgorithmConfig`: clip-higher (``clip_low`` /
+``clip_high``), dual clip, loss aggregation, k3 KL, entropy bonus, ``loss_mode`` (vanilla PPO,
+Clip-Cov or KL-Cov, applied in `Algorithm.surrogate`) and ``filter_groups`` (DAPO dynamic
+filtering of zero-variance groups, applied in the base `build_batch`).
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -44,6 +50,18 @@ class AlgorithmConfig:
     kl_coef: float = F(0.0, "k3 KL penalty to the frozen initial policy (0 = off, no ref model)",
                        ge=0)
     entropy_coef: float = F(0.0, "entropy bonus coefficient (0 = off)")
+    loss_mode: Literal["vanilla", "clip_cov", "kl_cov"] = F(
+        "vanilla", "policy surrogate: clipped PPO, or Clip-Cov / KL-Cov (arXiv 2505.22617)")
+    clip_cov_ratio: float = F(2e-4, "Clip-Cov: fraction of tokens whose gradient is detached",
+                              ge=0, le=1)
+    clip_cov_lb: float = F(1.0, "Clip-Cov: lower covariance bound of the candidates")
+    clip_cov_ub: float = F(5.0, "Clip-Cov: upper covariance bound of the candidates")
+    kl_cov_ratio: float = F(2e-3, "KL-Cov: fraction of top-covariance tokens that get the KL "
+                            "term (the official k_percent 0.2 = 0.002)", ge=0, le=1)
+    kl_cov_coef: float = F(1.0, "KL-Cov: weight of |logp - old_logp| on the selected tokens",
+                           ge=0)
+    filter_groups: bool = F(False, "DAPO dynamic filtering: drop groups whose trajectories all "
+                            "have the same total reward (they carry no group-relative signal)")
 
 
 class Algorithm:
@@ -55,6 +73,7 @@ class Algorithm:
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
+        self.filter_stats: dict[str, float] = {}  # set by `filter_trajectories` when it drops
 
     def setup(self, model: torch.nn.Module) -> None:
         """Called once with the policy model before the optimizer exists (build heads here)."""
@@ -90,7 +109,21 @@ class Algorithm:
         trajectories, flagged in ``batch.extra``)."""
         from agentrl.batch import make_batch
 
-        return make_batch(trajectories, pad_id)
+        return make_batch(self.filter_trajectories(trajectories), pad_id)
+
+    def filter_trajectories(self, trajectories: list[Trajectory]) -> list[Trajectory]:
+        """Shared pre-batch filters (``filter_groups``); ``self.filter_stats`` records counts."""
+        if not self.cfg.filter_groups:
+            return trajectories
+        kept, dropped = drop_zero_variance_groups(trajectories)
+        total = len({t.group_id for t in trajectories})
+        self.filter_stats = {"groups_dropped_zero_variance": float(dropped),
+                             "groups_kept_frac": (total - dropped) / max(1, total)}
+        if trajectories and not kept:
+            warnings.warn("filter_groups: every group has zero reward variance; this iteration "
+                          "has nothing to train on (raise the group size or the task difficulty "
+                          "range)", stacklevel=2)
+        return kept
 
     def advantages(self, batch: Batch, learner: Learner) -> dict[str, float]:
         """Fill ``batch.advantages`` (N, L) (and ``batch.returns`` if used); return metrics."""
@@ -103,30 +136,78 @@ class Algorithm:
         """
         return self.pg_loss(out, mb, mb.advantages)
 
-    def pg_loss(self, out: ModelOutputs, mb: Batch, advantages: torch.Tensor
-                ) -> dict[str, torch.Tensor]:
-        """The shared surrogate: clipped PG on ``advantages`` (N, L), plus KL and entropy."""
+    def clipped_surrogate(self, logprobs: torch.Tensor, old_logprobs: torch.Tensor,
+                          advantages: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Per-token clipped objective (B, T) and stats; PPO here (AEPO: stop-gradient clip)."""
         c = self.cfg
-        per_tok, st = Fn.policy_loss(out.logprobs, mb.old_logprobs, advantages,
-                                     c.clip_low, c.clip_high, c.dual_clip or None)
-        agg = self._agg
-        terms = {"pg_loss": agg(per_tok, mb)}
+        return Fn.policy_loss(logprobs, old_logprobs, advantages, c.clip_low, c.clip_high,
+                              c.dual_clip or None)
+
+    def surrogate(self, logprobs: torch.Tensor, old_logprobs: torch.Tensor,
+                  advantages: torch.Tensor, mask: torch.Tensor,
+                  cov: tuple[float, float, float] | None = None,
+                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Per-token policy loss (B, T) per ``loss_mode``; the covariance statistics use the
+        tokens where ``mask`` (B, T) > 0. ``cov`` = (ratio, lb, ub) overrides the Clip-Cov
+        settings (ratio alone for KL-Cov), e.g. for SPEAR's replay rows."""
+        c = self.cfg
+        if c.loss_mode == "kl_cov":
+            return Fn.kl_cov_loss(logprobs, old_logprobs, advantages, mask,
+                                  cov[0] if cov else c.kl_cov_ratio, c.kl_cov_coef)
+        per_tok, st = self.clipped_surrogate(logprobs, old_logprobs, advantages)
+        if c.loss_mode == "clip_cov":
+            ratio, lb, ub = cov or (c.clip_cov_ratio, c.clip_cov_lb, c.clip_cov_ub)
+            # tokens the PPO clip already holds are excluded; the chosen ones lose their gradient
+            sel = Fn.clip_cov_select(Fn.token_covariance(logprobs, advantages, mask), mask,
+                                     st["clipped"] == 0, ratio, lb, ub)
+            per_tok = per_tok * (~sel)
+            st["cov_selected"] = sel.float()
+        return per_tok, st
+
+    def pg_loss(self, out: ModelOutputs, mb: Batch, advantages: torch.Tensor,
+                mask: torch.Tensor | None = None, cov: tuple[float, float, float] | None = None,
+                ) -> dict[str, torch.Tensor]:
+        """The shared surrogate on ``advantages`` (N, L), plus KL and entropy.
+
+        ``mask`` (N, L) restricts every term to a subset of the action tokens while keeping the
+        whole minibatch's aggregation denominators, so losses of disjoint subsets add up.
+        """
+        c = self.cfg
+        dev = out.logprobs.device  # the learner's micro-batches stay on the CPU
+        m = (mb.loss_mask if mask is None else mask).to(dev)
+        per_tok, st = self.surrogate(out.logprobs, mb.old_logprobs.to(dev), advantages.to(dev),
+                                     m, cov)
+
+        def agg(x: torch.Tensor) -> torch.Tensor:
+            return self._agg(x, mb, mask)
+
+        terms = {"pg_loss": agg(per_tok)}
         total = terms["pg_loss"]
         if c.kl_coef > 0:
-            terms["kl"] = agg(Fn.kl_k3(out.logprobs, mb.ref_logprobs), mb)
+            terms["kl"] = agg(Fn.kl_k3(out.logprobs, mb.ref_logprobs.to(dev)))
             total = total + c.kl_coef * terms["kl"]
         if out.entropy is not None:
-            terms["entropy"] = agg(out.entropy, mb)
+            terms["entropy"] = agg(out.entropy)
             if c.entropy_coef:
                 total = total - c.entropy_coef * terms["entropy"]
-        terms["clip_frac"] = agg(st["clipped"], mb).detach()
-        terms["approx_kl_old"] = agg(0.5 * (out.logprobs - mb.old_logprobs) ** 2, mb).detach()
+        terms["clip_frac"] = agg(st["clipped"]).detach()
+        if "cov_selected" in st:
+            terms["cov_selected_frac"] = agg(st["cov_selected"]).detach()
+        terms["approx_kl_old"] = agg(0.5 * (out.logprobs - mb.old_logprobs.to(dev)) ** 2).detach()
         terms["loss"] = total
         return terms
 
-    def _agg(self, x: torch.Tensor, mb: Batch) -> torch.Tensor:
-        return Fn.aggregate(x, mb.loss_mask, self.cfg.loss_agg, mb.agg_tokens, mb.agg_seqs,
-                            mb.agg_len)
+    def _agg(self, x: torch.Tensor, mb: Batch, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Aggregate (n, L) over ``mb.loss_mask``, or over a subset ``mask`` with the denominators
+        of the whole micro-batch (the learner's minibatch totals when it set them)."""
+        if mask is None:
+            return Fn.aggregate(x, mb.loss_mask.to(x.device), self.cfg.loss_agg, mb.agg_tokens,
+                                mb.agg_seqs, mb.agg_len)
+        full = mb.loss_mask
+        tokens = mb.agg_tokens if mb.agg_tokens is not None else float(full.sum().clamp(min=1))
+        seqs = mb.agg_seqs if mb.agg_seqs is not None else float(
+            (full.sum(-1) > 0).sum().clamp(min=1))
+        return Fn.aggregate(x, mask.to(x.device), self.cfg.loss_agg, tokens, seqs, mb.agg_len)
 
     def on_iteration_end(self, iteration: int, metrics: dict[str, float]) -> None:
         """Update state that spans iterations (histories, schedules, buffers)."""
@@ -136,3 +217,13 @@ class Algorithm:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
+
+
+def drop_zero_variance_groups(trajectories: list[Trajectory]) -> tuple[list[Trajectory], int]:
+    """Keep the trajectories of groups whose total rewards are not all equal (a group of one is
+    dropped too: it has no spread). Returns (kept, number of groups dropped)."""
+    by_group: dict[str, list[float]] = {}
+    for t in trajectories:
+        by_group.setdefault(t.group_id, []).append(t.total_reward)
+    flat = {g for g, r in by_group.items() if max(r) - min(r) < 1e-9}
+    return [t for t in trajectories if t.group_id not in flat], len(flat)

@@ -190,3 +190,106 @@ def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Te
         return 0.5 * l1
     v_clip = old_values + (values - old_values).clamp(-clip, clip)
     return 0.5 * torch.maximum(l1, (v_clip - returns) ** 2)
+
+
+# --------------------------------------------------------------------------- entropy-aware losses
+
+def sg_clip_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor,
+                        advantages: torch.Tensor, clip_low: float = 0.2, clip_high: float = 0.2,
+                        dual_clip: float | None = 3.0,
+                        ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """AEPO's entropy clipping-balanced surrogate (arXiv 2510.14545): PPO with a stop-gradient
+    upper bound.
+
+        ratio = exp(logp - old_logp)
+        upper = (1 + clip_high) * ratio / sg(ratio)         # value 1 + clip_high, grad of ratio
+        l = max(-A ratio, -A clip(ratio, 1 - clip_low, upper))   (+ dual clip for A < 0)
+
+    The forward value equals `policy_loss`. The gradient w.r.t. logp is -A * F with
+    F = 1 + clip_high where ratio > 1 + clip_high and A > 0 (PPO: 0), F = 0 where
+    ratio < 1 - clip_low and A < 0, F = ratio otherwise; so high-entropy tokens that already
+    moved up keep a bounded learning signal instead of being dropped.
+
+    Args: all (B, T). Returns (per-token loss (B, T), stats ``clipped`` and ``ratio`` (B, T)).
+    """
+    log_ratio = (logprobs - old_logprobs).clamp(-20.0, 20.0)
+    ratio = torch.exp(log_ratio)
+    hi = 1.0 + clip_high
+    bounded = torch.where(ratio > hi, hi * ratio / ratio.detach(), ratio)
+    bounded = torch.where(ratio < 1.0 - clip_low, (1.0 - clip_low) * torch.ones_like(ratio), bounded)
+    l1 = -advantages * ratio
+    l2 = -advantages * bounded
+    loss = torch.maximum(l1, l2)
+    clipped = (l2 > l1).float()
+    if dual_clip is not None:
+        l3 = -advantages * dual_clip
+        dual = (advantages < 0) & (loss > l3)
+        loss = torch.where(advantages < 0, torch.minimum(loss, l3), loss)
+        clipped = torch.maximum(clipped, dual.float())
+    return loss, {"clipped": clipped, "ratio": ratio.detach()}
+
+
+def zscore(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """(x - mean) / (std + eps) over the positions where ``mask`` (B, T) > 0; 0 elsewhere.
+    Std with Bessel's correction; fewer than two positions give 0. (B, T) -> (B, T)."""
+    m = mask > 0
+    n = int(m.sum())
+    if n < 2:
+        return torch.zeros_like(values)
+    x = values[m].double()
+    z = (values.double() - x.mean()) / (x.std() + eps)
+    return torch.where(m, z, torch.zeros_like(z)).to(values.dtype)
+
+
+# --------------------------------------------------------------------------- covariance losses
+
+def token_covariance(logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+                     ) -> torch.Tensor:
+    """Centred token covariance (Cui et al. 2025, arXiv 2505.22617), detached:
+
+        Cov_i = (A_i - mean(A)) * (logp_i - mean(logp))
+
+    with masked means over the tokens where ``mask`` > 0. (B, T) -> (B, T); 0 off the mask."""
+    m = (mask > 0).to(advantages.dtype)
+    n = m.sum().clamp(min=1)
+    a, lp = advantages.detach(), logprobs.detach()
+    cov = (a - (a * m).sum() / n) * (lp - (lp * m).sum() / n)
+    return cov * m
+
+
+def clip_cov_select(cov: torch.Tensor, mask: torch.Tensor, eligible: torch.Tensor, ratio: float,
+                    lb: float, ub: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Clip-Cov token choice: among eligible masked tokens with lb < Cov < ub pick
+    max(1, floor(ratio * N_valid)) at random (N_valid = masked tokens). Returns bool (B, T)."""
+    cand = ((mask > 0) & eligible & (cov > lb) & (cov < ub)).flatten().nonzero(as_tuple=True)[0]
+    out = torch.zeros(cov.numel(), dtype=torch.bool, device=cov.device)
+    if len(cand):
+        k = max(1, int(ratio * float((mask > 0).sum())))
+        perm = torch.randperm(len(cand), generator=generator, device="cpu")[:k].to(cand.device)
+        out[cand[perm]] = True
+    return out.view_as(cov)
+
+
+def kl_cov_select(cov: torch.Tensor, mask: torch.Tensor, ratio: float) -> torch.Tensor:
+    """KL-Cov token choice: the max(1, floor(ratio * N_valid)) masked tokens of largest Cov
+    (``ratio`` is a fraction: the official ``k_percent`` 0.2 is ratio 0.002). Bool (B, T)."""
+    valid = (mask > 0).flatten().nonzero(as_tuple=True)[0]
+    out = torch.zeros(cov.numel(), dtype=torch.bool, device=cov.device)
+    if len(valid):
+        k = max(1, int(ratio * len(valid)))
+        top = torch.topk(cov.flatten()[valid], min(k, len(valid))).indices
+        out[valid[top]] = True
+    return out.view_as(cov)
+
+
+def kl_cov_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+                mask: torch.Tensor, ratio: float = 0.002, coef: float = 1.0,
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """KL-Cov surrogate per token: unclipped -A rho everywhere, plus coef * |logp - old_logp|
+    on the `kl_cov_select` tokens. All (B, T). Returns (loss, stats ``clipped`` = selected,
+    ``ratio``)."""
+    log_ratio = (logprobs - old_logprobs).clamp(-20.0, 20.0)
+    rho = torch.exp(log_ratio)
+    sel = kl_cov_select(token_covariance(logprobs, advantages, mask), mask, ratio)
+    loss = -advantages * rho + coef * log_ratio.abs() * sel
+    return loss, {"clipped": sel.float(), "ratio": rho.detach()}
