@@ -48,21 +48,30 @@ def env_corpus(env_id: str, kwargs: dict[str, Any], episodes: int, max_turns: in
     env = make_env(env_id, **kwargs)
     rng = random.Random(seed)
     texts: list[str] = []
+    failures = 0
     try:
         for ep in range(episodes):
-            obs, info = env.reset(seed=ep)
-            texts += [obs, str(info.get("task", ""))]
-            for _ in range(max_turns):
-                adm = info.get("admissible_actions") or []
-                texts += adm
-                if not adm:
-                    break
-                obs, _, term, trunc, info = env.step(rng.choice(adm))
-                texts.append(obs)
-                if term or trunc:
-                    break
+            try:
+                obs, info = env.reset(seed=ep)
+                texts += [obs, str(info.get("task", ""))]
+                for _ in range(max_turns):
+                    adm = info.get("admissible_actions") or []
+                    texts += adm
+                    if not adm:
+                        break
+                    obs, _, term, trunc, info = env.step(rng.choice(adm))
+                    texts.append(obs)
+                    if term or trunc:
+                        break
+            except Exception:  # a broken episode costs its text, not the run
+                failures += 1
+                env.close()
+                env = make_env(env_id, **kwargs)
     finally:
         env.close()
+    if failures:
+        print(f"[agentrl] tokenizer corpus: {failures}/{episodes} random episodes of {env_id} "
+              "raised in the env and were cut short", file=sys.stderr)
     return texts
 
 
@@ -237,7 +246,17 @@ class Trainer:
             if bar is not None:
                 bar.close()
         t_roll = time.perf_counter() - t0
-        batch = self.algorithm.build_batch(trajs, self.tokenizer.pad_token_id or 0)
+        # An episode cut short by a crashed or hung env says nothing about the policy: it is
+        # counted in the metrics (rollout/termination/*, env/*) but left out of the loss.
+        learn = [t for t in trajs if t.termination not in ("env_error", "env_timeout")]
+        if not learn:
+            print("[agentrl] every episode of this iteration lost its env; no update",
+                  file=sys.stderr)
+            m = rollout_metrics(trajs)
+            m.update({f"env/{k}": float(v) for k, v in self.pool.stats.items()})
+            m["train/skipped"] = 1.0
+            return m
+        batch = self.algorithm.build_batch(learn, self.tokenizer.pad_token_id or 0)
         t1 = time.perf_counter()
         # Before any update both sides hold the same weights: a gap is sampler/trainer drift.
         consistency = logprob_mismatch(self.learner, batch)
@@ -261,6 +280,7 @@ class Trainer:
         self.policy.update_weights(self.model)
         t3 = time.perf_counter()
         m = rollout_metrics(trajs)
+        m.update({f"env/{k}": float(v) for k, v in self.pool.stats.items()})
         m.update(train_metrics)
         m.update(consistency)
         m.update({f"algo/{k}": v for k, v in adv_metrics.items()})

@@ -92,3 +92,24 @@ def test_killed_run_resumes_from_last_checkpoint(tmp_path) -> None:
     its = [json.loads(line)["iteration"] for line in open(run_dir / "metrics.jsonl")
            if "train/loss" in line]
     assert its == list(range(1, done + 2))  # no completed iteration lost, none duplicated
+
+
+def test_episodes_lost_to_a_crashed_env_are_logged_but_not_trained_on(tmp_path) -> None:
+    cfg = load_config(None, [
+        "env.id=test/Corridor-v0", "env.kwargs={crash_on: go west}", "env.eval_kwargs={}",
+        "env.train_seeds=1", "rollout.groups=2", "rollout.group_size=4", "rollout.max_turns=6",
+        "rollout.action_format=raw", "rollout.constrained=true", "rollout.max_new_tokens=6",
+        "policy.tiny_corpus_episodes=4", "eval.before_training=false", "eval.every=0",
+        "eval.episodes=2", "log.tensorboard=false", "log.progress=false",
+        "train.iterations=1", f"output_dir={tmp_path}", "run_name=crash"])
+    tr = Trainer(cfg)
+    seen: list = []
+    build = tr.algorithm.build_batch
+    tr.algorithm.build_batch = lambda trajs, pad: (seen.extend(trajs), build(trajs, pad))[1]
+    m = tr.train_iteration()
+    lost = m.get("rollout/termination/env_error", 0.0)
+    assert lost > 0, "a random policy among 3 actions should hit 'go west' in 8 episodes"
+    assert m["env/env_error"] == round(lost * 8)
+    assert len(seen) == 8 - m["env/env_error"]
+    assert all(t.termination != "env_error" for t in seen)
+    tr.close()
