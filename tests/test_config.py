@@ -9,7 +9,7 @@ from agentrl.config import ConfigError, config_from_dict, config_to_dict, load_c
 
 def test_quickstart_loads_and_roundtrips() -> None:
     cfg = load_config(None)
-    assert cfg.algorithm.name == "grpo"
+    assert cfg.algorithm.name == "gigpo"
     again = config_from_dict(config_to_dict(cfg))
     assert config_to_dict(again) == config_to_dict(cfg)
 

@@ -36,7 +36,7 @@ def test_wheel_contains_and_imports_subpackages(tmp_path) -> None:
             f"{sysconfig.get_paths()['purelib']!r}, {sysconfig.get_paths()['platlib']!r}]\n"
             "import agentrl, agentrl.envs, agentrl.policies.hf, agentrl.algorithms\n"
             "from agentrl.config import load_config\n"
-            "assert load_config(None).algorithm.name == 'grpo'\n"
+            "assert load_config(None).algorithm.name == 'gigpo'\n"
             "print(agentrl.__file__)")
     out = subprocess.run([sys.executable, "-S", "-c", code], check=True, capture_output=True,
                          text=True, cwd=str(tmp_path)).stdout.strip()

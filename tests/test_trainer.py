@@ -17,7 +17,7 @@ from agentrl import checkpoint
 from agentrl.config import load_config
 from agentrl.trainer import Trainer
 
-SMALL = ["env.kwargs={level: 3, split: train, num_games: 2}",
+SMALL = ["env.kwargs={level: 3, split: train, num_games: 2}", "train.lr_schedule=constant",
          "env.eval_kwargs={split: eval, num_games: 2}", "env.train_seeds=2",
          "rollout.groups=2", "rollout.group_size=3", "rollout.max_turns=6",
          "policy.tiny_corpus_episodes=4", "eval.episodes=4", "eval.every=0",
