@@ -341,7 +341,22 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     except KeyError as e:
         raise ConfigError(f"algorithm.name: {e.args[0]}") from e
     cfg = build_dataclass(Config, data)
-    cfg.algorithm = build_dataclass(algo_cls.Config, algo, "algorithm")
+    try:
+        cfg.algorithm = build_dataclass(algo_cls.Config, algo, "algorithm")
+    except ConfigError as e:
+        if "unknown key" not in str(e):
+            raise
+        # Often an algorithm-specific key left behind by an `algorithm.name=...` override.
+        from agentrl.registry import ALGORITHMS
+
+        bad = [k for k in algo if k not in {f.name for f in dataclasses.fields(algo_cls.Config)}]
+        owners = sorted(n for n, c in ALGORITHMS.items()
+                        if bad and bad[0] in {f.name for f in dataclasses.fields(c.Config)})
+        if owners:
+            raise ConfigError(f"algorithm.{bad[0]} is a setting of {', '.join(owners)}, not of "
+                              f"algorithm {str(name)!r}: remove it or change algorithm.name"
+                              ) from None
+        raise ConfigError(f"{e} (algorithm {str(name)!r})") from None
     cfg.algorithm.name = str(name)
     _cross_checks(cfg)
     return cfg

@@ -71,3 +71,8 @@ def test_cli_reports_config_errors_before_any_work(capsys) -> None:
     assert main(["train", "train.lrr=1"]) == 2
     err = capsys.readouterr().err
     assert "did you mean 'train.lr'" in err
+
+
+def test_key_of_another_algorithm_names_its_owner() -> None:
+    with pytest.raises(ConfigError, match="step_weight is a setting of gigpo, not of algorithm 'grpo'"):
+        load_config("configs/textworld_gigpo.yaml", ["algorithm.name=grpo"])
