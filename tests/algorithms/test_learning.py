@@ -52,8 +52,9 @@ def test_gigpo_learns_coin_collector(tmp_path) -> None:
 def test_epo_learns_coin_collector(tmp_path) -> None:
     before, after = _learn(tmp_path, 15, "algorithm.name=epo", "algorithm.phase_total=15")
     print(f"EPO held-out success {before:.3f} -> {after:.3f}")
-    # Measured 0.150 -> 0.650 (GRPO 0.825 on the same budget): EPO's corridor lowers late
-    # entropy here, so its bar is lower than the others'. It still must clearly learn.
+    # Measured 0.150 -> 0.650 with a constant LR (GRPO 0.825 on that budget) and 0.725 with the
+    # quickstart's cosine LR: EPO's corridor lowers late entropy here, so its bar is lower than
+    # the others'. It still must clearly learn.
     assert after >= 0.5 and after > before + 0.15
 
 
