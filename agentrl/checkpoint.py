@@ -39,6 +39,9 @@ def save(run_dir: str, iteration: int, model: Any, tokenizer: Any, extra: dict[s
     tmp = final + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # one "Writing model shards" bar per checkpoint is noise
     model.save_pretrained(os.path.join(tmp, "model"), safe_serialization=True)
     tokenizer.save_pretrained(os.path.join(tmp, "model"))
     torch.save(extra, os.path.join(tmp, "state.pt"))

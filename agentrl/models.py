@@ -93,7 +93,9 @@ def smollm2_path() -> str:
 def load_pretrained(name_or_path: str, dtype: str = "float32") -> tuple[Any, Any]:
     """(model, tokenizer) from a local directory or hub name."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # no "Loading weights" bar per load
     path = smollm2_path() if name_or_path == "smollm2" else name_or_path
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
