@@ -153,10 +153,17 @@ def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: 
     Args: all (B, T). Returns (per-token loss (B, T), stats of the same shape: ``clipped``
     (1 where the clip was active), ``ratio``).
     """
-    log_ratio = (logprobs - old_logprobs).clamp(-20.0, 20.0)
-    ratio = torch.exp(log_ratio)
+    ratio = torch.exp((logprobs - old_logprobs).clamp(-20.0, 20.0))
+    return _surrogate(ratio, torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high), advantages,
+                      dual_clip)
+
+
+def _surrogate(ratio: torch.Tensor, clipped_ratio: torch.Tensor, advantages: torch.Tensor,
+               dual_clip: float | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """max(-A ratio, -A clipped_ratio), then the dual clip for A < 0; shared by the PPO and
+    the stop-gradient surrogates. All (B, T)."""
     l1 = -advantages * ratio
-    l2 = -advantages * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
+    l2 = -advantages * clipped_ratio
     loss = torch.maximum(l1, l2)
     clipped = (l2 > l1).float()
     if dual_clip is not None:
@@ -217,16 +224,7 @@ def sg_clip_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor,
     hi = 1.0 + clip_high
     bounded = torch.where(ratio > hi, hi * ratio / ratio.detach(), ratio)
     bounded = torch.where(ratio < 1.0 - clip_low, (1.0 - clip_low) * torch.ones_like(ratio), bounded)
-    l1 = -advantages * ratio
-    l2 = -advantages * bounded
-    loss = torch.maximum(l1, l2)
-    clipped = (l2 > l1).float()
-    if dual_clip is not None:
-        l3 = -advantages * dual_clip
-        dual = (advantages < 0) & (loss > l3)
-        loss = torch.where(advantages < 0, torch.minimum(loss, l3), loss)
-        clipped = torch.maximum(clipped, dual.float())
-    return loss, {"clipped": clipped, "ratio": ratio.detach()}
+    return _surrogate(ratio, bounded, advantages, dual_clip)
 
 
 def zscore(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:

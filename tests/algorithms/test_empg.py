@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from trajs import traj
 
 from agentrl.algorithms.empg import (
     EMPG,
@@ -15,17 +16,6 @@ from agentrl.algorithms.empg import (
 )
 from agentrl.batch import make_batch
 from agentrl.learner import ModelOutputs
-from agentrl.types import Trajectory, Turn
-
-
-def turn(reward: float = 0.0, n_tokens: int = 2) -> Turn:
-    return Turn(observation="o", context_ids=[5, 6], action_ids=[7] * n_tokens,
-                logprobs=[-0.5] * n_tokens, reward=reward, env_reward=reward)
-
-
-def traj(gid: str, rewards: list[float], term: str = "success") -> Trajectory:
-    return Trajectory(trajectory_id=f"{gid}-{id(rewards)}", group_id=gid, env_id="x", seed=0,
-                      context_mode="window", turns=[turn(r) for r in rewards], termination=term)
 
 
 class FakeLearner:

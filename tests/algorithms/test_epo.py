@@ -9,6 +9,7 @@ import math
 
 import pytest
 import torch
+from trajs import traj, turn
 
 from agentrl.algorithms.epo import (
     EPO,
@@ -19,17 +20,7 @@ from agentrl.algorithms.epo import (
 )
 from agentrl.batch import make_batch
 from agentrl.learner import ModelOutputs
-from agentrl.types import Trajectory, Turn
-
-
-def turn(reward: float = 0.0, n_tokens: int = 2) -> Turn:
-    return Turn(observation="o", context_ids=[5, 6], action_ids=[7] * n_tokens,
-                logprobs=[-0.5] * n_tokens, reward=reward, env_reward=reward)
-
-
-def traj(gid: str, rewards: list[float], term: str = "success") -> Trajectory:
-    return Trajectory(trajectory_id=f"{gid}-{id(rewards)}", group_id=gid, env_id="x", seed=0,
-                      context_mode="window", turns=[turn(r) for r in rewards], termination=term)
+from agentrl.types import Trajectory
 
 
 class FakeLearner:
