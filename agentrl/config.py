@@ -329,6 +329,13 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
     return out
 
 
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set each ``key=value`` of ``overrides`` in the nested dict ``data`` (in place); returns it."""
+    for k, v in parse_overrides(overrides):
+        _set_dotted(data, k, v)
+    return data
+
+
 def config_from_dict(data: dict[str, Any]) -> Config:
     """Build and validate a `Config` from a nested dict (as loaded from YAML)."""
     from agentrl.registry import get_algorithm
@@ -386,9 +393,7 @@ def load_config(path: str | None = None, overrides: list[str] | None = None) -> 
             raise ConfigError(f"{path}: not valid YAML: {e}") from e
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
-    for k, v in parse_overrides(overrides or []):
-        _set_dotted(data, k, v)
-    return config_from_dict(data)
+    return config_from_dict(apply_overrides(data, overrides or []))
 
 
 def _quickstart_text() -> str:

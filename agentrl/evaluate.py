@@ -26,7 +26,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from agentrl.config import Config, ConfigError, config_from_dict, load_config
+from agentrl.config import Config, ConfigError, apply_overrides, config_from_dict, load_config
 from agentrl.metrics import rollout_metrics, wilson_interval
 from agentrl.rollout import RolloutEngine
 from agentrl.types import Trajectory, write_jsonl
@@ -49,6 +49,16 @@ def _std(xs: list[float]) -> float:
     return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
 
 
+def _repeat_means(trajs: list[Trajectory], repeats: int, value: Any) -> list[float]:
+    """Mean of ``value(t)`` (``None`` values left out) in each repeat that has any."""
+    out: list[float] = []
+    for r in range(repeats):
+        xs = [v for t in trajs if t.extra.get("repeat", 0) == r and (v := value(t)) is not None]
+        if xs:
+            out.append(sum(xs) / len(xs))
+    return out
+
+
 def _rate_block(trajs: list[Trajectory], repeats: int) -> dict[str, Any]:
     """success_rate, std over repeats, Wilson ci95, pass@k and n for one set of episodes.
 
@@ -56,11 +66,7 @@ def _rate_block(trajs: list[Trajectory], repeats: int) -> dict[str, Any]:
     """
     n = len(trajs)
     s = sum(t.success for t in trajs)
-    per_rep: list[float] = []
-    for r in range(repeats):
-        rep = [t.success for t in trajs if t.extra.get("repeat", 0) == r]
-        if rep:
-            per_rep.append(sum(rep) / len(rep))
+    per_rep = _repeat_means(trajs, repeats, lambda t: t.success)
     by_seed: dict[int, bool] = {}
     for t in trajs:
         by_seed[t.seed] = by_seed.get(t.seed, False) or t.success
@@ -95,12 +101,7 @@ def summarize(trajs: list[Trajectory], repeats: int = 1) -> dict[str, Any]:
     }
     if "eval/score" in m:
         summary["score"] = m["eval/score"]
-        rep_scores = []
-        for r in range(repeats):
-            sc = [t.score for t in trajs if t.extra.get("repeat", 0) == r and t.score is not None]
-            if sc:
-                rep_scores.append(sum(sc) / len(sc))
-        summary["score_std"] = _std(rep_scores)
+        summary["score_std"] = _std(_repeat_means(trajs, repeats, lambda t: t.score))
     return summary
 
 
@@ -156,12 +157,7 @@ def _load_cfg(path: str | None, overrides: list[str]) -> Config:
     """``path`` with overrides, or (no path) the dataclass defaults, not the quickstart."""
     if path is not None:
         return load_config(path, overrides)
-    from agentrl.config import _set_dotted, parse_overrides
-
-    data: dict[str, Any] = {}
-    for k, v in parse_overrides(overrides):
-        _set_dotted(data, k, v)
-    return config_from_dict(data)
+    return config_from_dict(apply_overrides({}, overrides))
 
 
 def resolve_target(spec: str, config: str | None = None, overrides: list[str] | None = None,

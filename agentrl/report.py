@@ -182,11 +182,16 @@ def plot_entropy_heatmap(plt: Any, run_dir: str, path: str) -> str | None:
     return _save(plt, fig, path)
 
 
-def write_plots(run_dir: str) -> tuple[dict[str, str], dict[str, str]]:
-    """Write every plot to ``RUN_DIR/plots``; returns ({name: path}, {name: why skipped})."""
+def write_plots(run_dir: str, rows: list[dict[str, Any]] | None = None,
+                evals: list[dict[str, Any]] | None = None,
+                ) -> tuple[dict[str, str], dict[str, str]]:
+    """Write every plot to ``RUN_DIR/plots``; returns ({name: path}, {name: why skipped}).
+
+    ``rows`` / ``evals``: the run's metrics and eval summaries when already read.
+    """
     plt = _plt()
-    rows = read_metrics(run_dir)
-    evals = read_evals(run_dir)
+    rows = read_metrics(run_dir) if rows is None else rows
+    evals = read_evals(run_dir) if evals is None else evals
     d = os.path.join(run_dir, "plots")
     os.makedirs(d, exist_ok=True)
     done: dict[str, str] = {}
@@ -247,10 +252,10 @@ def write_report(run_dir: str) -> dict[str, Any]:
     """Plots, ``viewer.html`` and ``report.html`` for ``run_dir``; returns their paths."""
     if not os.path.isdir(run_dir):
         raise FileNotFoundError(f"{run_dir}: no such run directory")
-    plots, skipped = write_plots(run_dir)
-    viewer = write_viewer(run_dir)
     rows = read_metrics(run_dir)
     evals = read_evals(run_dir)
+    plots, skipped = write_plots(run_dir, rows, evals)
+    viewer = write_viewer(run_dir)
     esc = html.escape
     name = os.path.basename(os.path.abspath(run_dir))
     last = max((r["iteration"] for r in rows), default=0)

@@ -123,9 +123,9 @@ class OpenAIPolicy:
         cands = candidates or [None] * len(prompts)
         # Seeds drawn up front, in prompt order, so results do not depend on thread timing.
         seeds = [self._rng.randrange(2**31) for _ in prompts]
-        jobs = [(p, c, s) for p, c, s in zip(prompts, cands, seeds)]
-        with ThreadPoolExecutor(min(self.concurrency, max(1, len(jobs)))) as ex:
-            return list(ex.map(lambda j: self._one(j[0], sampling, j[1], j[2]), jobs))
+        with ThreadPoolExecutor(min(self.concurrency, max(1, len(prompts)))) as ex:
+            return list(ex.map(lambda p, c, s: self._one(p, sampling, c, s),
+                               prompts, cands, seeds))
 
     def _one(self, prompt: list[int], sp: SamplingParams, cands: list[list[int]] | None,
              seed: int) -> Generation:

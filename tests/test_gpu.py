@@ -77,9 +77,9 @@ def test_vllm_on_cuda_matches_hf_and_syncs_with_sleep_mode() -> None:
     try:
         sp = SamplingParams(max_new_tokens=16, greedy=True)
         hf = HFPolicy(model, tok)
-        before = pol.generate(prompts, sp)
-        assert [g.token_ids for g in before] == [g.token_ids for g in hf.generate(prompts, sp)]
-        assert _gap(before, hf.generate(prompts, sp)) < TOL
+        before, ref = pol.generate(prompts, sp), hf.generate(prompts, sp)
+        assert [g.token_ids for g in before] == [g.token_ids for g in ref]
+        assert _gap(before, ref) < TOL
         free0 = torch.cuda.mem_get_info()[0]
         pol.release_memory()  # the learner's update runs while the engine sleeps
         assert torch.cuda.mem_get_info()[0] > free0
