@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from agentrl.config import AlarmConfig
+from agentrl.envpool import _rss_bytes
 
 if TYPE_CHECKING:
     from agentrl.batch import Batch
@@ -94,11 +95,11 @@ def alarm_metrics(metrics: dict[str, Any], cfg: AlarmConfig) -> dict[str, float]
         return {}
     from tqdm import tqdm
 
-    fired = check_alarms(metrics, cfg)
-    for msg in fired:
-        tqdm.write(f"[agentrl] ALARM: {msg}")  # tqdm.write keeps a live progress bar intact
-    names = {m.split(":", 1)[0] for m in fired}
-    return {f"alarm/{n}": float(n in names) for n in ALARM_NAMES}
+    fired = firing_alarms(metrics, cfg)
+    for name, msg in fired.items():
+        # tqdm.write keeps a live progress bar intact
+        tqdm.write(f"[agentrl] ALARM: {name}: {msg}")
+    return {f"alarm/{n}": float(n in fired) for n in ALARM_NAMES}
 
 
 # ------------------------------------------------------------------ metrics the alarms read
@@ -123,15 +124,6 @@ def logprob_mismatch(learner: Learner, batch: Batch, max_rows: int = 16) -> dict
     diff = (trainer_lp - sub.old_logprobs.float())[mask].abs()
     return {"train/logprob_mismatch": float(diff.mean()),
             "train/logprob_mismatch_max": float(diff.max())}
-
-
-def _rss_bytes(pid: int | str) -> int:
-    """Resident set size of a process from /proc (0 if it vanished)."""
-    try:
-        with open(f"/proc/{pid}/statm", encoding="ascii") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0
 
 
 def _descendants(root: int) -> list[int]:

@@ -245,6 +245,15 @@ def _stop(workers: list[_Worker | None], grace: float | None = None) -> None:
 _EXIT_PRIORITY = 10
 
 
+def _rss_bytes(pid: int | str) -> int:
+    """Resident set size of a process (``"self"`` for this one) from /proc; 0 if it vanished."""
+    try:
+        with open(f"/proc/{pid}/statm", encoding="ascii") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def _read_rss() -> dict[int, int]:
     """Process group id -> summed RSS bytes of its members, from /proc (Linux)."""
     groups: dict[int, int] = {}
@@ -254,11 +263,9 @@ def _read_rss() -> dict[int, int]:
         try:
             with open(f"/proc/{name}/stat") as f:
                 pgrp = int(f.read().rpartition(")")[2].split()[2])  # comm may hold spaces
-            with open(f"/proc/{name}/statm") as f:
-                rss = int(f.read().split()[1]) * _PAGE
         except (OSError, ValueError, IndexError):
             continue  # exited while we looked
-        groups[pgrp] = groups.get(pgrp, 0) + rss
+        groups[pgrp] = groups.get(pgrp, 0) + _rss_bytes(name)
     return groups
 
 
@@ -310,6 +317,7 @@ class EnvPool:
         self._active = [False] * num_envs  # mid-episode (reset done, not yet ended)
         self._closed = False
         # in-process state
+        self._make = _env_factory(env_id, self.env_kwargs, None)
         self._envs: dict[int, Any] = {}
         self._episodes = [0] * num_envs
         # process state
@@ -373,8 +381,7 @@ class EnvPool:
         if not os.path.isdir("/proc"):
             return {}
         if self.mode == "inprocess":
-            with open("/proc/self/statm") as f:
-                return {"main": int(f.read().split()[1]) * _PAGE}
+            return {"main": _rss_bytes("self")}
         groups = _read_rss()
         return {f"worker{w}": groups.get(wk.proc.pid, 0)
                 for w, wk in enumerate(self._workers) if wk is not None}
@@ -417,11 +424,6 @@ class EnvPool:
             if r.error:
                 self.stats[r.error] += 1
         return out
-
-    def _make(self) -> Any:
-        from agentrl.registry import make_env
-
-        return make_env(self.env_id, **self.env_kwargs)
 
     def _recycle(self, resetting: set[int]) -> None:
         if not self.recycle_after:

@@ -249,11 +249,11 @@ class Trainer:
         # An episode cut short by a crashed or hung env says nothing about the policy: it is
         # counted in the metrics (rollout/termination/*, env/*) but left out of the loss.
         learn = [t for t in trajs if t.termination not in ("env_error", "env_timeout")]
+        m = rollout_metrics(trajs)
+        m.update({f"env/{k}": float(v) for k, v in self.pool.stats.items()})
         if not learn:
             print("[agentrl] every episode of this iteration lost its env; no update",
                   file=sys.stderr)
-            m = rollout_metrics(trajs)
-            m.update({f"env/{k}": float(v) for k, v in self.pool.stats.items()})
             m["train/skipped"] = 1.0
             return m
         batch = self.algorithm.build_batch(learn, self.tokenizer.pad_token_id or 0)
@@ -279,8 +279,6 @@ class Trainer:
         t2 = time.perf_counter()
         self.policy.update_weights(self.model)
         t3 = time.perf_counter()
-        m = rollout_metrics(trajs)
-        m.update({f"env/{k}": float(v) for k, v in self.pool.stats.items()})
         m.update(train_metrics)
         m.update(consistency)
         m.update({f"algo/{k}": v for k, v in adv_metrics.items()})
