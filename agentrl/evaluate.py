@@ -280,6 +280,8 @@ def evaluate_target(target: EvalTarget, s: EvalSettings, progress: bool = False,
         summary, trajs = evaluate(engine, seeds, greedy=greedy, repeats=s.repeats, progress=bar)
     finally:
         pool.close()
+        if hasattr(policy, "close"):
+            policy.close()  # vllm: engine and its model directory, before the next target
         if bar is not None:
             bar.close()
     summary.update({"target": target.spec, "kind": target.kind, "env_id": env_id,

@@ -189,7 +189,7 @@ class RolloutEngine:
         """Step each episode through its prefix's actions (batched by depth) and copy the
         prefix turns in. Returns the episodes that are still live afterwards."""
         todo = [(ep, list(prefixes[ep.slot] or [])) for ep in live]
-        depth = max(len(p) for _, p in todo)
+        depth = max((len(p) for _, p in todo), default=0)  # every reset may have failed
         for d in range(depth):
             act = [(ep, p) for ep, p in todo if len(p) > d and not ep.traj.termination]
             if not act:

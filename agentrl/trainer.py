@@ -24,7 +24,7 @@ from agentrl import checkpoint
 from agentrl.alarms import alarm_metrics, logprob_mismatch, memory_metrics
 from agentrl.config import Config, config_to_dict
 from agentrl.envpool import EnvPool
-from agentrl.evaluate import evaluate
+from agentrl.evaluate import EVAL_SAMPLER_SEED, evaluate
 from agentrl.learner import Learner, apply_tis, recompute_old_logprobs
 from agentrl.metrics import MetricsLogger, console_line, rollout_metrics
 from agentrl.models import build_tiny_model, build_tiny_tokenizer, load_pretrained, resolve_device
@@ -212,7 +212,7 @@ class Trainer:
         seeds = list(range(e.seed_start, e.seed_start + e.episodes))
         state = self.policy._generator.get_state() if hasattr(self.policy, "_generator") else None
         if hasattr(self.policy, "seed"):
-            self.policy.seed(10_007 + e.seed_start)  # eval sampling independent of training
+            self.policy.seed(EVAL_SAMPLER_SEED + e.seed_start)  # eval sampling independent of training
         summary, trajs = evaluate(self.eval_engine, seeds, greedy=e.greedy)
         if state is not None:
             self.policy._generator.set_state(state)
