@@ -209,6 +209,7 @@ class ScienceWorldEnv(TextEnv):
         known = task_names()
         wanted = known if task is None else [task] if isinstance(task, str) else list(task)
         self.tasks = [infer_task(t) for t in wanted]
+        self._known_tasks = frozenset(known)  # reset() checks option tasks against it
         unknown = [t for t in self.tasks if t not in known]
         if unknown or not self.tasks:
             raise ValueError(f"unknown ScienceWorld task(s) {unknown or wanted!r}; "
@@ -301,7 +302,7 @@ class ScienceWorldEnv(TextEnv):
             seed = int(self.np_random.integers(0, 2**31))
         self._check_jvm(restart=True)
         task = opts.get("task") or self.tasks[seed % len(self.tasks)]
-        if task not in task_names():
+        if task not in self._known_tasks:
             raise ValueError(f"unknown ScienceWorld task {task!r}")
         if opts.get("variation") is not None:
             variation = int(opts["variation"])

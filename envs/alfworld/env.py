@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from agentrl.envs.alfworld.engine import CachedTranslations, keep_argv, make_engine
-from agentrl.envs.alfworld.generate import SPLITS, TASK_TYPES, ensure_games
+from agentrl.envs.alfworld.generate import SPLITS, TASK_TYPES, _is_solvable, ensure_games
 from agentrl.envs.base import TextEnv
 
 _TASK_PREFIX = "Your task is to: "
@@ -53,10 +53,8 @@ def find_official_games(data_path: str, split: str,
             if json.load(f).get("task_type") not in task_types:
                 continue
         game = os.path.join(dirpath, "game.tw-pddl")
-        with open(game) as f:
-            if not json.load(f).get("solvable"):
-                continue
-        games.append(game)
+        if _is_solvable(game):
+            games.append(game)
     # os.walk order depends on the file system; sort so game indices are reproducible.
     return sorted(games)
 

@@ -147,7 +147,7 @@ def test_calculator_values(expr: str, expected: str) -> None:
     ("lambda: 1", "Lambda is not allowed"), ("1 if 1 else 2", "IfExp is not allowed"),
     ("sqrt(-1)", "math domain"), ("(-8) ** (1/3)", "not a real number"),
     ("().__class__", "Attribute is not allowed"), ("1" * 600, "longer than"),
-    ("round(1, ndigits=2)", "keyword"), ("-" * 200 + "1" + "+1" * 0, ""),
+    ("round(1, ndigits=2)", "keyword"), ("-" * 200 + "1", ""),
 ])
 def test_calculator_refuses(expr: str, message: str) -> None:
     t = time.monotonic()
