@@ -529,7 +529,10 @@ def ensure_games(split: str, num_games: int, task_types: Sequence[str] = TASK_TY
     with open(os.path.join(root, ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         # Another process may have generated them while this one waited for the lock.
-        missing = [k for k, j in enumerate(jobs) if cached_game(*j) is None]
+        for k, j in enumerate(jobs):
+            if paths[k] is None:
+                paths[k] = cached_game(*j)
+        missing = [k for k, p in enumerate(paths) if p is None]
         bar = None
         if progress and len(missing) > 6:
             from tqdm import tqdm

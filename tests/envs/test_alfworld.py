@@ -10,9 +10,8 @@ import shutil
 import sys
 from pathlib import Path
 
+import alfworld  # noqa: E402, F401  (a missing extra fails here: pip install -e '.[all]')
 import pytest
-
-pytest.importorskip("alfworld", reason="pip install 'agentrl[alfworld]'")
 
 from agentrl.envs.alfworld import generate as gen  # noqa: E402
 from agentrl.envs.alfworld.env import ALFWorldEnv, find_official_games  # noqa: E402

@@ -5,8 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
-
-pytest.importorskip("scienceworld", reason="pip install 'agentrl[sciworld]'")
+import scienceworld  # noqa: E402, F401  (a missing extra fails here: pip install -e '.[all]')
 
 from agentrl.envs.sciworld_env import (  # noqa: E402
     JAVA_HELP,

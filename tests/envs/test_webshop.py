@@ -6,8 +6,7 @@ import json
 from typing import Any
 
 import pytest
-
-pytest.importorskip("rank_bm25", reason="WebShop search needs the 'webshop' extra (rank-bm25)")
+import rank_bm25  # noqa: E402, F401  (a missing extra fails here: pip install -e '.[all]')
 
 import agentrl  # noqa: E402
 from agentrl.envs.webshop import catalog  # noqa: E402
