@@ -167,7 +167,7 @@ def run_python(code: str, *, timeout: float = 5.0, cpu_seconds: int = 3, memory_
         argv = [sys.executable, "-I", "-S", "-c", _BOOTSTRAP, code_path, str(cpu_seconds),
                 str(memory_mb << 20), str(file_limit_kb << 10)]
         if use_namespace:
-            argv = ["unshare", "-rn", *argv]
+            argv = [shutil.which("unshare") or "unshare", "-rn", *argv]  # as probed above
         env = {"PATH": "/usr/bin:/bin", "HOME": scratch, "TMPDIR": scratch, "LANG": "C.UTF-8"}
         out_path = os.path.join(root, "output.txt")
         timed_out = False
