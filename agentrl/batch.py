@@ -77,6 +77,18 @@ class Batch:
         idx = self.turn_id.clamp(min=0)
         return values.to(torch.float32)[idx] * (self.turn_id >= 0)
 
+    def turn_mean(self, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The inverse of `per_turn`: mean of per-token ``values`` (N, L) over each turn's action
+        tokens -> (mean (M,), token count (M,)), float64, detached; mean 0 where a turn has no
+        action tokens."""
+        sel = (self.turn_id >= 0) & (self.loss_mask > 0)
+        idx = self.turn_id[sel].cpu()
+        v = values[sel].detach().double().cpu()
+        total = torch.zeros(self.num_turns, dtype=torch.float64).index_add_(0, idx, v)
+        count = torch.zeros(self.num_turns, dtype=torch.float64).index_add_(
+            0, idx, torch.ones_like(v))
+        return total / count.clamp(min=1), count
+
     def per_trajectory(self, values: torch.Tensor) -> torch.Tensor:
         """Broadcast one value per trajectory (K,) to its action tokens -> (N, L)."""
         return values.to(torch.float32)[self.turn_traj][self.turn_id.clamp(min=0)] * (self.turn_id >= 0)

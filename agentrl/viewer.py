@@ -62,19 +62,13 @@ def record_turn_advantages(batch: Batch) -> None:
     table (M,), so the dumps (and the viewer) show the credit every turn received, whichever
     algorithm assigned it. Turns without action tokens get ``None``.
     """
-    import torch
-
     if batch.advantages is None or batch.num_turns == 0:
         return
-    sel = (batch.turn_id >= 0) & (batch.loss_mask > 0)  # (N, L)
-    idx = batch.turn_id[sel]  # (T,) turn of each action token
-    adv = batch.advantages[sel].detach().float().cpu()  # (T,)
-    total = torch.zeros(batch.num_turns).index_add_(0, idx.cpu(), adv)  # (M,)
-    count = torch.zeros(batch.num_turns).index_add_(0, idx.cpu(), torch.ones_like(adv))
+    mean, count = batch.turn_mean(batch.advantages)  # (M,) each
     per_traj: dict[int, list[float | None]] = {}
     for m, (ti, k) in enumerate(zip(batch.turn_traj.tolist(), batch.turn_step.tolist())):
         row = per_traj.setdefault(ti, [None] * batch.trajectories[ti].num_turns)
-        row[k] = round(float(total[m] / count[m]), 6) if count[m] > 0 else None
+        row[k] = round(float(mean[m]), 6) if count[m] > 0 else None
     for ti, row in per_traj.items():
         batch.trajectories[ti].extra["advantages"] = row
 

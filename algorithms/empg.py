@@ -51,13 +51,7 @@ class EMPGConfig(GRPOConfig):
 
 def turn_mean_entropy(entropy: torch.Tensor, batch: Batch) -> torch.Tensor:
     """Mean token entropy of each turn (M,) from per-token entropy (N, L); 0 for empty turns."""
-    mask = batch.loss_mask > 0
-    tid = batch.turn_id[mask]
-    ent = entropy[mask].detach().double()
-    total = torch.zeros(batch.num_turns, dtype=torch.float64).index_add_(0, tid, ent)
-    count = torch.zeros(batch.num_turns, dtype=torch.float64).index_add_(
-        0, tid, torch.ones_like(ent))
-    return (total / count.clamp(min=1)).float()
+    return batch.turn_mean(entropy)[0].float()
 
 
 def next_turn_index(turn_traj: torch.Tensor) -> torch.Tensor:
