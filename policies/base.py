@@ -4,14 +4,19 @@
     policy.update_weights(model)       # after an optimizer step
 
 Sampler logprobs are ``log_softmax(logits / temperature)`` of the raw model logits, restricted
-to the allowed ids when decoding is constrained; top-p/top-k only shape *which* token is drawn.
-Training-side logprobs are recomputed by the learner, never taken from here.
+to the allowed ids when decoding is constrained and then truncated by top-k/top-p
+(`truncate_logits`) when those are on: the logprob of the distribution the token was actually
+drawn from, which is the behaviour policy. The learner applies the same truncation when it
+scores, so sampler and learner agree. Training-side logprobs are recomputed by the learner,
+never taken from here.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
+
+import torch
 
 
 @dataclass
@@ -33,6 +38,43 @@ class Generation:
     logprobs: list[float]
     finish_reason: str  # "stop" (EOS, stop string or completed candidate) | "length"
     allowed_ids: list[list[int]] | None = None  # per token, when constrained
+
+
+def truncate_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0,
+                    keep: torch.Tensor | None = None) -> torch.Tensor:
+    """Top-k then top-p truncation of next-token logits, as vLLM's sampler applies them.
+
+    top-k keeps the logits at least as large as the k-th largest (ties kept); top-p then keeps,
+    in decreasing probability order under the renormalised top-k distribution, each token whose
+    preceding tokens hold less than ``top_p`` of the mass (so at least the most likely token).
+    Dropped entries become the dtype's minimum (probability 0 after softmax; never -inf, whose
+    0·log 0 would make entropies NaN). Shift-invariant: logits and logprobs truncate alike.
+
+    Args:
+        logits: (..., V), already divided by the temperature and constrained.
+        top_k: keep the k largest (0 = off). top_p: nucleus mass in (0, 1] (1 = off).
+        keep: (...) token ids that must survive (the learner passes the sampled ids, so a
+            boundary case decided differently by float rounding cannot score a sampled token
+            at probability 0).
+    Returns:
+        (..., V) truncated logits.
+    """
+    V = logits.shape[-1]
+    low = torch.finfo(logits.dtype).min
+    z = logits
+    if top_k and 0 < top_k < V:
+        kth = torch.topk(z, top_k, dim=-1).values[..., -1:]
+        z = z.masked_fill(z < kth, low)
+    if top_p < 1.0:
+        sorted_z, idx = torch.sort(z, descending=True, dim=-1)
+        probs = torch.softmax(sorted_z, dim=-1)
+        before = probs.cumsum(-1) - probs  # mass of the strictly more likely tokens
+        drop = torch.zeros_like(before, dtype=torch.bool).scatter(-1, idx, before >= top_p)
+        z = z.masked_fill(drop, low)
+    if keep is not None and z is not logits:
+        k = keep[..., None]
+        z = z.scatter(-1, k, logits.gather(-1, k))
+    return z
 
 
 @runtime_checkable

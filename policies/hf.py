@@ -2,7 +2,9 @@
 
 Our own decoding loop (rather than ``model.generate``) so that every returned logprob is the
 raw-logit ``log_softmax(logits / T)`` of the token actually drawn, constrained decoding is a mask
-on those same logits, and nothing is re-tokenized.
+on those same logits, and nothing is re-tokenized. With top-k/top-p the token is drawn from the
+truncated, renormalised distribution (`truncate_logits`) and that distribution's logprob is what
+is returned (the learner truncates the same way).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from agentrl.policies.base import CandidateTrie, Generation, SamplingParams
+from agentrl.policies.base import CandidateTrie, Generation, SamplingParams, truncate_logits
 
 
 class HFPolicy:
@@ -99,7 +101,10 @@ class HFPolicy:
                     allowed_now[b] = a
                     mask[b, a] = True
                 z = torch.where(mask, z, torch.finfo(z.dtype).min)
-            logp = torch.log_softmax(z, dim=-1)  # (B, V) the sampler's distribution
+            logp = torch.log_softmax(z, dim=-1)  # (B, V)
+            if not sp.greedy and (sp.top_k > 0 or sp.top_p < 1.0):
+                # the distribution the token is drawn from, so its logprob is the behaviour's
+                logp = torch.log_softmax(truncate_logits(logp, sp.top_k, sp.top_p), dim=-1)
             nxt = self._choose(logp, sp)
             chosen_lp = logp.gather(-1, nxt[:, None]).squeeze(-1).cpu().tolist()
             nxt_list = nxt.cpu().tolist()
@@ -131,19 +136,10 @@ class HFPolicy:
                 for b in range(B)]
 
     def _choose(self, logp: torch.Tensor, sp: SamplingParams) -> torch.Tensor:
+        """Greedy argmax, or a draw from ``softmax(logp)`` (B, V), already truncated."""
         if sp.greedy:
             return logp.argmax(-1)
-        z = logp.clone()
-        if sp.top_k and sp.top_k > 0:
-            kth = torch.topk(z, min(sp.top_k, z.shape[-1]), dim=-1).values[:, -1:]
-            z = torch.where(z < kth, torch.finfo(z.dtype).min, z)
-        if sp.top_p < 1.0:
-            sorted_z, idx = torch.sort(z, descending=True, dim=-1)
-            cum = torch.softmax(sorted_z, -1).cumsum(-1)
-            drop = cum - torch.softmax(sorted_z, -1) > sp.top_p
-            sorted_z = sorted_z.masked_fill(drop, torch.finfo(z.dtype).min)
-            z = torch.full_like(z, torch.finfo(z.dtype).min).scatter(-1, idx, sorted_z)
-        probs = torch.softmax(z, dim=-1).cpu()
+        probs = torch.softmax(logp, dim=-1).cpu()
         return torch.multinomial(probs, 1, generator=self._generator).squeeze(-1).to(logp.device)
 
     def _hit_stop(self, ids: list[int], stops: list[str]) -> bool:
