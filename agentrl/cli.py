@@ -78,7 +78,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         load_builtin_envs()
         w = max(len(k) for k in ENVS)
         for k in sorted(ENVS):
-            print(f"{k:<{w}}  {ENVS[k].description}")
+            tag = "[multi-agent] " if ENVS[k].multiagent else ""
+            print(f"{k:<{w}}  {tag}{ENVS[k].description}")
         return 0
     if args.cmd == "algorithms":
         import agentrl.algorithms  # noqa: F401
@@ -90,11 +91,17 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.cmd == "check-env":
         from agentrl import make_env
-        from agentrl.testing import check_env
+        from agentrl.registry import ENVS
+        from agentrl.testing import check_env, check_multiagent_env
 
         env = make_env(args.env_id, **_kwargs(args.kwargs))
-        check_env(env)
-        print(f"{args.env_id}: passes check_env")
+        entry = ENVS.get(args.env_id)
+        if entry is not None and entry.multiagent:
+            check_multiagent_env(env)
+            print(f"{args.env_id}: passes check_multiagent_env")
+        else:
+            check_env(env)
+            print(f"{args.env_id}: passes check_env")
         return 0
     if args.cmd == "play":
         return _play(args)

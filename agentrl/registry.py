@@ -21,6 +21,7 @@ class EnvEntry:
     description: str
     requires: tuple[str, ...]  # pip extras / modules it needs, for the error message
     test_kwargs: dict[str, Any]  # small, fast settings used by the registered-env test sweep
+    multiagent: bool = False  # a turn-based game whose info["agent"] names who moves
 
 
 ENVS: dict[str, EnvEntry] = {}
@@ -33,6 +34,7 @@ def register_env(
     max_episode_steps: int | None = None,
     requires: tuple[str, ...] = (),
     test_kwargs: dict[str, Any] | None = None,
+    multiagent: bool = False,
     **kwargs: Any,
 ) -> None:
     """Register a text env under ``id`` (``agentrl/Name-v0`` for built-ins).
@@ -44,12 +46,15 @@ def register_env(
         max_episode_steps: gymnasium's TimeLimit (truncation) for the env.
         requires: importable modules the env needs; `make_env` names the missing one.
         test_kwargs: overrides that make the env cheap for the conformance test sweep.
+        multiagent: the env is a multi-agent game (`agentrl.envs.multiagent`): several agents
+            take turns, ``info["agent"]`` says whose turn it is; checked by
+            `agentrl.testing.check_multiagent_env` as well.
         kwargs: default constructor arguments.
     """
     gym.register(id=id, entry_point=entry_point, max_episode_steps=max_episode_steps,
                  kwargs=kwargs, disable_env_checker=True)
     ENVS[id] = EnvEntry(id=id, description=description, requires=tuple(requires),
-                       test_kwargs=dict(test_kwargs or {}))
+                       test_kwargs=dict(test_kwargs or {}), multiagent=multiagent)
 
 
 def load_builtin_envs() -> None:
@@ -82,7 +87,8 @@ def make_env(id: str, **kwargs: Any) -> gym.Env:
 
 
 _EXTRA = {"textworld": "textworld", "alfworld": "alfworld", "scienceworld": "sciworld",
-          "rank_bm25": "webshop"}
+          "rank_bm25": "webshop", "pettingzoo": "multiagent", "pygame": "multiagent",
+          "textarena": "multiagent"}
 
 
 # ----------------------------------------------------------------------------- algorithms

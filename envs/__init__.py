@@ -75,3 +75,5 @@ register_env(
     test_kwargs={"max_steps": 6},
     max_steps=10,
 )
+
+from agentrl.envs import multiagent  # noqa: E402,F401  (registers the games)

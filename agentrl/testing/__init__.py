@@ -140,3 +140,6 @@ def _check_info_types(info: dict[str, Any], where: str) -> None:
 def _expect(cond: bool, msg: str) -> None:
     if not cond:
         raise EnvCheckError(msg)
+
+
+from agentrl.testing.multiagent import check_multiagent_env  # noqa: E402,F401
