@@ -22,8 +22,7 @@ from agentrl.config import AlarmConfig
 from agentrl.envpool import _rss_bytes
 
 if TYPE_CHECKING:
-    from agentrl.batch import Batch
-    from agentrl.learner import Learner
+    from agentrl.batch import Batch, Scores
 
 #: Every alarm `check_alarms` knows, in the order they are reported.
 ALARM_NAMES = ("zero_variance_groups", "response_length_hit_rate", "invalid_action_rate",
@@ -104,24 +103,18 @@ def alarm_metrics(metrics: dict[str, Any], cfg: AlarmConfig) -> dict[str, float]
 
 # ------------------------------------------------------------------ metrics the alarms read
 
-def logprob_mismatch(learner: Learner, batch: Batch, max_rows: int = 16) -> dict[str, float]:
-    """Mean and max |sampler logprob - trainer logprob| over the sampled tokens of a few rows.
+def logprob_mismatch(scores: Scores, batch: Batch) -> dict[str, float]:
+    """Mean and max |sampler logprob - trainer logprob| over the sampled tokens of the rows the
+    scoring pass covered.
 
-    Call before the update, so both sides score the same weights: any difference is the
-    sampler/trainer inconsistency that silently biases the PPO ratio (dtype, stale weights,
-    temperature, masking). One no-grad forward over at most ``max_rows`` evenly spaced rows.
+    The scores come from before the update, so both sides hold the same weights: any
+    difference is the sampler/trainer inconsistency that silently biases the PPO ratio (dtype,
+    stale weights, temperature, masking).
     """
-    n = batch.num_rows
-    if n == 0:
-        return {}
-    step = max(1, n // max_rows)
-    rows = list(range(0, n, step))[:max_rows]
-    sub = batch.select(rows)
-    trainer_lp = learner.evaluate(sub)["logprobs"]  # (n', L)
-    mask = sub.loss_mask > 0
+    mask = (batch.loss_mask > 0) & scores.rows[:, None]
     if not mask.any():
         return {}
-    diff = (trainer_lp - sub.old_logprobs.float())[mask].abs()
+    diff = (scores.logprobs - batch.sampler_logprobs.float())[mask].abs()
     return {"train/logprob_mismatch": float(diff.mean()),
             "train/logprob_mismatch_max": float(diff.max())}
 

@@ -1,13 +1,23 @@
-"""`Batch`: trajectories turned into padded tensors plus a flat table of turns.
+"""`Batch`: trajectories turned into padded tensors, a flat table of turns, and typed tables.
+
+One iteration writes a batch in three stages, each owning its fields:
+
+1. `make_batch` (called by ``Algorithm.build_batch``): token tensors (N, L), the turn table (M,)
+   and the algorithm's own extra columns in `Batch.row` / `Batch.traj` / `Batch.turn`.
+2. The learner's scoring pass (`Batch.attach`): ``ref_logprobs``, ``entropy``, ``values`` and,
+   when recomputed, ``old_logprobs`` (N, L), as the algorithm declared in ``requires``.
+3. ``Algorithm.advantages``: ``advantages`` (and ``returns``) (N, L).
 
 Algorithms compute credit per trajectory or per turn and broadcast it to tokens with
 `Batch.per_turn` / `Batch.per_trajectory`; the learner slices rows into minibatches with
-`Batch.select`. Shapes: N = samples (rows), L = padded length, M = turns, K = trajectories.
+`Batch.select`, which cuts every per-row tensor (named fields and the `Batch.row` table) and
+shares the per-trajectory and per-turn tables. Shapes: N = samples (rows), L = padded length,
+M = turns, K = trajectories.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -16,44 +26,108 @@ import torch
 from agentrl.types import Trajectory, to_samples
 
 
+class Table(dict[str, torch.Tensor]):
+    """Named tensors that share a leading shape (e.g. (N, L) for rows, (K,) for trajectories).
+
+    Setting a tensor of another leading shape is an error, so a column can never be sliced
+    with the wrong table.
+    """
+
+    def __init__(self, name: str, shape: tuple[int, ...],
+                 columns: Mapping[str, torch.Tensor] | None = None) -> None:
+        super().__init__()
+        self.name, self.shape = name, tuple(shape)
+        for k, v in (columns or {}).items():
+            self[k] = v
+
+    def __setitem__(self, key: str, value: torch.Tensor) -> None:
+        got = tuple(value.shape[:len(self.shape)])
+        if got != self.shape:
+            raise ValueError(f"Batch.{self.name}[{key!r}]: leading shape {got}, expected "
+                             f"{self.shape}; put the column in the table of its shape "
+                             "(row: (N, L), traj: (K,), turn: (M,))")
+        super().__setitem__(key, value)
+
+    def update(self, *args: Any, **kwargs: torch.Tensor) -> None:  # validate every entry
+        for k, v in dict(*args, **kwargs).items():
+            self[k] = v
+
+
+@dataclass
+class Scores:
+    """What one no-grad scoring pass of the learner returns; tensors (N, L), 0 off action tokens.
+
+    Attributes:
+        logprobs: the current weights' logprob of each sampled token, on the ``rows`` that were
+            scored (0 elsewhere).
+        rows: (N,) bool, the rows the policy pass scored (every row unless the caller wanted
+            nothing but the sampler/trainer mismatch metric, which needs only a sample).
+        entropy: per-token entropy of the current policy, if wanted.
+        values: value-head output at each action token, if wanted.
+        ref_logprobs: the frozen reference policy's logprobs, if wanted.
+    """
+
+    logprobs: torch.Tensor
+    rows: torch.Tensor
+    entropy: torch.Tensor | None = None
+    values: torch.Tensor | None = None
+    ref_logprobs: torch.Tensor | None = None
+
+
 @dataclass
 class Batch:
-    """Token tensors (N, L), right-padded, and the turn table (M,).
+    """Token tensors (N, L), right-padded, the turn table (M,), and typed extra tables.
 
     Attributes:
         input_ids: (N, L) token ids.
         attention_mask: (N, L) 1 on real tokens.
         loss_mask: (N, L) 1 exactly on sampled action tokens.
-        old_logprobs: (N, L) sampler logprobs on action tokens, 0 elsewhere.
+        sampler_logprobs: (N, L) the sampler's logprobs on action tokens, 0 elsewhere.
+        old_logprobs: (N, L) the denominator of the PPO ratio: the sampler's logprobs, or the
+            learner's own when the scoring pass recomputes them.
         turn_id: (N, L) index into the turn table for action tokens, -1 elsewhere.
         row_traj: (N,) trajectory index of each row.
         turn_traj / turn_step: (M,) trajectory index and turn index (0-based) of each turn.
-        turn_reward: (M,) shaped reward of each turn; turn_valid: (M,) action validity.
+        turn_reward: (M,) the env's reward of each turn; turn_shaping: (M,) the rollout's
+            shaping (step / invalid-action penalties). The shaped reward is their sum.
+        turn_valid: (M,) action validity.
         allowed: row -> {position: allowed ids} for constrained turns.
-        advantages / returns / ref_logprobs: (N, L) filled by the algorithm / trainer.
-        extra: per-algorithm tensors (e.g. old values, old entropy), (N, L) unless stated.
+        ref_logprobs / entropy / values: (N, L) from the learner's scoring pass (`attach`).
+        advantages / returns: (N, L) filled by the algorithm.
+        row / traj / turn: an algorithm's own columns, (N, L, ...) / (K, ...) / (M, ...).
     """
 
     trajectories: list[Trajectory]
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     loss_mask: torch.Tensor
+    sampler_logprobs: torch.Tensor
     old_logprobs: torch.Tensor
     turn_id: torch.Tensor
     row_traj: torch.Tensor
     turn_traj: torch.Tensor
     turn_step: torch.Tensor
     turn_reward: torch.Tensor
+    turn_shaping: torch.Tensor
     turn_valid: torch.Tensor
     allowed: dict[int, dict[int, list[int]]] = field(default_factory=dict)
+    ref_logprobs: torch.Tensor | None = None
+    entropy: torch.Tensor | None = None
+    values: torch.Tensor | None = None
     advantages: torch.Tensor | None = None
     returns: torch.Tensor | None = None
-    ref_logprobs: torch.Tensor | None = None
-    extra: dict[str, torch.Tensor] = field(default_factory=dict)
+    row: Table = field(default_factory=dict)  # type: ignore[assignment]  # (N, L, ...)
+    traj: Table = field(default_factory=dict)  # type: ignore[assignment]  # (K, ...)
+    turn: Table = field(default_factory=dict)  # type: ignore[assignment]  # (M, ...)
     # Denominators for loss aggregation across the micro-batches of one minibatch.
     agg_tokens: float | None = None
     agg_seqs: float | None = None
     agg_len: float | None = None
+
+    def __post_init__(self) -> None:
+        self.row = Table("row", tuple(self.input_ids.shape), self.row)
+        self.traj = Table("traj", (len(self.trajectories),), self.traj)
+        self.turn = Table("turn", (int(self.turn_traj.shape[0]),), self.turn)
 
     @property
     def num_rows(self) -> int:
@@ -71,6 +145,10 @@ class Batch:
         """History-free state key of each turn (M,), None where the env gave none."""
         return [t.turns[k].state_key for t, k in zip(
             (self.trajectories[i] for i in self.turn_traj.tolist()), self.turn_step.tolist())]
+
+    def shaped_turn_reward(self) -> torch.Tensor:
+        """Env reward plus shaping of each turn (M,)."""
+        return self.turn_reward + self.turn_shaping
 
     def per_turn(self, values: torch.Tensor) -> torch.Tensor:
         """Broadcast one value per turn (M,) to its action tokens -> (N, L), 0 elsewhere."""
@@ -93,9 +171,21 @@ class Batch:
         """Broadcast one value per trajectory (K,) to its action tokens -> (N, L)."""
         return values.to(torch.float32)[self.turn_traj][self.turn_id.clamp(min=0)] * (self.turn_id >= 0)
 
+    def attach(self, scores: Scores, recompute_old_logprobs: bool = False) -> None:
+        """Take the scoring pass's outputs. With ``recompute_old_logprobs`` the learner's own
+        logprobs become ``old_logprobs`` (the first PPO ratio is then exactly 1 whatever the
+        sampler's numerics); ``sampler_logprobs`` keeps the sampler's for truncated IS."""
+        if recompute_old_logprobs:
+            if not bool(scores.rows.all()):
+                raise ValueError("Batch.attach: recomputing old_logprobs needs every row scored")
+            self.old_logprobs = scores.logprobs * (self.loss_mask > 0)
+        self.ref_logprobs = scores.ref_logprobs
+        self.entropy = scores.entropy
+        self.values = scores.values
+
     def select(self, rows: Sequence[int]) -> Batch:
-        """Rows ``rows`` as a new batch (shares the turn table and trajectories), trimmed to the
-        longest selected row."""
+        """Rows ``rows`` as a new batch, trimmed to the longest selected row. Every per-row
+        tensor is cut; the trajectories and the per-trajectory and per-turn tables are shared."""
         r = torch.as_tensor(list(rows), dtype=torch.long)
         length = int(self.attention_mask[r].sum(-1).max().item()) if len(r) else 0
 
@@ -106,17 +196,18 @@ class Batch:
                    if int(old) in self.allowed}
         return replace(
             self, input_ids=cut(self.input_ids), attention_mask=cut(self.attention_mask),
-            loss_mask=cut(self.loss_mask), old_logprobs=cut(self.old_logprobs),
-            turn_id=cut(self.turn_id), row_traj=self.row_traj[r], allowed=allowed,
+            loss_mask=cut(self.loss_mask), sampler_logprobs=cut(self.sampler_logprobs),
+            old_logprobs=cut(self.old_logprobs), turn_id=cut(self.turn_id),
+            row_traj=self.row_traj[r], allowed=allowed, ref_logprobs=cut(self.ref_logprobs),
+            entropy=cut(self.entropy), values=cut(self.values),
             advantages=cut(self.advantages), returns=cut(self.returns),
-            ref_logprobs=cut(self.ref_logprobs),
-            extra={k: (v[r, :length] if v.dim() == 2 and v.shape[0] == self.num_rows else v)
-                   for k, v in self.extra.items()},
+            row={k: v[r, :length] for k, v in self.row.items()},
         )
 
 
 def make_batch(trajectories: list[Trajectory], pad_id: int = 0) -> Batch:
-    """Tensorize trajectories (one row per trajectory in full mode, per turn in window mode)."""
+    """Tensorize trajectories (one row per training sample of their context mode: one per
+    trajectory in ``full`` mode, one per turn in ``window`` mode)."""
     samples = to_samples(trajectories)
     n = len(samples)
     L = max((len(s.input_ids) for s in samples), default=1)
@@ -129,13 +220,14 @@ def make_batch(trajectories: list[Trajectory], pad_id: int = 0) -> Batch:
 
     # Flat turn table, in trajectory order.
     first_turn: list[int] = []
-    turn_traj, turn_step, turn_reward, turn_valid = [], [], [], []
+    turn_traj, turn_step, turn_reward, turn_shaping, turn_valid = [], [], [], [], []
     for ti, t in enumerate(trajectories):
         first_turn.append(len(turn_traj))
         for k, turn in enumerate(t.turns):
             turn_traj.append(ti)
             turn_step.append(k)
             turn_reward.append(turn.reward)
+            turn_shaping.append(turn.shaping)
             turn_valid.append(turn.action_valid)
 
     allowed: dict[int, dict[int, list[int]]] = {}
@@ -152,9 +244,10 @@ def make_batch(trajectories: list[Trajectory], pad_id: int = 0) -> Batch:
             allowed[i] = dict(s.allowed_ids)
     return Batch(
         trajectories=list(trajectories), input_ids=input_ids, attention_mask=attn,
-        loss_mask=loss_mask, old_logprobs=old_lp, turn_id=turn_id, row_traj=row_traj,
-        turn_traj=torch.tensor(turn_traj, dtype=torch.long),
+        loss_mask=loss_mask, sampler_logprobs=old_lp, old_logprobs=old_lp.clone(), turn_id=turn_id,
+        row_traj=row_traj, turn_traj=torch.tensor(turn_traj, dtype=torch.long),
         turn_step=torch.tensor(turn_step, dtype=torch.long),
         turn_reward=torch.tensor(turn_reward, dtype=torch.float32),
+        turn_shaping=torch.tensor(turn_shaping, dtype=torch.float32),
         turn_valid=torch.tensor(turn_valid, dtype=torch.bool), allowed=allowed,
     )

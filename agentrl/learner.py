@@ -1,4 +1,17 @@
-"""The learner: token logprobs/entropies from the trainer's own model, and optimizer updates.
+"""The learner: scoring passes and optimizer updates on the trainer's own model.
+
+`Learner` is the protocol the trainer talks to; `LocalLearner` is the one-process
+implementation (a distributed one, DDP / FSDP under torchrun, implements the same methods and
+reduces everything global across ranks). Per iteration the trainer calls
+
+    scores  = learner.score(batch, wants)   # one no-grad pass (+ one reference pass for KL)
+    metrics = learner.update(batch, rng)    # epochs x minibatches of optimizer steps
+    policy.update_weights(learner.export_weights())
+
+``wants`` names what the algorithm declared in ``Algorithm.requires`` (`SCORE_NAMES`), plus
+``old_logprobs`` when the config asks for recomputed old logprobs or truncated IS. The scoring
+pass also yields the sampler/trainer mismatch metric: before any update both sides hold the
+same weights, so a gap is numerics.
 
 Logprobs are computed exactly as the sampler computes them: ``log_softmax(logits / T)`` at the
 position that produced each token, restricted to the allowed ids on constrained turns. So on
@@ -13,17 +26,28 @@ from __future__ import annotations
 import copy
 import math
 import random
+from collections.abc import Set
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import nn
 
-from agentrl.batch import Batch
+from agentrl.batch import Batch, Scores
 from agentrl.config import TrainConfig
 
 if TYPE_CHECKING:
     from agentrl.algorithms.base import Algorithm
+
+#: What the scoring pass can compute, for ``Algorithm.requires``: the learner's own logprobs
+#: as ``old_logprobs``, the frozen reference's logprobs, per-token entropy and value-head
+#: outputs of the pre-update policy.
+SCORE_NAMES = frozenset({"old_logprobs", "ref_logprobs", "entropy", "values"})
+#: What the update's forward can return besides logprobs, for ``Algorithm.loss_requires``:
+#: entropy with gradient, value-head outputs, last hidden states.
+LOSS_NAMES = frozenset({"entropy", "values", "hidden"})
+#: Rows scored for the mismatch metric alone (when nothing else needs a full pass).
+MISMATCH_ROWS = 16
 
 
 @dataclass
@@ -33,6 +57,7 @@ class ModelOutputs:
     logprobs: torch.Tensor
     entropy: torch.Tensor | None = None
     hidden: torch.Tensor | None = None  # (n, L, H) last hidden state at the *predicting* position
+    values: torch.Tensor | None = None  # (n, L) value head on ``hidden``
 
 
 def _decoder(model: nn.Module) -> nn.Module:
@@ -45,10 +70,11 @@ def _decoder(model: nn.Module) -> nn.Module:
 def token_outputs(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                   loss_mask: torch.Tensor, allowed: dict[int, dict[int, list[int]]],
                   temperature: float, need_entropy: bool = False, need_hidden: bool = False,
-                  ) -> ModelOutputs:
+                  entropy_grad: bool = True) -> ModelOutputs:
     """Forward ``input_ids`` (n, L) and return logprob/entropy of each action token.
 
-    Position t's token is scored by the distribution the model produced at t-1.
+    Position t's token is scored by the distribution the model produced at t-1. With
+    ``entropy_grad=False`` the entropy is computed without a graph (for logging only).
     """
     n, L = input_ids.shape
     dev = next(model.parameters()).device
@@ -81,9 +107,10 @@ def token_outputs(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
     lp = lp.index_put((rows, cols), logp_all.gather(-1, tok[:, None]).squeeze(-1))
     ent = None
     if need_entropy:
-        p = logp_all.exp()
-        e = -(p * logp_all).sum(-1)
-        ent = torch.zeros((n, L), dtype=torch.float32, device=dev).index_put((rows, cols), e)
+        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+            p = logp_all.exp()
+            e = -(p * logp_all).sum(-1)
+            ent = torch.zeros((n, L), dtype=torch.float32, device=dev).index_put((rows, cols), e)
     hid = None
     if need_hidden:
         hid = torch.zeros((n, L, hidden.shape[-1]), dtype=hidden.dtype, device=dev)
@@ -109,12 +136,50 @@ def micro_batches(batch: Batch, rows: list[int], token_budget: int) -> list[list
     return out
 
 
-class Learner:
+def spread_rows(n: int, k: int = MISMATCH_ROWS) -> list[int]:
+    """At most ``k`` evenly spaced row indices out of ``n``."""
+    return list(range(0, n, max(1, n // k)))[:k]
+
+
+class Learner(Protocol):
+    """What the trainer needs from a learner. `LocalLearner` is the one-process implementation;
+    a distributed learner implements the same methods (global statistics reduced across
+    ranks) and the trainer does not change."""
+
+    progress: Any  # anything with .update(n), advanced once per optimizer step (or None)
+
+    def score(self, batch: Batch, wants: Set[str]) -> Scores:
+        """One no-grad pass of the current weights over ``batch`` computing ``wants``
+        (`SCORE_NAMES`), plus one pass of the reference model for ``ref_logprobs``."""
+        ...
+
+    def update(self, batch: Batch, rng: random.Random) -> dict[str, float]:
+        """Optimizer steps on ``batch`` (advantages filled); returns ``train/*`` metrics."""
+        ...
+
+    def export_weights(self) -> nn.Module:
+        """The updated weights, in the form ``Policy.update_weights`` takes."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]:
+        """Optimizer, schedule and reference state (the model itself is saved separately)."""
+        ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        ...
+
+
+class LocalLearner:
     """Owns the trainable model, its optimizer and LR schedule, and the frozen reference."""
 
     def __init__(self, model: nn.Module, cfg: TrainConfig, temperature: float,
                  algorithm: Algorithm) -> None:
         self.model, self.cfg, self.temperature, self.algorithm = model, cfg, temperature, algorithm
+        for what, names, known in (("requires", algorithm.requires, SCORE_NAMES),
+                                   ("loss_requires", algorithm.loss_requires, LOSS_NAMES)):
+            if set(names) - known:
+                raise ValueError(f"{type(algorithm).__name__}.{what}: unknown "
+                                 f"{sorted(set(names) - known)}; choose from {sorted(known)}")
         groups: list[dict[str, Any]] = [{"params": [p for p in model.parameters() if p.requires_grad]}]
         groups += algorithm.param_groups()
         self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay,
@@ -122,7 +187,7 @@ class Learner:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.reference: nn.Module | None = None
         self.progress: Any = None  # progress bar advanced once per optimizer step
-        if algorithm.needs_reference:
+        if "ref_logprobs" in algorithm.requires:
             self.reference = copy.deepcopy(model).eval()
             for p in self.reference.parameters():
                 p.requires_grad_(False)
@@ -140,49 +205,73 @@ class Learner:
 
     # -- forward passes ------------------------------------------------------------------
     def forward(self, mb: Batch, model: nn.Module | None = None, need_entropy: bool = False,
-                need_hidden: bool = False) -> ModelOutputs:
-        return token_outputs(model or self.model, mb.input_ids, mb.attention_mask, mb.loss_mask,
-                             mb.allowed, self.temperature, need_entropy, need_hidden)
-
-    @torch.no_grad()
-    def evaluate(self, batch: Batch, entropy: bool = False, hidden_fn: Any = None,
-                 model: nn.Module | None = None) -> dict[str, torch.Tensor]:
-        """No-grad pass over the whole batch in micro-batches.
-
-        Returns (N, L) tensors: ``logprobs``, ``entropy`` if asked, and ``hidden_fn(hidden)``
-        (e.g. a value head, mapping (n, L, H) -> (n, L)) as ``hidden_fn`` if given.
-        """
-        m = model or self.model
-        was_training = m.training
-        m.eval()
-        N, L = batch.input_ids.shape
-        out = {"logprobs": torch.zeros(N, L)}
-        if entropy:
-            out["entropy"] = torch.zeros(N, L)
-        if hidden_fn is not None:
-            out["hidden_fn"] = torch.zeros(N, L)
-        for rows in micro_batches(batch, list(range(N)), self.cfg.micro_batch_tokens):
-            mb = batch.select(rows)
-            o = self.forward(mb, m, need_entropy=entropy, need_hidden=hidden_fn is not None)
-            n, ell = mb.input_ids.shape
-            idx = torch.tensor(rows)
-            out["logprobs"][idx, :ell] = o.logprobs.float().cpu()
-            if entropy:
-                out["entropy"][idx, :ell] = o.entropy.float().cpu()
-            if hidden_fn is not None:
-                out["hidden_fn"][idx, :ell] = hidden_fn(o.hidden).float().cpu()
-        m.train(was_training)
+                need_hidden: bool = False, need_values: bool = False,
+                entropy_grad: bool = True) -> ModelOutputs:
+        """Outputs of ``model`` (default: the policy) on a micro-batch; ``need_values`` runs
+        the algorithm's value head on the hidden states."""
+        out = token_outputs(model or self.model, mb.input_ids, mb.attention_mask, mb.loss_mask,
+                            mb.allowed, self.temperature, need_entropy,
+                            need_hidden or need_values, entropy_grad)
+        if need_values:
+            out.values = self.algorithm.value(out.hidden)
         return out
 
-    def reference_logprobs(self, batch: Batch) -> torch.Tensor:
-        """(N, L) logprobs of the frozen initial policy."""
-        assert self.reference is not None
-        return self.evaluate(batch, model=self.reference)["logprobs"]
+    @torch.no_grad()
+    def _pass(self, batch: Batch, rows: list[int], model: nn.Module, entropy: bool = False,
+              values: bool = False) -> dict[str, torch.Tensor]:
+        """No-grad outputs of ``model`` on ``rows`` in micro-batches: (N, L) tensors
+        ``logprobs`` (and ``entropy`` / ``values``), 0 off action tokens and unscored rows."""
+        was_training = model.training
+        model.eval()
+        N, L = batch.input_ids.shape
+        names = ["logprobs"] + ["entropy"] * entropy + ["values"] * values
+        out = {k: torch.zeros(N, L) for k in names}
+        for mrows in micro_batches(batch, rows, self.cfg.micro_batch_tokens):
+            mb = batch.select(mrows)
+            o = self.forward(mb, model, need_entropy=entropy, need_values=values)
+            idx, ell = torch.tensor(mrows), mb.input_ids.shape[1]
+            for k in names:
+                out[k][idx, :ell] = getattr(o, k).float().cpu()
+        model.train(was_training)
+        if values:
+            out["values"] = out["values"] * (batch.loss_mask > 0)
+        return out
+
+    def score(self, batch: Batch, wants: Set[str]) -> Scores:
+        """One no-grad pass of the current weights computing ``wants`` (`SCORE_NAMES`), and one
+        pass of the reference model when ``ref_logprobs`` is wanted.
+
+        The policy pass covers every row when anything but ``ref_logprobs`` is wanted, and
+        otherwise `spread_rows` only: its logprobs then serve the mismatch metric alone.
+        """
+        if set(wants) - SCORE_NAMES:
+            raise ValueError(f"Learner.score: unknown {sorted(set(wants) - SCORE_NAMES)}; "
+                             f"choose from {sorted(SCORE_NAMES)}")
+        N = batch.num_rows
+        full = bool(set(wants) & {"old_logprobs", "entropy", "values"})
+        rows = list(range(N)) if full else spread_rows(N)
+        out = self._pass(batch, rows, self.model, "entropy" in wants, "values" in wants)
+        scored = torch.zeros(N, dtype=torch.bool)
+        scored[rows] = True
+        ref = None
+        if "ref_logprobs" in wants:
+            if self.reference is None:
+                raise ValueError("Learner.score: ref_logprobs wanted but the learner holds no "
+                                 "reference model (the algorithm did not require one)")
+            ref = self._pass(batch, list(range(N)), self.reference)["logprobs"]
+        return Scores(logprobs=out["logprobs"], rows=scored, entropy=out.get("entropy"),
+                      values=out.get("values"), ref_logprobs=ref)
 
     # -- update --------------------------------------------------------------------------
     def update(self, batch: Batch, rng: random.Random) -> dict[str, float]:
-        """Epochs x minibatches of optimizer steps on ``batch`` with gradient accumulation."""
+        """Epochs x minibatches of optimizer steps on ``batch`` with gradient accumulation.
+
+        Entropy is always computed, so ``train/entropy`` is logged for every algorithm; it
+        carries gradient only when the loss needs it (``"entropy" in algorithm.loss_requires``),
+        otherwise it costs no graph memory.
+        """
         c, algo = self.cfg, self.algorithm
+        needs = algo.loss_requires
         self.model.train()
         N = batch.num_rows
         sums: dict[str, float] = {}
@@ -204,8 +293,9 @@ class Learner:
                 for mrows in micro_batches(batch, rows, c.micro_batch_tokens):
                     mb = batch.select(mrows)
                     mb.agg_tokens, mb.agg_seqs, mb.agg_len = agg_tokens, agg_seqs, agg_len
-                    # Entropy is always computed (cheap at action positions) for logging.
-                    out = self.forward(mb, need_entropy=True, need_hidden=algo.needs_hidden)
+                    out = self.forward(mb, need_entropy=True, need_hidden="hidden" in needs,
+                                       need_values="values" in needs,
+                                       entropy_grad="entropy" in needs)
                     terms = algo.loss(out, mb)
                     terms["loss"].backward()
                     for name, v in terms.items():
@@ -227,6 +317,20 @@ class Learner:
         metrics["train/lr"] = self.optimizer.param_groups[0]["lr"]
         return metrics
 
+    # -- weights and state ---------------------------------------------------------------
+    def export_weights(self) -> nn.Module:
+        return self.model
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "reference": self.reference.state_dict() if self.reference is not None else None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("reference") is not None and self.reference is not None:
+            self.reference.load_state_dict(state["reference"])
+
 
 # -- sampler/trainer mismatch correction ---------------------------------------------------
 
@@ -243,23 +347,11 @@ def truncated_is_weights(old_logprobs: torch.Tensor, sampler_logprobs: torch.Ten
     return w * (loss_mask > 0)
 
 
-@torch.no_grad()
-def recompute_old_logprobs(learner: Learner, batch: Batch) -> None:
-    """Use the learner's logprobs (current weights) as ``batch.old_logprobs``.
-
-    The sampler's logprobs move to ``batch.extra["sampler_logprobs"]`` for `apply_tis`. Call
-    before the update: the first PPO ratio is then exactly 1 whatever the backend's numerics.
-    """
-    lp = learner.evaluate(batch)["logprobs"]  # (N, L), 0 off action tokens
-    batch.extra["sampler_logprobs"] = batch.old_logprobs
-    batch.old_logprobs = lp * (batch.loss_mask > 0)
-
-
 def apply_tis(batch: Batch, cap: float) -> dict[str, float]:
-    """Scale ``batch.advantages`` by `truncated_is_weights` (after `recompute_old_logprobs`)."""
+    """Scale ``batch.advantages`` by `truncated_is_weights` (old logprobs recomputed by the
+    scoring pass, `Batch.attach`)."""
     mask = batch.loss_mask > 0
-    w = truncated_is_weights(batch.old_logprobs, batch.extra["sampler_logprobs"],
-                             batch.loss_mask, cap)
+    w = truncated_is_weights(batch.old_logprobs, batch.sampler_logprobs, batch.loss_mask, cap)
     batch.advantages = batch.advantages * w
     if not mask.any():
         return {}

@@ -158,8 +158,7 @@ class RolloutEngine:
                     observation=ep.observation, context_ids=list(new_ctx),
                     action_ids=list(g.token_ids), logprobs=list(g.logprobs), response=reply,
                     action=action, action_valid=valid,
-                    reward=env_r - (0.0 if valid else c.invalid_penalty) - c.step_penalty,
-                    env_reward=env_r,
+                    reward=env_r, shaping=-(0.0 if valid else c.invalid_penalty) - c.step_penalty,
                     finish_reason=g.finish_reason, allowed_ids=g.allowed_ids,
                     state_key=_state_key(ep.info), info=_json_info(res.info),
                     seconds_generate=t_gen, seconds_env=res.seconds)

@@ -25,7 +25,7 @@ from agentrl.alarms import alarm_metrics, logprob_mismatch, memory_metrics
 from agentrl.config import Config, config_to_dict
 from agentrl.envpool import EnvPool
 from agentrl.evaluate import EVAL_SAMPLER_SEED, evaluate
-from agentrl.learner import Learner, apply_tis, recompute_old_logprobs
+from agentrl.learner import LocalLearner, apply_tis
 from agentrl.metrics import MetricsLogger, console_line, rollout_metrics
 from agentrl.models import build_tiny_model, build_tiny_tokenizer, load_pretrained, resolve_device
 from agentrl.policies.base import Policy
@@ -141,7 +141,7 @@ class Trainer:
             f.write(self.config_text)
         self.algorithm = get_algorithm(cfg.algorithm.name)(cfg.algorithm)
         self.algorithm.setup(model)
-        self.learner = Learner(model, cfg.train, cfg.rollout.temperature, self.algorithm)
+        self.learner = LocalLearner(model, cfg.train, cfg.rollout.temperature, self.algorithm)
         self.policy = make_policy(cfg, model, tok)
         self.builder = PromptBuilder(tok, cfg.rollout)
         n = cfg.rollout.groups * cfg.rollout.group_size
@@ -172,29 +172,23 @@ class Trainer:
 
     # -- checkpoints --------------------------------------------------------------------
     def save_checkpoint(self) -> str:
-        extra = {"optimizer": self.learner.optimizer.state_dict(),
-                 "scheduler": self.learner.scheduler.state_dict(),
+        extra = {**self.learner.state_dict(),  # optimizer, scheduler, reference
                  "algorithm": self.algorithm.state_dict(),
                  "rng": checkpoint.rng_state(), "trainer_rng": self.rng.getstate(),
                  "sampler_rng": self.policy._generator.get_state()
                  if hasattr(self.policy, "_generator") else None,
-                 "reference": self.learner.reference.state_dict()
-                 if self.learner.reference is not None else None,
                  "eval_history": self.eval_history}
         return checkpoint.save(self.run_dir, self.iteration, self.model, self.tokenizer, extra,
                                self.config_text, self.cfg.train.keep_checkpoints)
 
     def _restore(self, path: str) -> None:
         st = checkpoint.load_state(path)
-        self.learner.optimizer.load_state_dict(st["optimizer"])
-        self.learner.scheduler.load_state_dict(st["scheduler"])
+        self.learner.load_state_dict(st)
         self.algorithm.load_state_dict(st["algorithm"])
         checkpoint.set_rng_state(st["rng"])
         self.rng.setstate(st["trainer_rng"])
         if st.get("sampler_rng") is not None and hasattr(self.policy, "_generator"):
             self.policy._generator.set_state(st["sampler_rng"])
-        if st.get("reference") is not None and self.learner.reference is not None:
-            self.learner.reference.load_state_dict(st["reference"])
         self.eval_history = st.get("eval_history", [])
         self.iteration = checkpoint.checkpoint_iteration(path)
         # Iterations logged after the checkpoint are redone; drop their stale metric rows.
@@ -258,13 +252,14 @@ class Trainer:
             return m
         batch = self.algorithm.build_batch(learn, self.tokenizer.pad_token_id or 0)
         t1 = time.perf_counter()
-        # Before any update both sides hold the same weights: a gap is sampler/trainer drift.
-        consistency = logprob_mismatch(self.learner, batch)
-        if c.policy.recompute_old_logprobs or c.train.tis_cap > 0:
-            recompute_old_logprobs(self.learner, batch)
-        if self.algorithm.needs_reference:
-            batch.ref_logprobs = self.learner.reference_logprobs(batch)
-        adv_metrics = self.algorithm.advantages(batch, self.learner)
+        # One no-grad scoring pass before the update: what the algorithm declared, recomputed
+        # old logprobs if asked, and the sampler/trainer mismatch metric.
+        recompute = c.policy.recompute_old_logprobs or c.train.tis_cap > 0
+        wants = self.algorithm.requires | ({"old_logprobs"} if recompute else set())
+        scores = self.learner.score(batch, wants)
+        consistency = logprob_mismatch(scores, batch)
+        batch.attach(scores, recompute_old_logprobs="old_logprobs" in wants)
+        adv_metrics = self.algorithm.credit(batch)
         if c.train.tis_cap > 0:
             consistency.update(apply_tis(batch, c.train.tis_cap))
         if hasattr(self.policy, "release_memory"):
@@ -277,7 +272,7 @@ class Trainer:
                 self.learner.progress.close()
             self.learner.progress = None
         t2 = time.perf_counter()
-        self.policy.update_weights(self.model)
+        self.policy.update_weights(self.learner.export_weights())
         t3 = time.perf_counter()
         m.update(train_metrics)
         m.update(consistency)

@@ -47,8 +47,9 @@ class Turn:
         response: decoded ``action_ids`` (for humans and the action parser).
         action: the string sent to the env (parsed out of ``response``).
         action_valid: parse succeeded and the env accepted the action.
-        reward: env reward for this step plus any shaping (e.g. invalid-action penalty).
-        env_reward: the env's raw reward for this step.
+        reward: the env's reward for this step.
+        shaping: what the rollout adds to it (``-step_penalty``, ``-invalid_penalty`` for an
+            invalid action); the shaped reward an algorithm optimises is ``reward + shaping``.
         finish_reason: ``stop`` (EOS or stop string), ``length`` (token limit).
         allowed_ids: for constrained decoding, the allowed token ids at each action position
             (same length as ``action_ids``); ``None`` when decoding was unconstrained.
@@ -65,7 +66,7 @@ class Turn:
     action: str = ""
     action_valid: bool = True
     reward: float = 0.0
-    env_reward: float = 0.0
+    shaping: float = 0.0
     finish_reason: str = "stop"
     allowed_ids: list[list[int]] | None = None
     state_key: str | None = None
@@ -111,6 +112,12 @@ class Trajectory:
 
     @property
     def total_reward(self) -> float:
+        """The shaped return: env reward plus shaping, summed over turns."""
+        return float(sum(t.reward + t.shaping for t in self.turns))
+
+    @property
+    def env_return(self) -> float:
+        """The env's rewards summed over turns, without shaping."""
         return float(sum(t.reward for t in self.turns))
 
     @property
@@ -127,8 +134,20 @@ class Trajectory:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Trajectory:
         d = dict(d)
-        d["turns"] = [Turn(**t) for t in d.get("turns", [])]
+        d["turns"] = [Turn(**_upgrade_turn(t)) for t in d.get("turns", [])]
         return cls(**d)
+
+
+def _upgrade_turn(t: dict[str, Any]) -> dict[str, Any]:
+    """Read a turn of an older dump, which stored the shaped reward as ``reward`` and the env's
+    as ``env_reward``: the env's becomes ``reward``, the difference ``shaping``."""
+    if "env_reward" not in t:
+        return t
+    t = dict(t)
+    env = float(t.pop("env_reward"))
+    t["shaping"] = float(t.get("reward", env)) - env
+    t["reward"] = env
+    return t
 
 
 def write_jsonl(path: str, trajectories: Iterable[Trajectory], append: bool = False) -> int:

@@ -87,7 +87,7 @@ def episode_record(t: Trajectory, source: str) -> dict[str, Any]:
         if adv is None and advs is not None and k < len(advs):
             adv = advs[k]
         turns.append({"obs": _cut(u.observation), "reply": _cut(u.response), "action": u.action,
-                      "valid": u.action_valid, "reward": u.reward, "env_reward": u.env_reward,
+                      "valid": u.action_valid, "reward": u.reward + u.shaping, "env_reward": u.reward,
                       "entropy": ent, "exact": exact,
                       "adv": adv if isinstance(adv, (int, float)) else None,
                       "finish": u.finish_reason, "ntok": len(u.action_ids)})

@@ -57,7 +57,7 @@ from agentrl.algorithms.base import Algorithm
 from agentrl.algorithms.grpo import GRPOConfig, outcome_advantages, trajectory_scores
 from agentrl.batch import Batch
 from agentrl.config import F
-from agentrl.learner import Learner, ModelOutputs
+from agentrl.learner import ModelOutputs
 from agentrl.registry import register_algorithm
 from agentrl.rollout import RolloutEngine
 from agentrl.types import Trajectory, Turn
@@ -148,9 +148,16 @@ class AEPO(Algorithm):
         self.collect_stats: dict[str, float] = {}
 
     @property
-    def needs_entropy(self) -> bool:
+    def requires(self) -> frozenset[str]:
         c = self.cfg
-        return (c.entropy_advantage and c.entropy_adv_scope == "micro-batch") or super().needs_entropy
+        batch_scope = c.entropy_advantage and c.entropy_adv_scope == "batch"
+        return super().requires | ({"entropy"} if batch_scope else set())
+
+    @property
+    def loss_requires(self) -> frozenset[str]:
+        c = self.cfg
+        micro = c.entropy_advantage and c.entropy_adv_scope == "micro-batch"
+        return super().loss_requires | ({"entropy"} if micro else set())
 
     # -- rollouts ------------------------------------------------------------------------
     def collect(self, engine: RolloutEngine, seeds: list[int], group_ids: list[str]
@@ -222,14 +229,13 @@ class AEPO(Algorithm):
         return out
 
     # -- update --------------------------------------------------------------------------
-    def advantages(self, batch: Batch, learner: Learner) -> dict[str, float]:
+    def advantages(self, batch: Batch) -> dict[str, float]:
         c = self.cfg
         adv_turn = outcome_advantages(batch, c)
         adv = batch.per_turn(adv_turn)  # (N, L)
         metrics = dict(self.collect_stats)
-        metrics.update(self.filter_stats)
         if c.entropy_advantage and c.entropy_adv_scope == "batch" and batch.num_rows:
-            ent = learner.evaluate(batch, entropy=True)["entropy"]  # (N, L), rollout policy
+            ent = batch.entropy  # (N, L), rollout policy
             z = Fn.zscore(ent, batch.loss_mask)
             adv = adv * (1.0 + c.entropy_adv_coef * z)
             mask = batch.loss_mask > 0

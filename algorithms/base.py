@@ -6,11 +6,25 @@ itself with `@register_algorithm`. The trainer calls, per iteration:
 
     trajectories = algo.collect(engine, seeds, group_ids)   # optional override (branching)
     batch        = algo.build_batch(trajectories, pad_id)   # optional override (replay)
-    metrics      = algo.advantages(batch, learner)          # fills batch.advantages
+    scores       = learner.score(batch, algo.requires)      # one no-grad pass, see below
+    batch.attach(scores)
+    metrics      = algo.credit(batch)                       # calls `advantages(batch)`
     terms        = algo.loss(outputs, minibatch)            # {"loss": total, ...named terms}
     algo.on_iteration_end(iteration, metrics)
 
 and never names an algorithm. State (histories, replay buffers) goes in `state_dict`.
+
+An algorithm never runs the model. It declares what it needs and the learner computes it:
+``requires`` (before `advantages`, all in one no-grad scoring pass of the pre-update policy:
+``entropy``, ``values``, ``old_logprobs``, and ``ref_logprobs`` from the frozen reference) and
+``loss_requires`` (what the update's forward returns besides logprobs: ``entropy`` with
+gradient, ``values``, ``hidden``). `advantages` is then a pure function of the batch and the
+algorithm's own state. A value head is the algorithm's (`param_groups`, `value`); the learner
+applies it in both passes.
+
+`credit` is the template around `advantages`: it checks the declared inputs are there and adds
+the group statistics every algorithm logs (``zero_variance_groups``, and with ``filter_groups``
+the filter's counts), so no algorithm can forget them.
 
 Shared options every algorithm gets from `AlgorithmConfig`: clip-higher (``clip_low`` /
 ``clip_high``), dual clip, loss aggregation, k3 KL, entropy bonus, ``loss_mode`` (vanilla PPO,
@@ -31,9 +45,13 @@ from agentrl.config import F
 
 if TYPE_CHECKING:
     from agentrl.batch import Batch
-    from agentrl.learner import Learner, ModelOutputs
+    from agentrl.learner import ModelOutputs
     from agentrl.rollout import RolloutEngine
     from agentrl.types import Trajectory
+
+
+#: Metrics `Algorithm.credit` adds for every algorithm (``algo/<name>`` in the logs).
+SHARED_METRICS = ("zero_variance_groups", "groups_dropped_zero_variance", "groups_kept_frac")
 
 
 @dataclass
@@ -73,26 +91,30 @@ class Algorithm:
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
-        self.filter_stats: dict[str, float] = {}  # set by `filter_trajectories` when it drops
+        # Group statistics of this iteration's trajectories (`filter_trajectories`), merged into
+        # the metrics by `credit`.
+        self.group_stats: dict[str, float] = {}
 
     def setup(self, model: torch.nn.Module) -> None:
         """Called once with the policy model before the optimizer exists (build heads here)."""
 
     # -- what the learner must provide ------------------------------------------------------
     @property
-    def needs_reference(self) -> bool:
-        """True if ``batch.ref_logprobs`` must be computed (KL to the initial policy)."""
-        return self.cfg.kl_coef > 0
+    def requires(self) -> frozenset[str]:
+        """What the learner's scoring pass must put in the batch before `advantages`
+        (``agentrl.learner.SCORE_NAMES``). Base: ``ref_logprobs`` when the KL term is on."""
+        return frozenset({"ref_logprobs"}) if self.cfg.kl_coef > 0 else frozenset()
 
     @property
-    def needs_entropy(self) -> bool:
-        """True if the update forward pass must return per-token entropy."""
-        return self.cfg.entropy_coef != 0
+    def loss_requires(self) -> frozenset[str]:
+        """What the update's forward must return to `loss` besides logprobs
+        (``agentrl.learner.LOSS_NAMES``). Base: ``entropy`` (with gradient) for the bonus."""
+        return frozenset({"entropy"}) if self.cfg.entropy_coef != 0 else frozenset()
 
-    @property
-    def needs_hidden(self) -> bool:
-        """True if the update forward pass must return last hidden states (value heads)."""
-        return False
+    def value(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The value head: last hidden states (n, L, H) -> values (n, L). Only for algorithms
+        that require ``values``."""
+        raise NotImplementedError(f"{type(self).__name__} requires 'values' but has no value head")
 
     def param_groups(self) -> list[dict[str, Any]]:
         """Extra trainable parameters owned by the algorithm (e.g. a value head)."""
@@ -106,27 +128,54 @@ class Algorithm:
 
     def build_batch(self, trajectories: list[Trajectory], pad_id: int) -> Batch:
         """Tensorize this iteration's trajectories. Override to add rows (e.g. replayed
-        trajectories, flagged in ``batch.extra``)."""
+        trajectories, flagged in ``batch.traj`` / ``batch.row``)."""
         from agentrl.batch import make_batch
 
         return make_batch(self.filter_trajectories(trajectories), pad_id)
 
     def filter_trajectories(self, trajectories: list[Trajectory]) -> list[Trajectory]:
-        """Shared pre-batch filters (``filter_groups``); ``self.filter_stats`` records counts."""
+        """Shared pre-batch filters (``filter_groups``). Records the group statistics of the
+        trajectories it was given in ``self.group_stats``: the share of groups whose rewards
+        are all equal (before any filtering, so the alarm still sees them) and, when
+        filtering, how many groups were dropped."""
+        flat, total = zero_variance_groups(trajectories)
+        self.group_stats = {"zero_variance_groups": len(flat) / max(1, total)}
         if not self.cfg.filter_groups:
             return trajectories
-        kept, dropped = drop_zero_variance_groups(trajectories)
-        total = len({t.group_id for t in trajectories})
-        self.filter_stats = {"groups_dropped_zero_variance": float(dropped),
-                             "groups_kept_frac": (total - dropped) / max(1, total)}
+        kept = [t for t in trajectories if t.group_id not in flat]
+        self.group_stats.update(groups_dropped_zero_variance=float(len(flat)),
+                                groups_kept_frac=(total - len(flat)) / max(1, total))
         if trajectories and not kept:
             warnings.warn("filter_groups: every group has zero reward variance; this iteration "
                           "has nothing to train on (raise the group size or the task difficulty "
                           "range)", stacklevel=2)
         return kept
 
-    def advantages(self, batch: Batch, learner: Learner) -> dict[str, float]:
-        """Fill ``batch.advantages`` (N, L) (and ``batch.returns`` if used); return metrics."""
+    def credit(self, batch: Batch) -> dict[str, float]:
+        """Fill ``batch.advantages`` with `advantages` and return its metrics plus the group
+        statistics every algorithm logs. The trainer calls this, after the scoring pass."""
+        missing = [n for n in ("ref_logprobs", "entropy", "values")
+                   if n in self.requires and getattr(batch, n) is None]
+        if missing:
+            raise ValueError(f"{type(self).__name__} requires {missing} in the batch: score it "
+                             "first (batch.attach(learner.score(batch, algorithm.requires)))")
+        stats, self.group_stats = self.group_stats, {}
+        if "zero_variance_groups" not in stats:  # a build_batch that skipped the shared filter
+            flat, total = zero_variance_groups(batch.trajectories)
+            stats["zero_variance_groups"] = len(flat) / max(1, total)
+        own = self.advantages(batch)
+        if set(own) & set(SHARED_METRICS):
+            raise ValueError(f"{type(self).__name__}.advantages returned "
+                             f"{sorted(set(own) & set(SHARED_METRICS))}: these names belong to "
+                             "the shared group statistics; rename the algorithm's metric")
+        return {**own, **stats}
+
+    def advantages(self, batch: Batch) -> dict[str, float]:
+        """Fill ``batch.advantages`` (N, L) (and ``batch.returns`` if used); return metrics.
+
+        A pure function of the batch (with the scores declared in ``requires``) and the
+        algorithm's own state: no model access.
+        """
         raise NotImplementedError
 
     def loss(self, out: ModelOutputs, mb: Batch) -> dict[str, torch.Tensor]:
@@ -219,11 +268,10 @@ class Algorithm:
         pass
 
 
-def drop_zero_variance_groups(trajectories: list[Trajectory]) -> tuple[list[Trajectory], int]:
-    """Keep the trajectories of groups whose total rewards are not all equal (a group of one is
-    dropped too: it has no spread). Returns (kept, number of groups dropped)."""
+def zero_variance_groups(trajectories: list[Trajectory]) -> tuple[set[str], int]:
+    """(ids of the groups whose total rewards are all equal, number of groups). A group of one
+    is flat too: it has no spread."""
     by_group: dict[str, list[float]] = {}
     for t in trajectories:
         by_group.setdefault(t.group_id, []).append(t.total_reward)
-    flat = {g for g, r in by_group.items() if max(r) - min(r) < 1e-9}
-    return [t for t in trajectories if t.group_id not in flat], len(flat)
+    return {g for g, r in by_group.items() if max(r) - min(r) < 1e-9}, len(by_group)

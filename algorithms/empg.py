@@ -36,7 +36,6 @@ from agentrl.algorithms.base import Algorithm
 from agentrl.algorithms.grpo import GRPOConfig, outcome_advantages
 from agentrl.batch import Batch
 from agentrl.config import F
-from agentrl.learner import Learner
 from agentrl.registry import register_algorithm
 
 
@@ -99,11 +98,14 @@ class EMPG(Algorithm):
                    "future-clarity bonus, re-centred")
     Config = EMPGConfig
 
-    def advantages(self, batch: Batch, learner: Learner) -> dict[str, float]:
+    @property
+    def requires(self) -> frozenset[str]:
+        return super().requires | {"entropy"}  # turn entropies of the rollout policy
+
+    def advantages(self, batch: Batch) -> dict[str, float]:
         c = self.cfg
         base = outcome_advantages(batch, c)  # (M,)
-        ent = learner.evaluate(batch, entropy=True)["entropy"]  # (N, L), rollout policy, no grad
-        h = turn_mean_entropy(ent, batch)
+        h = turn_mean_entropy(batch.entropy, batch)  # (M,), rollout policy, no grad
         adv, parts = empg_modulate(base, h, next_turn_index(batch.turn_traj), c.k, c.k_future,
                                    c.zeta, c.recenter, c.eps)
         batch.advantages = batch.per_turn(adv)
@@ -113,5 +115,4 @@ class EMPG(Algorithm):
                 "g_max": float(parts["g"].max()) if len(h) else 0.0,
                 "future_bonus_mean": float(parts["f"].sum()) / n,
                 "base_advantage_abs_mean": float(base.abs().mean()) if len(base) else 0.0,
-                "advantage_abs_mean": float(adv.abs().mean()) if len(adv) else 0.0,
-                **self.filter_stats}
+                "advantage_abs_mean": float(adv.abs().mean()) if len(adv) else 0.0}

@@ -53,7 +53,7 @@ from agentrl.algorithms.grpo import GRPO, GRPOConfig
 from agentrl.algorithms.ppo import PPO, PPOConfig
 from agentrl.batch import Batch
 from agentrl.config import F
-from agentrl.learner import Learner, ModelOutputs
+from agentrl.learner import ModelOutputs
 from agentrl.registry import register_algorithm
 
 
@@ -130,12 +130,15 @@ class EPO(Algorithm):
         self.inner.setup(model)
 
     @property
-    def needs_entropy(self) -> bool:
-        return True
+    def requires(self) -> frozenset[str]:
+        return self.inner.requires | {"entropy"}  # per-turn entropy of the rollout policy
 
     @property
-    def needs_hidden(self) -> bool:
-        return self.inner.needs_hidden
+    def loss_requires(self) -> frozenset[str]:
+        return self.inner.loss_requires | {"entropy"}  # the hinge carries gradient
+
+    def value(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.inner.value(hidden)
 
     def param_groups(self) -> list[dict[str, Any]]:
         return self.inner.param_groups()
@@ -145,16 +148,16 @@ class EPO(Algorithm):
         """H̄_t for every turn index with history."""
         return {t: self.hist_sum[t] / self.hist_count[t] for t in self.hist_sum}
 
-    def advantages(self, batch: Batch, learner: Learner) -> dict[str, float]:
+    def advantages(self, batch: Batch) -> dict[str, float]:
         c = self.cfg
-        metrics = self.inner.advantages(batch, learner)
+        metrics = self.inner.advantages(batch)
         ref = self.reference()
         ref_turn = torch.tensor([ref.get(int(t), math.nan) if t >= c.smooth_min_turn else math.nan
                                  for t in batch.turn_step.tolist()], dtype=torch.float32)  # (M,)
         tok = ref_turn[batch.turn_id.clamp(min=0)]
-        batch.extra["epo_reference"] = torch.where(batch.turn_id >= 0, tok,
-                                                   torch.full_like(tok, math.nan))  # (N, L)
-        ent = learner.evaluate(batch, entropy=True)["entropy"]  # (N, L), rollout policy
+        batch.row["epo_reference"] = torch.where(batch.turn_id >= 0, tok,
+                                                 torch.full_like(tok, math.nan))  # (N, L)
+        ent = batch.entropy  # (N, L), rollout policy
         means = turn_entropy_means(ent, batch)
         self._pending = {t: m for t, (m, _) in means.items()}
         for t, m in sorted(self._pending.items()):
@@ -162,13 +165,13 @@ class EPO(Algorithm):
         mask = batch.loss_mask > 0
         metrics["token_entropy_mean"] = float(ent[mask].mean()) if mask.any() else 0.0
         metrics["phase_weight"] = phase_weight(self.iteration, c.phase_schedule, c.phase_total)
-        return {**metrics, **self.filter_stats}
+        return metrics
 
     # -- loss --------------------------------------------------------------------------------
     def loss(self, out: ModelOutputs, mb: Batch) -> dict[str, torch.Tensor]:
         c = self.cfg
         terms = self.inner.loss(out, mb)  # includes −λ·H (shared entropy bonus)
-        ref = mb.extra["epo_reference"].to(out.entropy.device)
+        ref = mb.row["epo_reference"].to(out.entropy.device)
         pen = smoothing_penalty(out.entropy, ref, c.kappa_low, c.kappa_high)
         terms["entropy_smooth"] = self._agg(pen, mb)
         beta = phase_weight(self.iteration, c.phase_schedule, c.phase_total)

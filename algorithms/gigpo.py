@@ -26,7 +26,7 @@ Deliberate departures from the official code:
 
 - Episode statistics are per trajectory by default (paper); ``stats: turn`` gives the code's
   step-weighted statistics.
-- Shaping (invalid-action penalty, step penalty: ``Turn.reward − Turn.env_reward``) enters a
+- Shaping (invalid-action penalty, step penalty: ``Turn.shaping``) enters a
   turn's step return undiscounted and only that turn's, as the code applies the penalty after
   discounting; the code has no step penalty.
 - A one-member episode group gets A^E = 0 (the code gives it its raw score).
@@ -49,7 +49,6 @@ from agentrl.algorithms.base import Algorithm, AlgorithmConfig
 from agentrl.algorithms.grpo import GRPOConfig, outcome_advantages
 from agentrl.batch import Batch
 from agentrl.config import F
-from agentrl.learner import Learner
 from agentrl.registry import register_algorithm
 
 
@@ -69,13 +68,10 @@ class GiGPOConfig(AlgorithmConfig):
 def step_returns(batch: Batch, gamma: float) -> torch.Tensor:
     """Discounted step return of every turn (M,).
 
-    R_t = Σ_{k≥t} γ^(k−t) e_k + s_t, with e the env reward and s_t = reward_t − e_t the turn's own
-    shaping (penalties), not discounted back. A truncated episode uses the rewards it observed.
+    R_t = Σ_{k≥t} γ^(k−t) e_k + s_t, with e the env reward and s_t the turn's own shaping
+    (penalties), not discounted back. A truncated episode uses the rewards it observed.
     """
-    env = torch.tensor([batch.trajectories[i].turns[k].env_reward
-                        for i, k in zip(batch.turn_traj.tolist(), batch.turn_step.tolist())],
-                       dtype=torch.float32)
-    shaping = batch.turn_reward - env
+    env, shaping = batch.turn_reward, batch.turn_shaping
     out = torch.zeros(batch.num_turns)
     for ti in range(len(batch.trajectories)):
         idx = (batch.turn_traj == ti).nonzero(as_tuple=True)[0]  # turns in order (make_batch)
@@ -144,7 +140,7 @@ class GiGPO(Algorithm):
         super().__init__(cfg)
         self._warned = False
 
-    def advantages(self, batch: Batch, learner: Learner) -> dict[str, float]:
+    def advantages(self, batch: Batch) -> dict[str, float]:
         if (not self._warned and batch.num_turns
                 and all(k is None for k in batch.turn_state_keys())):
             warnings.warn("GiGPO: the env gives no info['state_key']; every anchor group is a "
@@ -153,4 +149,4 @@ class GiGPO(Algorithm):
             self._warned = True
         adv, stats = gigpo_turn_advantages(batch, self.cfg)
         batch.advantages = batch.per_turn(adv)
-        return {**stats, **self.filter_stats}
+        return stats

@@ -7,7 +7,7 @@ Differs from PPO: no critic; the baseline is the mean score of the G rollouts of
 Config fields that matter: ``stats`` (per trajectory, as in the paper, or over all per-turn
 samples of the group, as verl-agent's default), ``use_std``, ``baseline`` (``grpo`` | ``rloo``).
 Scores: trajectory mode uses the episode's total shaped reward; turn mode gives each turn-sample
-the episode's env reward minus that turn's own invalid-action penalty (verl-agent).
+the episode's env reward plus that turn's own shaping (its invalid-action penalty, verl-agent).
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from agentrl.algorithms import functional as Fn
 from agentrl.algorithms.base import Algorithm, AlgorithmConfig
 from agentrl.batch import Batch
 from agentrl.config import F
-from agentrl.learner import Learner
 from agentrl.registry import register_algorithm
 
 
@@ -34,9 +33,9 @@ class GRPOConfig(AlgorithmConfig):
 
 
 def trajectory_scores(batch: Batch) -> torch.Tensor:
-    """Total shaped reward of each trajectory (K,)."""
+    """Total shaped reward (env reward + shaping) of each trajectory (K,)."""
     k = len(batch.trajectories)
-    return torch.zeros(k).index_add_(0, batch.turn_traj, batch.turn_reward)
+    return torch.zeros(k).index_add_(0, batch.turn_traj, batch.shaped_turn_reward())
 
 
 def outcome_advantages(batch: Batch, cfg: GRPOConfig) -> torch.Tensor:
@@ -49,13 +48,10 @@ def outcome_advantages(batch: Batch, cfg: GRPOConfig) -> torch.Tensor:
         else:
             adv = Fn.group_normalize(traj_score, groups, cfg.use_std)
         return adv[batch.turn_traj]
-    # turn mode: S_k = episode env reward - own penalty; statistics over all turn-samples.
-    penalty = batch.turn_reward - torch.tensor(
-        [batch.trajectories[i].turns[k].env_reward
-         for i, k in zip(batch.turn_traj.tolist(), batch.turn_step.tolist())])
-    env_total = torch.zeros(len(batch.trajectories)).index_add_(
-        0, batch.turn_traj, batch.turn_reward - penalty)
-    scores = env_total[batch.turn_traj] + penalty
+    # turn mode: S_k = episode env reward + own shaping; statistics over all turn-samples.
+    env_total = torch.zeros(len(batch.trajectories)).index_add_(0, batch.turn_traj,
+                                                                batch.turn_reward)
+    scores = env_total[batch.turn_traj] + batch.turn_shaping
     turn_groups = [groups[i] for i in batch.turn_traj.tolist()]
     if cfg.baseline == "rloo":
         return Fn.rloo(scores, turn_groups)
@@ -68,13 +64,7 @@ class GRPO(Algorithm):
     description = "multi-turn GRPO: group-normalised episode return, broadcast to every turn"
     Config = GRPOConfig
 
-    def advantages(self, batch: Batch, learner: Learner) -> dict[str, float]:
+    def advantages(self, batch: Batch) -> dict[str, float]:
         adv_turn = outcome_advantages(batch, self.cfg)
         batch.advantages = batch.per_turn(adv_turn)
-        scores = trajectory_scores(batch)
-        by_group: dict[str, list[float]] = {}
-        for g, s in zip(batch.group_ids(), scores.tolist()):
-            by_group.setdefault(g, []).append(s)
-        zero_var = sum(1 for v in by_group.values() if max(v) - min(v) < 1e-9)
-        return {"zero_variance_groups": zero_var / max(1, len(by_group)),
-                "advantage_abs_mean": float(adv_turn.abs().mean()) if len(adv_turn) else 0.0}
+        return {"advantage_abs_mean": float(adv_turn.abs().mean()) if len(adv_turn) else 0.0}

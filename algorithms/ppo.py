@@ -5,7 +5,9 @@ Differs from GRPO: a value head on the policy backbone predicts V at every actio
 advantage comes from GAE, so credit differs between turns of one episode.
 
 GAE runs over the action tokens of a trajectory in order (observation tokens are skipped, they
-are the environment's move). Each turn's reward sits on its last token. Between two tokens of
+are the environment's move). Each turn's shaped reward sits on its last token. The old values
+come from the learner's scoring pass (``requires = {"values"}``), which applies this file's
+value head; the update's forward applies it again with gradient. Between two tokens of
 one turn the discount/trace are ``token_gamma``/``token_lam``; from a turn's last token to the
 next turn's first they are ``gamma``/``lam``. The step after the final turn is terminal (V=0),
 also for episodes cut by the turn limit (a deliberate simplification; noted in the docs).
@@ -26,7 +28,7 @@ from agentrl.algorithms import functional as Fn
 from agentrl.algorithms.base import Algorithm, AlgorithmConfig
 from agentrl.batch import Batch
 from agentrl.config import F
-from agentrl.learner import Learner, ModelOutputs
+from agentrl.learner import ModelOutputs
 from agentrl.registry import register_algorithm
 
 
@@ -74,20 +76,26 @@ class PPO(Algorithm):
         self.value_head.to(next(model.parameters()).device)
 
     @property
-    def needs_hidden(self) -> bool:
-        return True
+    def requires(self) -> frozenset[str]:
+        return super().requires | {"values"}
+
+    @property
+    def loss_requires(self) -> frozenset[str]:
+        return super().loss_requires | {"values"}
 
     def param_groups(self) -> list[dict[str, Any]]:
         assert self.value_head is not None, "PPO.setup(model) must run before the learner"
         return [{"params": list(self.value_head.parameters()), "lr": self.cfg.critic_lr,
                  "weight_decay": 0.0}]
 
-    def _values(self, hidden: torch.Tensor) -> torch.Tensor:
+    def value(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(n, L, H) -> (n, L)."""
         return self.value_head(hidden.float()).squeeze(-1)
 
-    def advantages(self, batch: Batch, learner: Learner) -> dict[str, float]:
+    def advantages(self, batch: Batch) -> dict[str, float]:
         c = self.cfg
-        old_values = learner.evaluate(batch, hidden_fn=self._values)["hidden_fn"]  # (N, L)
+        old_values = batch.values  # (N, L), pre-update value head at action tokens
+        reward = batch.shaped_turn_reward()  # (M,)
         adv = torch.zeros_like(old_values)
         ret = torch.zeros_like(old_values)
         for positions in trajectory_token_order(batch):
@@ -99,7 +107,7 @@ class PPO(Algorithm):
             T = len(positions)
             last_of_turn = torch.ones(T, dtype=torch.bool)
             last_of_turn[:-1] = tid[1:] != tid[:-1]
-            rewards = torch.where(last_of_turn, batch.turn_reward[tid], torch.zeros(T))
+            rewards = torch.where(last_of_turn, reward[tid], torch.zeros(T))
             gammas = torch.where(last_of_turn, torch.full((T,), c.gamma), torch.full((T,), c.token_gamma))
             lams = torch.where(last_of_turn, torch.full((T,), c.lam), torch.full((T,), c.token_lam))
             a, r = Fn.gae(rewards, old_values[rows, cols], gammas, lams)
@@ -110,14 +118,13 @@ class PPO(Algorithm):
             m, s = adv[mask].mean(), adv[mask].std()
             adv = torch.where(mask, (adv - m) / (s + 1e-8), torch.zeros_like(adv))
         batch.advantages, batch.returns = adv, ret
-        batch.extra["old_values"] = old_values
         return {"value_mean": float(old_values[mask].mean()) if mask.any() else 0.0,
                 "return_mean": float(ret[mask].mean()) if mask.any() else 0.0}
 
     def loss(self, out: ModelOutputs, mb: Batch) -> dict[str, torch.Tensor]:
         terms = self.pg_loss(out, mb, mb.advantages)
-        values = self._values(out.hidden)
-        vl = Fn.value_loss(values, mb.extra["old_values"].to(values.device), mb.returns.to(values.device),
+        values = out.values
+        vl = Fn.value_loss(values, mb.values.to(values.device), mb.returns.to(values.device),
                            self.cfg.value_clip or None)
         terms["value_loss"] = self._agg(vl, mb)
         terms["loss"] = terms["loss"] + self.cfg.vf_coef * terms["value_loss"]

@@ -11,7 +11,7 @@ What differs from GRPO:
    replay_size`` stored samples beat P50, a power-of-two subset (≤ ``replay_size``) whose
    recalibrated advantage Ã = S − P50 is positive is replayed and the buffer is cleared.
    Replayed samples are extra rows of this iteration's batch (`build_batch`, flagged in
-   ``batch.extra["is_replay"]``); their ratio is π_θ / π_collect (stored old_logprobs).
+   ``batch.traj["is_replay"]``); their ratio is π_θ / π_collect (stored old_logprobs).
 2. **Loss**: J = J_GRPO(on-policy rows) + γ(t)·J_replay(replay rows), γ(t) a cosine warm-up to
    ``replay_coef`` over ``replay_warmup_steps``; Clip-Cov on both parts with separate
    settings (``clip_cov_*`` on-policy, ``replay_clip_cov_*`` replay); no KL on replay rows.
@@ -58,7 +58,7 @@ from agentrl.algorithms import functional as Fn
 from agentrl.algorithms.base import Algorithm, AlgorithmConfig
 from agentrl.batch import Batch, make_batch
 from agentrl.config import F
-from agentrl.learner import Learner, ModelOutputs
+from agentrl.learner import ModelOutputs
 from agentrl.registry import register_algorithm
 from agentrl.types import Trajectory, Turn
 
@@ -199,10 +199,10 @@ class SPEAR(Algorithm):
         traj_rep[n_on:] = 1.0
         adv = torch.zeros(K)
         adv[n_on:] = torch.tensor(replay_adv, dtype=torch.float32)
-        batch.extra["traj_is_replay"] = traj_rep  # (K,)
-        batch.extra["traj_replay_advantage"] = adv  # (K,)
+        batch.traj["is_replay"] = traj_rep  # (K,)
+        batch.traj["replay_advantage"] = adv  # (K,)
         row_rep = traj_rep[batch.row_traj]  # (N,)
-        batch.extra["is_replay"] = row_rep[:, None].expand_as(batch.loss_mask).clone()  # (N, L)
+        batch.row["is_replay"] = row_rep[:, None].expand_as(batch.loss_mask).clone()  # (N, L)
 
         masked = torch.tensor([self._masked(batch.trajectories[i].turns[k])
                                for i, k in zip(batch.turn_traj.tolist(), batch.turn_step.tolist())],
@@ -211,7 +211,7 @@ class SPEAR(Algorithm):
         if masked.any():
             tok = masked[batch.turn_id.clamp(min=0)] & (batch.turn_id >= 0)  # (N, L)
             batch.loss_mask = batch.loss_mask * (~tok)
-        self.stats = {"groups_kept_frac": len(keep) / max(1, len(by_group)),
+        self.stats = {"std_filter_kept_frac": len(keep) / max(1, len(by_group)),
                       "masked_turn_frac": float(masked.float().mean()) if len(masked) else 0.0,
                       "replay_rows": float(row_rep.sum()), "buffer_size": float(len(self.buffer)),
                       "baseline_p50": p50(list(self.baseline)) if self.baseline else 0.0,
@@ -269,10 +269,10 @@ class SPEAR(Algorithm):
                              "advantage": float(traj_adv[j]), "step": self.step} for u in units]
 
     # -- credit ------------------------------------------------------------------------------
-    def advantages(self, batch: Batch, learner: Learner) -> dict[str, float]:
+    def advantages(self, batch: Batch) -> dict[str, float]:
         c = self.cfg
         K = len(batch.trajectories)
-        rep = batch.extra.get("traj_is_replay", torch.zeros(K)) > 0
+        rep = batch.traj.get("is_replay", torch.zeros(K)) > 0
         on_idx = [i for i in range(K) if not rep[i]]
         on = [batch.trajectories[i] for i in on_idx]
         scores = self.scores(on)
@@ -282,10 +282,10 @@ class SPEAR(Algorithm):
         adv = torch.zeros(K)
         adv[on_idx] = adv_on
         if rep.any():
-            adv[rep] = batch.extra["traj_replay_advantage"][rep]
+            adv[rep] = batch.traj["replay_advantage"][rep]
         batch.advantages = batch.per_trajectory(adv)
         self._store(batch, adv_on, scores, on_idx)
-        return {**self.stats, **self.filter_stats,
+        return {**self.stats,
                 "score_mean": float(scores.mean()) if len(scores) else 0.0,
                 "advantage_abs_mean": float(adv_on.abs().mean()) if len(adv_on) else 0.0,
                 "buffer_size_after": float(len(self.buffer))}
@@ -294,7 +294,7 @@ class SPEAR(Algorithm):
     def loss(self, out: ModelOutputs, mb: Batch) -> dict[str, torch.Tensor]:
         c = self.cfg
         dev = out.logprobs.device
-        rep = mb.extra.get("is_replay")
+        rep = mb.row.get("is_replay")
         if rep is None:
             rep = torch.zeros_like(mb.loss_mask)
         rep = rep.to(dev)

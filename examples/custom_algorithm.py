@@ -30,9 +30,9 @@ class REINFORCE(Algorithm):
     description = "REINFORCE with a leave-one-out group baseline"
     Config = REINFORCEConfig
 
-    def advantages(self, batch: Any, learner: Any) -> dict[str, float]:
-        returns = torch.zeros(len(batch.trajectories)).index_add_(0, batch.turn_traj,
-                                                                  batch.turn_reward)  # (K,)
+    def advantages(self, batch: Any) -> dict[str, float]:
+        returns = torch.zeros(len(batch.trajectories)).index_add_(
+            0, batch.turn_traj, batch.shaped_turn_reward())  # (K,)
         adv = Fn.rloo(returns, batch.group_ids())  # (K,)
         if self.cfg.normalize and len(adv) > 1:
             adv = adv / (adv.std() + 1e-6)

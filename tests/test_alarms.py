@@ -22,7 +22,7 @@ from agentrl.alarms import (
 from agentrl.batch import make_batch
 from agentrl.config import AlarmConfig, RolloutConfig, TrainConfig, load_config
 from agentrl.envpool import EnvPool
-from agentrl.learner import Learner
+from agentrl.learner import LocalLearner
 from agentrl.policies.hf import HFPolicy
 from agentrl.prompts import PromptBuilder
 from agentrl.registry import get_algorithm
@@ -93,19 +93,19 @@ def _batch_and_learner(tiny_tok, tiny_model):
     acfg = load_config(None).algorithm
     algo = get_algorithm("grpo")(acfg)
     algo.setup(tiny_model)
-    return batch, Learner(tiny_model, TrainConfig(micro_batch_tokens=256), 1.0, algo)
+    return batch, LocalLearner(tiny_model, TrainConfig(micro_batch_tokens=256), 1.0, algo)
 
 
 def test_logprob_mismatch_is_zero_on_policy_and_fires_when_the_sampler_drifts(
         tiny_tok, tiny_model) -> None:
     batch, learner = _batch_and_learner(tiny_tok, tiny_model)
-    m = logprob_mismatch(learner, batch)
+    m = logprob_mismatch(learner.score(batch, set()), batch)
     assert m["train/logprob_mismatch"] < 1e-5  # same weights, fp32 CPU: equal up to rounding
     assert check_alarms(m, AlarmConfig()) == []
     # A sampler running other weights (stale sync, wrong dtype) is what this catches: shift
     # every sampled logprob by 0.2 nats -> mean |diff| = 0.2 > 0.05.
-    batch.old_logprobs = batch.old_logprobs - 0.2 * batch.loss_mask
-    m = logprob_mismatch(learner, batch)
+    batch.sampler_logprobs = batch.sampler_logprobs - 0.2 * batch.loss_mask
+    m = logprob_mismatch(learner.score(batch, set()), batch)
     assert abs(m["train/logprob_mismatch"] - 0.2) < 1e-4
     assert [a.split(":")[0] for a in check_alarms(m, AlarmConfig())] == ["logprob_mismatch"]
 

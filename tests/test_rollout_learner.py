@@ -10,7 +10,7 @@ import torch
 from agentrl.batch import make_batch
 from agentrl.config import RolloutConfig, TrainConfig, load_config
 from agentrl.envpool import EnvPool
-from agentrl.learner import Learner
+from agentrl.learner import LocalLearner
 from agentrl.policies.hf import HFPolicy
 from agentrl.prompts import PromptBuilder, parse_action
 from agentrl.registry import get_algorithm
@@ -27,13 +27,13 @@ def _engine(tok, model, **kw) -> RolloutEngine:
     return RolloutEngine(pol, pool, PromptBuilder(tok, cfg), cfg, "test/Corridor-v0")
 
 
-def _learner(model, algo="grpo", **kw) -> Learner:
+def _learner(model, algo="grpo", **kw) -> LocalLearner:
     cfg = load_config(None, [f"algorithm.name={algo}"]).algorithm
     for k, v in kw.items():
         setattr(cfg, k, v)
     a = get_algorithm(algo)(cfg)
     a.setup(model)
-    return Learner(model, TrainConfig(micro_batch_tokens=64), 1.0, a)
+    return LocalLearner(model, TrainConfig(micro_batch_tokens=64), 1.0, a)
 
 
 @pytest.mark.parametrize("context", ["window", "full"])
@@ -44,7 +44,7 @@ def test_trainer_logprobs_equal_sampler_logprobs(tiny_tok, tiny_model, context, 
     trajs = eng.run([0, 0, 1, 1, 2, 2])
     assert all(t.turns for t in trajs)
     batch = make_batch(trajs, tiny_tok.pad_token_id)
-    lp = _learner(tiny_model).evaluate(batch)["logprobs"]
+    lp = _learner(tiny_model).score(batch, {"old_logprobs"}).logprobs
     mask = batch.loss_mask > 0
     gap = (lp[mask] - batch.old_logprobs[mask]).abs().max().item()
     assert gap < 1e-5, gap
@@ -56,7 +56,7 @@ def test_first_ppo_ratio_is_one(tiny_tok, tiny_model) -> None:
     trajs = _engine(tiny_tok, tiny_model, constrained=True, action_format="raw").run([0, 0, 1, 1])
     batch = make_batch(trajs, tiny_tok.pad_token_id)
     learner = _learner(tiny_model)
-    learner.algorithm.advantages(batch, learner)
+    learner.algorithm.credit(batch)
     out = learner.forward(batch.select(range(batch.num_rows)))
     ratio = torch.exp(out.logprobs - batch.old_logprobs)[batch.loss_mask > 0]
     assert torch.allclose(ratio, torch.ones_like(ratio), atol=1e-5)
@@ -71,7 +71,7 @@ def test_micro_batch_split_gives_the_same_gradient(tiny_tok, tiny_model) -> None
         learner = _learner(model)
         learner.cfg.micro_batch_tokens = budget
         batch = make_batch(trajs, tiny_tok.pad_token_id)
-        learner.algorithm.advantages(batch, learner)
+        learner.algorithm.credit(batch)
         learner.cfg.lr = 0.0
         for g in learner.optimizer.param_groups:
             g["lr"] = 0.0
@@ -84,7 +84,7 @@ def test_padding_and_observation_tokens_do_not_change_the_loss(tiny_tok, tiny_mo
     trajs = _engine(tiny_tok, tiny_model, constrained=True, action_format="raw").run([0, 0, 1, 1])
     learner = _learner(tiny_model)
     b1 = make_batch(trajs, tiny_tok.pad_token_id)
-    learner.algorithm.advantages(b1, learner)
+    learner.algorithm.credit(b1)
     b2 = make_batch(trajs, pad_id=3)  # a different pad id
     b2.advantages = b1.advantages.clone()
     # garbage in old_logprobs/advantages on observation tokens must not matter
@@ -103,10 +103,10 @@ def test_group_order_does_not_change_advantages(tiny_tok, tiny_model) -> None:
         [0, 0, 0, 1, 1, 1], ["a", "a", "a", "b", "b", "b"])
     learner = _learner(tiny_model)
     b1 = make_batch(trajs, 0)
-    learner.algorithm.advantages(b1, learner)
+    learner.algorithm.credit(b1)
     perm = [4, 1, 5, 0, 3, 2]
     b2 = make_batch([trajs[i] for i in perm], 0)
-    learner.algorithm.advantages(b2, learner)
+    learner.algorithm.credit(b2)
     per_traj1 = {t.trajectory_id: b1.advantages[b1.row_traj == i].sum().item()
                  for i, t in enumerate(b1.trajectories)}
     per_traj2 = {t.trajectory_id: b2.advantages[b2.row_traj == i].sum().item()

@@ -109,17 +109,9 @@ def test_turn_entropy_is_mean_surprisal_over_first_tokens() -> None:
 # --------------------------------------------------------------------------- entropy-aware advantage
 
 
-class _FixedEntropy:
-    def __init__(self, ent: torch.Tensor) -> None:
-        self.ent = ent
-
-    def evaluate(self, batch, entropy=False, **_):  # noqa: ANN001
-        return {"entropy": self.ent}
-
-
 def _turn(reward: float, n: int = 2) -> Turn:
     return Turn(observation="o", context_ids=[5], action_ids=[7] * n, logprobs=[-0.5] * n,
-                reward=reward, env_reward=reward)
+                reward=reward)
 
 
 def test_entropy_aware_advantage_hand_computed() -> None:
@@ -130,11 +122,12 @@ def test_entropy_aware_advantage_hand_computed() -> None:
                     Trajectory("b", "g", "x", 0, "window", [_turn(0.0)])])
     ent = torch.zeros_like(b.old_logprobs)
     ent[b.loss_mask > 0] = torch.tensor([1.0, 3.0, 1.0, 3.0])
-    AEPO(AEPOConfig(name="aepo")).advantages(b, _FixedEntropy(ent))
+    b.entropy = ent  # what the learner's scoring pass would attach
+    AEPO(AEPOConfig(name="aepo")).advantages(b)
     got = b.advantages[b.loss_mask > 0].tolist()
     assert got == pytest.approx([0.58463, 0.82958, -0.58463, -0.82958], abs=1e-4)
     # switched off: plain GRPO
-    AEPO(AEPOConfig(name="aepo", entropy_advantage=False)).advantages(b, _FixedEntropy(ent))
+    AEPO(AEPOConfig(name="aepo", entropy_advantage=False)).advantages(b)
     assert b.advantages[b.loss_mask > 0].tolist() == pytest.approx([0.70711] * 2 + [-0.70711] * 2,
                                                                    abs=1e-4)
 
@@ -146,8 +139,8 @@ def test_micro_batch_scope_uses_current_entropy_in_loss() -> None:
     b = make_batch([Trajectory("a", "g", "x", 0, "window", [_turn(1.0)]),
                     Trajectory("b", "g", "x", 0, "window", [_turn(0.0)])])
     algo = AEPO(AEPOConfig(name="aepo", entropy_adv_scope="micro-batch"))
-    assert algo.needs_entropy
-    algo.advantages(b, None)  # batch scope off: no learner pass needed
+    assert "entropy" in algo.loss_requires and "entropy" not in algo.requires
+    algo.advantages(b)  # batch scope off: no scored entropy needed
     ent = torch.zeros_like(b.old_logprobs)
     ent[b.loss_mask > 0] = torch.tensor([1.0, 3.0, 1.0, 3.0])
     lp = b.old_logprobs.clone().requires_grad_(True)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from agentrl.algorithms import functional as Fn
-from agentrl.algorithms.base import drop_zero_variance_groups
+from agentrl.algorithms.base import zero_variance_groups
 from agentrl.algorithms.grpo import GRPO, GRPOConfig
 from agentrl.batch import make_batch
 from agentrl.learner import ModelOutputs
@@ -91,12 +91,13 @@ def _traj(gid: str, reward: float) -> Trajectory:
 def test_filter_groups_drops_zero_variance_groups() -> None:
     # g: rewards 1, 0 (kept) ; h: 1, 1 (all equal, dropped) ; s: one member (no spread, dropped)
     trajs = [_traj("g", 1.0), _traj("g", 0.0), _traj("h", 1.0), _traj("h", 1.0), _traj("s", 1.0)]
-    kept, dropped = drop_zero_variance_groups(trajs)
-    assert [t.group_id for t in kept] == ["g", "g"] and dropped == 2
+    flat, total = zero_variance_groups(trajs)
+    assert flat == {"h", "s"} and total == 3
     algo = GRPO(GRPOConfig(name="grpo", filter_groups=True))
     b = algo.build_batch(trajs, 0)
     assert [t.group_id for t in b.trajectories] == ["g", "g"] and b.num_rows == 2
-    assert algo.filter_stats == {"groups_dropped_zero_variance": 2.0, "groups_kept_frac": 1 / 3}
+    assert algo.group_stats == {"zero_variance_groups": 2 / 3, "groups_dropped_zero_variance": 2.0,
+                                "groups_kept_frac": 1 / 3}
     # off by default: all five rows stay
     assert GRPO(GRPOConfig(name="grpo")).build_batch(trajs, 0).num_rows == 5
 

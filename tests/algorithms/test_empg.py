@@ -18,16 +18,12 @@ from agentrl.batch import make_batch
 from agentrl.learner import ModelOutputs
 
 
-class FakeLearner:
-    """Stands in for the learner's no-grad entropy pass; the entropy it returns *requires grad*
-    so that a missing detach would show."""
-
-    def __init__(self, per_turn: list[float]) -> None:
-        self.per_turn = torch.tensor(per_turn, dtype=torch.float32, requires_grad=True)
-
-    def evaluate(self, batch, entropy: bool = False):  # noqa: ANN001, ANN201
-        ent = self.per_turn[batch.turn_id.clamp(min=0)] * (batch.turn_id >= 0)
-        return {"logprobs": batch.old_logprobs, "entropy": ent}
+def scored(b, per_turn: list[float]):  # noqa: ANN001, ANN201
+    """Attach per-token entropy given per turn, as the learner's scoring pass would. The source
+    *requires grad*, so that a missing detach would show; returns it."""
+    src = torch.tensor(per_turn, dtype=torch.float32, requires_grad=True)
+    b.entropy = src[b.turn_id.clamp(min=0)] * (b.turn_id >= 0)
+    return src
 
 
 def adv_per_turn(b) -> list[float]:  # noqa: ANN001
@@ -43,7 +39,8 @@ def test_modulated_advantage_hand_computed() -> None:
     # A_mod = g·A + .05·f: [.759721 + .018394, .279486, −.460794] = [.778115, .279486, −.460794]
     # mean .198935 -> A = [.579179, .080550, −.659729]
     b = make_batch([traj("g", [0, 1]), traj("g", [0])])
-    m = EMPG(EMPGConfig(name="empg", use_std=False)).advantages(b, FakeLearner([1, 3, 2]))
+    scored(b, [1, 3, 2])
+    m = EMPG(EMPGConfig(name="empg", use_std=False)).advantages(b)
     assert adv_per_turn(b) == pytest.approx([.579179, .080550, -.659729], abs=1e-5)
     assert m["g_min"] == pytest.approx(.558971, abs=1e-5)
     assert m["g_max"] == pytest.approx(1.519441, abs=1e-5)
@@ -74,7 +71,8 @@ def test_all_equal_rewards_leave_only_the_recentred_future_bonus() -> None:
     # A(τ) = 0 for both; entropies τ1 [1, 1], τ2 [1] -> f = 1 for τ1 t0 only.
     # A_mod = [.05, 0, 0], mean .016667 -> [.033333, −.016667, −.016667]
     b = make_batch([traj("g", [0, 1]), traj("g", [1])])
-    EMPG(EMPGConfig(name="empg")).advantages(b, FakeLearner([1, 1, 1]))
+    scored(b, [1, 1, 1])
+    EMPG(EMPGConfig(name="empg")).advantages(b)
     assert adv_per_turn(b) == pytest.approx([.033333, -.016667, -.016667], abs=1e-5)
 
 
@@ -86,7 +84,8 @@ def test_one_member_group_and_truncated_episode() -> None:
     # A_mod = [.70711 + .05, .70711, −.70711, 0 + .05, 0]: sum .807107, mean .161421
     # A = [.595685, .545685, −.868527, −.111421, −.161421]
     b = make_batch([traj("g", [0, 1], term="max_turns"), traj("g", [0]), traj("h", [0, 1])])
-    EMPG(EMPGConfig(name="empg")).advantages(b, FakeLearner([2] * 5))
+    scored(b, [2] * 5)
+    EMPG(EMPGConfig(name="empg")).advantages(b)
     assert adv_per_turn(b) == pytest.approx([.595685, .545685, -.868527, -.111421, -.161421],
                                             abs=1e-5)
 
@@ -104,16 +103,16 @@ def test_weights_are_detached() -> None:
     h = torch.tensor([0.5, 1.5, 1.0], requires_grad=True)
     out, parts = empg_modulate(torch.tensor([1.0, -1.0, 0.5]), h, torch.tensor([1, -1, -1]))
     assert not out.requires_grad and not parts["g"].requires_grad
-    # through the algorithm: the entropy the learner hands over requires grad, the advantages
+    # through the algorithm: the entropy the scoring pass attached requires grad, the advantages
     # do not, and the loss gradient w.r.t. logprobs at ratio 1 is exactly −A/num_tokens
     b = make_batch([traj("g", [0, 1]), traj("g", [0])])
-    fake = FakeLearner([1, 3, 2])
+    src = scored(b, [1, 3, 2])
     algo = EMPG(EMPGConfig(name="empg", use_std=False))
-    algo.advantages(b, fake)
+    algo.advantages(b)
     assert not b.advantages.requires_grad
     lp = b.old_logprobs.clone().requires_grad_(True)
-    terms = algo.loss(ModelOutputs(logprobs=lp, entropy=fake.evaluate(b)["entropy"]), b)
+    terms = algo.loss(ModelOutputs(logprobs=lp, entropy=b.entropy), b)
     terms["loss"].backward()
     mask = b.loss_mask > 0
     assert lp.grad[mask].tolist() == pytest.approx((-b.advantages[mask] / 6).tolist())
-    assert fake.per_turn.grad is None  # nothing flowed back into the entropy
+    assert src.grad is None  # nothing flowed back into the entropy

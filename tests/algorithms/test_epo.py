@@ -23,15 +23,11 @@ from agentrl.learner import ModelOutputs
 from agentrl.types import Trajectory
 
 
-class FakeLearner:
-    """Stands in for the learner's no-grad entropy pass: per-token entropy given per turn."""
-
-    def __init__(self, per_turn: list[float]) -> None:
-        self.per_turn = torch.tensor(per_turn, dtype=torch.float32)
-
-    def evaluate(self, batch, entropy: bool = False):  # noqa: ANN001, ANN201
-        ent = self.per_turn[batch.turn_id.clamp(min=0)] * (batch.turn_id >= 0)
-        return {"logprobs": batch.old_logprobs, "entropy": ent}
+def scored(b, per_turn: list[float]):  # noqa: ANN001, ANN201
+    """Attach per-token entropy given per turn, as the learner's scoring pass would."""
+    b.entropy = torch.tensor(per_turn, dtype=torch.float32)[b.turn_id.clamp(min=0)] \
+        * (b.turn_id >= 0)
+    return b
 
 
 def epo(**kw) -> EPO:  # noqa: ANN003
@@ -59,16 +55,16 @@ def test_history_uses_active_turns_aligned_by_index_and_past_iterations_only() -
     # iteration 0: τ1 has 3 turns, τ2 one (single-turn episode), τ3 two (truncated).
     # Per-turn entropies (2 tokens each): τ1 [1, 2, 3], τ2 [3], τ3 [1, 4]
     b0 = make_batch([traj("g", [0, 0, 1]), traj("g", [1]), traj("g", [0, 0], "max_turns")])
-    m0 = algo.advantages(b0, FakeLearner([1, 2, 3, 3, 1, 4]))
+    m0 = algo.advantages(scored(b0, [1, 2, 3, 3, 1, 4]))
     # turn 0 mean over τ1, τ2, τ3 = (1 + 3 + 1)/3 = 1.66667; turn 1 (τ1, τ3) = 3; turn 2 = 3
     assert [m0[f"entropy_turn_{t}"] for t in range(3)] == pytest.approx([5 / 3, 3.0, 3.0])
     # no history yet: no reference anywhere
-    assert torch.isnan(b0.extra["epo_reference"]).all()
+    assert torch.isnan(b0.row["epo_reference"]).all()
     algo.on_iteration_end(0, m0)
     # iteration 1: only one-turn episodes with entropy 2; the reference is the past (it. 0)
     b1 = make_batch([traj("g", [1]), traj("g", [0])])
-    m1 = algo.advantages(b1, FakeLearner([2, 2]))
-    ref1 = b1.extra["epo_reference"][b1.loss_mask > 0]
+    m1 = algo.advantages(scored(b1, [2, 2]))
+    ref1 = b1.row["epo_reference"][b1.loss_mask > 0]
     assert ref1.tolist() == pytest.approx([5 / 3] * 4)
     algo.on_iteration_end(1, m1)
     # H̄_0 = (1.66667 + 2)/2 = 1.83333; H̄_1, H̄_2 keep 3 (turn 1 was absent in it. 1: no zero
@@ -81,8 +77,7 @@ def test_turn_entropy_means_are_token_weighted() -> None:
     # turn 0: τ1 2 tokens of 1, τ2 4 tokens of 4 -> (2·1 + 4·4)/6 = 3
     b = make_batch([Trajectory("a", "g", "x", 0, "window", [turn(n_tokens=2)]),
                     Trajectory("b", "g", "x", 0, "window", [turn(n_tokens=4)])])
-    ent = FakeLearner([1.0, 4.0]).evaluate(b)["entropy"]
-    assert turn_entropy_means(ent, b) == {0: (pytest.approx(3.0), 6)}
+    assert turn_entropy_means(scored(b, [1.0, 4.0]).entropy, b) == {0: (pytest.approx(3.0), 6)}
 
 
 def _loss_grad(algo: EPO, b, ent_vals: torch.Tensor):  # noqa: ANN001, ANN202
@@ -110,7 +105,7 @@ def test_smoothing_term_changes_the_gradient_hand_computed() -> None:
 
     b = make_batch([traj("g", [0, 1]), traj("g", [0, 0])])
     algo = make()
-    algo.advantages(b, FakeLearner([0, 0, 0, 0]))
+    algo.advantages(scored(b, [0, 0, 0, 0]))
     ent = torch.tensor([2.5, .2, 3, 3, 1, 1, 3, 3])
     terms, g = _loss_grad(algo, b, ent)
     assert float(terms["entropy_smooth"]) == pytest.approx(0.1)
@@ -118,7 +113,7 @@ def test_smoothing_term_changes_the_gradient_hand_computed() -> None:
     # the official form (indicator × constant, no gradient) leaves only the bonus: −λ/8 everywhere
     off = make()
     off.cfg.smooth_coef = 0.0
-    off.advantages(b, FakeLearner([0, 0, 0, 0]))
+    off.advantages(scored(b, [0, 0, 0, 0]))
     _, g0 = _loss_grad(off, b, ent)
     assert g0.tolist() == pytest.approx([-.000125] * 8, abs=1e-9)
     assert not torch.allclose(g, g0)
@@ -128,8 +123,8 @@ def test_smooth_min_turn_gates_early_turns() -> None:
     algo = epo(smooth_min_turn=1)
     algo.hist_sum, algo.hist_count = {0: 1.0, 1: 2.0}, {0: 1, 1: 1}
     b = make_batch([traj("g", [0, 1])])
-    algo.advantages(b, FakeLearner([0, 0]))
-    ref = b.extra["epo_reference"][b.loss_mask > 0]
+    algo.advantages(scored(b, [0, 0]))
+    ref = b.row["epo_reference"][b.loss_mask > 0]
     assert torch.isnan(ref[:2]).all() and ref[2:].tolist() == [2.0, 2.0]
 
 
@@ -139,26 +134,23 @@ def test_ppo_base_adds_value_loss_and_smoothing() -> None:
     model = build_tiny_model(50, hidden=16, layers=1, heads=2, seed=0)
     algo = epo(base="ppo")
     algo.setup(model)
-    assert algo.needs_hidden and algo.param_groups()
+    assert algo.param_groups()
     b = make_batch([traj("g", [0, 1]), traj("g", [0])])
 
-    class L(FakeLearner):
-        def evaluate(self, batch, entropy: bool = False, hidden_fn=None):  # noqa: ANN001, ANN201
-            out = super().evaluate(batch)
-            out["hidden_fn"] = torch.zeros_like(batch.old_logprobs)
-            return out
-
-    algo.advantages(b, L([1, 1, 1]))
+    assert algo.requires == {"entropy", "values"} and algo.loss_requires == {"entropy", "values"}
+    b.values = torch.zeros_like(b.old_logprobs)
+    algo.advantages(scored(b, [1, 1, 1]))
     hidden = torch.zeros(*b.input_ids.shape, 16)
     terms = algo.loss(ModelOutputs(logprobs=b.old_logprobs.clone(),
-                                   entropy=torch.ones_like(b.old_logprobs), hidden=hidden), b)
+                                   entropy=torch.ones_like(b.old_logprobs), hidden=hidden,
+                                   values=algo.value(hidden)), b)
     assert {"value_loss", "entropy_smooth", "pg_loss"} <= set(terms)
 
 
 def test_state_round_trips_through_json() -> None:
     algo = epo()
     b = make_batch([traj("g", [0, 1]), traj("g", [1])])
-    algo.on_iteration_end(0, algo.advantages(b, FakeLearner([1.0, 2.0, 0.5])))
+    algo.on_iteration_end(0, algo.advantages(scored(b, [1.0, 2.0, 0.5])))
     state = json.loads(json.dumps(algo.state_dict()))
     again = epo()
     again.load_state_dict(state)
@@ -172,7 +164,7 @@ def test_one_member_group_with_equal_rewards_keeps_only_entropy_terms() -> None:
     algo = epo(entropy_coef=0.001, smooth_coef=0.1, phase_schedule="constant")
     algo.hist_sum, algo.hist_count = {0: 1.0}, {0: 1}
     b = make_batch([traj("h", [1.0])])
-    algo.advantages(b, FakeLearner([0.0]))
+    algo.advantages(scored(b, [0.0]))
     assert torch.all(b.advantages == 0)
     ent = torch.zeros_like(b.old_logprobs)
     ent[b.loss_mask > 0] = torch.tensor([3.0, 1.0])

@@ -13,7 +13,7 @@ from agentrl.types import Trajectory, Turn
 
 def turn(state: str | None, env: float = 0.0, shaping: float = 0.0, n_tokens: int = 2) -> Turn:
     return Turn(observation="o", context_ids=[5, 6], action_ids=[7] * n_tokens,
-                logprobs=[-0.5] * n_tokens, reward=env + shaping, env_reward=env,
+                logprobs=[-0.5] * n_tokens, reward=env, shaping=shaping,
                 action_valid=shaping == 0.0, state_key=state)
 
 
@@ -48,7 +48,7 @@ def test_step_returns_discount_env_reward_but_not_shaping() -> None:
 
 def test_joint_advantage_mean_mode_hand_computed() -> None:
     b = batch()
-    m = GiGPO(GiGPOConfig(name="gigpo", gamma=0.5)).advantages(b, None)
+    m = GiGPO(GiGPOConfig(name="gigpo", gamma=0.5)).advantages(b)
     # A^E (F_norm = 1): group g totals [1, −.1, 1], mean .63333 -> [.36667, −.73333, .36667];
     #   group h has one member -> 0.
     # A^S: anchor (g, A): R [.25, 0, 1], mean .41667 -> [−.16667, −.41667, .58333];
@@ -67,7 +67,7 @@ def test_joint_advantage_mean_mode_hand_computed() -> None:
 
 def test_joint_advantage_mean_std_mode_and_weight() -> None:
     b = batch()
-    GiGPO(GiGPOConfig(name="gigpo", gamma=0.5, mode="mean_std", step_weight=0.5)).advantages(b, None)
+    GiGPO(GiGPOConfig(name="gigpo", gamma=0.5, mode="mean_std", step_weight=0.5)).advantages(b)
     # A^E: devs [.36667, −.73333, .36667], var (.134444 + .537778 + .134444)/2 = .403333,
     #   std .635085 -> [.57735, −1.15470, .57735]
     # A^S (g, A): devs [−.16667, −.41667, .58333], var (.027778 + .173611 + .340278)/2 = .270833,
@@ -83,7 +83,7 @@ def test_joint_advantage_mean_std_mode_and_weight() -> None:
 def test_all_equal_rewards_and_states_give_zero() -> None:
     b = make_batch([traj("g", [turn("A"), turn("B", env=1.0)]),
                     traj("g", [turn("A"), turn("B", env=1.0)])])
-    GiGPO(GiGPOConfig(name="gigpo")).advantages(b, None)
+    GiGPO(GiGPOConfig(name="gigpo")).advantages(b)
     assert torch.all(b.advantages == 0)
 
 
@@ -93,14 +93,14 @@ def test_same_outcome_different_path_gets_step_credit_only() -> None:
     # [.08333, −.16667, .08333]; B: [1, 1] -> 0.
     b = make_batch([traj("g", [turn("A"), turn("B", env=1.0)]),
                     traj("g", [turn("A"), turn("A"), turn("B", env=1.0)])])
-    GiGPO(GiGPOConfig(name="gigpo", gamma=0.5)).advantages(b, None)
+    GiGPO(GiGPOConfig(name="gigpo", gamma=0.5)).advantages(b)
     assert per_turn_adv(b) == pytest.approx([.08333, 0.0, -.16667, .08333, 0.0], abs=1e-4)
 
 
 def test_missing_state_keys_are_singletons_and_warn() -> None:
     b = make_batch([traj("g", [turn(None, env=1.0)]), traj("g", [turn(None)])])
     with pytest.warns(UserWarning, match="state_key"):
-        GiGPO(GiGPOConfig(name="gigpo")).advantages(b, None)
+        GiGPO(GiGPOConfig(name="gigpo")).advantages(b)
     # GRPO (mean mode) only: totals [1, 0] -> ±.5
     assert per_turn_adv(b) == pytest.approx([0.5, -0.5])
 
@@ -122,7 +122,7 @@ def test_turn_mode_episode_statistics() -> None:
     # τ2 t0 (R 0)} mean .25 -> [.25, −.25]; (g, B) singleton 0.
     # A: τ1 [1/3 + .25, 1/3 + 0] = [.58333, .33333]; τ2 [−2/3 − .25] = −.91667
     b = make_batch([traj("g", [turn("A"), turn("B", env=1.0)]), traj("g", [turn("A")])])
-    GiGPO(GiGPOConfig(name="gigpo", gamma=0.5, stats="turn")).advantages(b, None)
+    GiGPO(GiGPOConfig(name="gigpo", gamma=0.5, stats="turn")).advantages(b)
     assert per_turn_adv(b) == pytest.approx([.58333, .33333, -.91667], abs=1e-4)
 
 
@@ -149,6 +149,6 @@ def test_textworld_rollout_gives_repeated_anchor_states(tiny_tok, tiny_model) ->
     b = make_batch(trajs)
     keys = b.turn_state_keys()
     assert all(isinstance(k, str) and "|" in k for k in keys)  # location|description|inventory
-    m = GiGPO(GiGPOConfig(name="gigpo")).advantages(b, None)
+    m = GiGPO(GiGPOConfig(name="gigpo")).advantages(b)
     # all 4 episodes start in the same room: the first turns share one anchor group at least
     assert m["step_singleton_frac"] < 1.0 and m["step_group_size_mean"] >= 2.0

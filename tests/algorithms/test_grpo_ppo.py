@@ -11,19 +11,14 @@ from agentrl.batch import make_batch
 from agentrl.types import Trajectory, Turn
 
 
-def turn(reward: float, n_tokens: int = 2, valid: bool = True, env_reward: float | None = None) -> Turn:
+def turn(reward: float, n_tokens: int = 2, valid: bool = True, shaping: float = 0.0) -> Turn:
     return Turn(observation="o", context_ids=[5, 6], action_ids=[7] * n_tokens,
-                logprobs=[-0.5] * n_tokens, reward=reward, action_valid=valid,
-                env_reward=reward if env_reward is None else env_reward)
+                logprobs=[-0.5] * n_tokens, reward=reward, action_valid=valid, shaping=shaping)
 
 
 def traj(gid: str, turns: list[Turn], mode: str = "window") -> Trajectory:
     return Trajectory(trajectory_id=f"{gid}-{id(turns)}", group_id=gid, env_id="x", seed=0,
                       context_mode=mode, turns=turns)
-
-
-class _NoLearner:
-    pass
 
 
 def test_grpo_trajectory_stats_hand_computed() -> None:
@@ -32,7 +27,7 @@ def test_grpo_trajectory_stats_hand_computed() -> None:
     # group h: a single member -> 0
     b = make_batch([traj("g", [turn(0.0), turn(1.0)]), traj("g", [turn(0.0)]),
                     traj("h", [turn(1.0)])])
-    GRPO(GRPOConfig(name="grpo")).advantages(b, _NoLearner())
+    GRPO(GRPOConfig(name="grpo")).advantages(b)
     per_traj = [b.advantages[b.row_traj == i][b.loss_mask[b.row_traj == i] > 0].unique().tolist()
                 for i in range(3)]
     assert per_traj[0] == pytest.approx([0.70711], abs=1e-4)
@@ -47,27 +42,20 @@ def test_grpo_turn_stats_use_own_penalty_only() -> None:
     # group stats over the 3 turn-samples: mean 0.63333, std sqrt(((.26667)^2+(.36667)^2+(.63333)^2)/2)
     #   = sqrt((.071111+.134444+.401111)/2) = sqrt(.303333) = .55076
     # A0: .26667/.55076 = .48419 ; A1: .36667/.55076 = .66576 ; B0: -.63333/.55076 = -1.14993
-    b = make_batch([traj("g", [turn(-0.1, valid=False, env_reward=0.0), turn(1.0)]),
+    b = make_batch([traj("g", [turn(0.0, valid=False, shaping=-0.1), turn(1.0)]),
                     traj("g", [turn(0.0)])])
-    GRPO(GRPOConfig(name="grpo", stats="turn")).advantages(b, _NoLearner())
+    GRPO(GRPOConfig(name="grpo", stats="turn")).advantages(b)
     got = [b.advantages[r][b.loss_mask[r] > 0][0].item() for r in range(b.num_rows)]
     assert got == pytest.approx([0.48419, 0.66576, -1.14993], abs=1e-4)
 
 
 def test_grpo_all_equal_rewards_give_zero_advantage() -> None:
     b = make_batch([traj("g", [turn(1.0)]), traj("g", [turn(1.0)])])
-    m = GRPO(GRPOConfig(name="grpo")).advantages(b, _NoLearner())
-    assert torch.all(b.advantages == 0) and m["zero_variance_groups"] == 1.0
-
-
-class _FixedValues:
-    """Stands in for the learner's no-grad pass: fixed values at each action token."""
-
-    def __init__(self, values: torch.Tensor) -> None:
-        self.values = values
-
-    def evaluate(self, batch, hidden_fn=None, **_):  # noqa: ANN001
-        return {"hidden_fn": self.values}
+    algo = GRPO(GRPOConfig(name="grpo"))
+    m = algo.credit(algo.build_batch(b.trajectories, 0))
+    assert m["zero_variance_groups"] == 1.0
+    algo.advantages(b)
+    assert torch.all(b.advantages == 0)
 
 
 @pytest.mark.parametrize("mode", ["window", "full"])
@@ -88,7 +76,8 @@ def test_ppo_gae_spans_turns(mode: str) -> None:
     for (r, c), v in zip(order, [0.1, 0.2, 0.3, 0.4]):
         vals[r, c] = v
     algo = PPO(PPOConfig(name="ppo", gamma=0.9, lam=0.5, whiten=False))
-    algo.advantages(b, _FixedValues(vals))
+    b.values = vals  # what the learner's scoring pass would attach
+    algo.advantages(b)
     got = [b.advantages[r, c].item() for r, c in order]
     assert got == pytest.approx([0.485, 0.385, 0.7, 0.6], abs=1e-6)
     assert [b.returns[r, c].item() for r, c in order] == pytest.approx([0.585, 0.585, 1.0, 1.0],

@@ -24,7 +24,7 @@ from agentrl.types import Trajectory, Turn
 
 def turn(reward: float = 0.0, n: int = 2, **kw) -> Turn:  # noqa: ANN003
     return Turn(observation="o", context_ids=[5, 6], action_ids=[7] * n, logprobs=[-0.5] * n,
-                reward=reward, env_reward=reward, **kw)
+                reward=reward, **kw)
 
 
 _ids = iter(range(10**6))
@@ -133,8 +133,8 @@ def test_replay_rows_join_the_batch_with_recalibrated_advantages() -> None:
     _fill(algo, [1.0])  # A~ = 1 - .5 = .5
     on = [traj("g", [1.0]), traj("g", [0.0]), traj("solo", [1.0])]
     b = algo.build_batch(on, 0)
-    assert b.num_rows == 4 and b.extra["is_replay"][:, 0].tolist() == [0, 0, 0, 1]
-    algo.advantages(b, None)
+    assert b.num_rows == 4 and b.row["is_replay"][:, 0].tolist() == [0, 0, 0, 1]
+    algo.advantages(b)
     first = [b.advantages[r][b.loss_mask[r] > 0][0].item() for r in range(4)]
     # on-policy, no std: g mean .5 -> +-.5 ; one-member group -> 0 ; replay row -> .5.
     # The replayed trajectory (its own old group id) is not part of any on-policy group.
@@ -148,7 +148,7 @@ def test_loss_weights_replay_rows_by_gamma() -> None:
     algo.baseline.extend([0.0, 1.0])
     _fill(algo, [1.0])
     b = algo.build_batch([traj("g", [1.0]), traj("g", [0.0])], 0)
-    algo.advantages(b, None)
+    algo.advantages(b)
     algo.step = 100  # gamma = .5
     lp = b.old_logprobs.clone().requires_grad_(True)
     terms = algo.loss(ModelOutputs(logprobs=lp), b)
@@ -165,8 +165,8 @@ def test_loss_weights_replay_rows_by_gamma() -> None:
 def test_no_replay_rows_gives_plain_grpo_loss() -> None:
     algo = spear()
     b = algo.build_batch([traj("g", [1.0]), traj("g", [0.0])], 0)  # empty buffer
-    assert b.extra["is_replay"].sum() == 0
-    algo.advantages(b, None)
+    assert b.row["is_replay"].sum() == 0
+    algo.advantages(b)
     lp = b.old_logprobs.clone().requires_grad_(True)
     terms = algo.loss(ModelOutputs(logprobs=lp), b)
     assert terms["replay_loss"].item() == 0.0 and terms["loss"].item() == pytest.approx(0.0)
@@ -175,7 +175,7 @@ def test_no_replay_rows_gives_plain_grpo_loss() -> None:
 def test_all_equal_rewards_store_nothing() -> None:
     algo = spear()
     b = algo.build_batch([traj("g", [1.0]), traj("g", [1.0])], 0)
-    algo.advantages(b, None)
+    algo.advantages(b)
     assert torch.all(b.advantages == 0) and algo.buffer == []
 
 
@@ -183,7 +183,7 @@ def test_window_mode_stores_turns_full_mode_stores_trajectories() -> None:
     for mode, units in (("window", 2), ("full", 1)):
         algo = spear()
         b = algo.build_batch([traj("g", [0.0, 1.0], mode), traj("g", [0.0], mode)], 0)
-        algo.advantages(b, None)
+        algo.advantages(b)
         assert len(algo.buffer) == units
         assert all(len(e["trajectory"].turns) == 2 // units for e in algo.buffer)
 
@@ -193,7 +193,7 @@ def test_stale_entries_expire() -> None:
     _fill(algo, [1.0, 1.0], step=0)
     algo.step = 3  # 3 - 0 > 2: stale
     b = algo.build_batch([traj("g", [1.0]), traj("g", [0.0])], 0)
-    algo.advantages(b, None)
+    algo.advantages(b)
     assert [e["step"] for e in algo.buffer] == [3]
 
 
@@ -202,7 +202,7 @@ def test_buffer_checkpoint_resume_restores_exactly() -> None:
     for it in range(3):
         b = algo.build_batch([traj("g", [1.0, 0.0]), traj("g", [0.0]), traj("h", [2.0]),
                               traj("h", [0.0, 0.0])], 0)
-        algo.advantages(b, None)
+        algo.advantages(b)
         algo.on_iteration_end(it, {})
     algo.rng.random()
     state = json.loads(json.dumps(algo.state_dict()))  # must be plain JSON

@@ -8,7 +8,7 @@ from agentrl.types import Trajectory, Turn
 
 def turn(reward: float = 0.0, n_tokens: int = 2) -> Turn:
     return Turn(observation="o", context_ids=[5, 6], action_ids=[7] * n_tokens,
-                logprobs=[-0.5] * n_tokens, reward=reward, env_reward=reward)
+                logprobs=[-0.5] * n_tokens, reward=reward)
 
 
 def traj(gid: str, rewards: list[float], term: str = "success") -> Trajectory:
