@@ -1,6 +1,7 @@
 """Prompt building and action parsing, shared by rollout and evaluation.
 
-One builder serves both context modes, so training sees exactly the tokens the policy saw:
+One builder serves both context modes (`agentrl.context` decides which prompt each turn gets),
+so training sees exactly the tokens the policy saw:
 
 - ``window``: every turn is a fresh chat prompt whose user message is the template filled with
   the task, the last K (observation, action) pairs and the current observation.
@@ -12,10 +13,14 @@ One builder serves both context modes, so training sees exactly the tokens the p
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agentrl.config import RolloutConfig
+
+if TYPE_CHECKING:
+    from agentrl.types import Turn
 
 _ACTION_RE = re.compile(r"<action>(.*?)</action>", re.S | re.I)
 _MARK = "\x00REPLY\x00"
@@ -43,6 +48,8 @@ def format_action(action: str, fmt: str) -> str:
 
 @dataclass
 class Step:
+    """One past (observation, action) pair; a `Turn` serves as well."""
+
     observation: str
     action: str
 
@@ -59,9 +66,10 @@ class PromptBuilder:
         n = self.cfg.max_observation_chars
         return text if len(text) <= n else text[:n] + " ...[truncated]"
 
-    def user_message(self, task: str, history: list[Step], observation: str,
+    def user_message(self, task: str, history: Sequence[Step | Turn], observation: str,
                      actions: list[str] | None, step: int) -> str:
-        """Fill the template. ``history`` is already limited to what the prompt should show."""
+        """Fill the template. ``history`` (items with ``observation`` and ``action``) is already
+        limited to what the prompt should show."""
         hist = "".join(
             f"[Observation {step - len(history) + i + 1}: '{self._cut(h.observation)}', "
             f"Action {step - len(history) + i + 1}: '{h.action}']\n"
@@ -85,8 +93,10 @@ class PromptBuilder:
         return self.tok.encode(text, add_special_tokens=False)
 
     # -- window mode --------------------------------------------------------------------
-    def window_prompt(self, task: str, history: list[Step], observation: str,
+    def window_prompt(self, task: str, history: Sequence[Step | Turn], observation: str,
                       actions: list[str] | None, step: int) -> list[int]:
+        """Chat prompt of the task, the last ``rollout.history`` steps of ``history`` and the
+        current observation."""
         k = self.cfg.history
         shown = history[-k:] if k > 0 else []
         return self.encode_chat(self.user_message(task, shown, observation, actions, step))

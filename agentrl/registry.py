@@ -22,6 +22,7 @@ class EnvEntry:
     requires: tuple[str, ...]  # pip extras / modules it needs, for the error message
     test_kwargs: dict[str, Any]  # small, fast settings used by the registered-env test sweep
     multiagent: bool = False  # a turn-based game whose info["agent"] names who moves
+    unrecorded_info: tuple[str, ...] = ()  # info keys not stored in trajectories
 
 
 ENVS: dict[str, EnvEntry] = {}
@@ -35,6 +36,7 @@ def register_env(
     requires: tuple[str, ...] = (),
     test_kwargs: dict[str, Any] | None = None,
     multiagent: bool = False,
+    unrecorded_info: tuple[str, ...] = (),
     **kwargs: Any,
 ) -> None:
     """Register a text env under ``id`` (``agentrl/Name-v0`` for built-ins).
@@ -49,12 +51,22 @@ def register_env(
         multiagent: the env is a multi-agent game (`agentrl.envs.multiagent`): several agents
             take turns, ``info["agent"]`` says whose turn it is; checked by
             `agentrl.testing.check_multiagent_env` as well.
+        unrecorded_info: ``info`` keys the rollout does not store per turn (large or
+            expert-only values, e.g. a solution walkthrough).
         kwargs: default constructor arguments.
     """
     gym.register(id=id, entry_point=entry_point, max_episode_steps=max_episode_steps,
                  kwargs=kwargs, disable_env_checker=True)
     ENVS[id] = EnvEntry(id=id, description=description, requires=tuple(requires),
-                       test_kwargs=dict(test_kwargs or {}), multiagent=multiagent)
+                       test_kwargs=dict(test_kwargs or {}), multiagent=multiagent,
+                       unrecorded_info=tuple(unrecorded_info))
+
+
+def unrecorded_info(env_id: str) -> frozenset[str]:
+    """The ``info`` keys env ``env_id`` registered as not stored in trajectories."""
+    load_builtin_envs()
+    entry = ENVS.get(env_id)
+    return frozenset(entry.unrecorded_info) if entry else frozenset()
 
 
 def load_builtin_envs() -> None:

@@ -1,9 +1,24 @@
 """RolloutEngine: many episodes at once, one batched generate call per turn.
 
-Per turn: build the prompt of every live episode, generate for all of them together, parse
-actions, step the envs as a batch. Finished episodes stop consuming generation. An env failure
-(exception, dead worker, timeout) ends only that episode with reason ``env_error`` /
-``env_timeout``.
+Per turn: build the prompt of every live episode (`RolloutEngine._prompt`), generate for all
+of them together (`_generate`), parse actions and step the envs as a batch (`_step`), and
+append each outcome to its trajectory (`_record`). Finished episodes stop consuming
+generation. An env failure (exception, dead worker, timeout) ends only that episode with
+reason ``env_error`` / ``env_timeout``. Prompts come from the context mode's object
+(`agentrl.context`), the same one that later cuts the trajectory into training samples.
+
+Live episodes are keyed by ``(slot, agent)``: one env slot of the pool runs one episode, and
+each agent of that episode has its own `LiveEpisode` and its own `Trajectory`; the
+trajectories of one episode share ``episode_id``. Today every env has one agent
+(`SINGLE_AGENT`): `_start` opens one live episode per slot and every live episode acts each
+turn. A multi-agent (turn-based) env plugs in at three methods without touching the loop:
+`_start` opens one live episode per agent of the slot (same ``episode_id``, group id per
+(seed, role)); `_acting` picks, per slot, the live episode of the agent the env says acts next
+(e.g. ``info["agent"]``); `_record` appends the step to the acting agent's trajectory and
+hands the new observation / per-agent rewards (``info["rewards"]``) to the others.
+
+Which info keys are stored per turn: JSON-safe values, minus the keys the env registered as
+unrecorded (``register_env(..., unrecorded_info=...)``, e.g. a large expert walkthrough).
 """
 
 from __future__ import annotations
@@ -11,22 +26,28 @@ from __future__ import annotations
 import copy
 import time
 import uuid
-from dataclasses import dataclass, field
+from collections.abc import Collection
+from dataclasses import dataclass
 from typing import Any
 
 from agentrl.config import RolloutConfig
-from agentrl.envpool import EnvPool
-from agentrl.policies.base import Policy, SamplingParams
-from agentrl.prompts import PromptBuilder, Step, parse_action
+from agentrl.context import ContextMode, context_mode
+from agentrl.envpool import EnvPool, EnvResult
+from agentrl.policies.base import Generation, Policy, SamplingParams
+from agentrl.prompts import PromptBuilder, parse_action
+from agentrl.registry import unrecorded_info
 from agentrl.types import Trajectory, Turn
 
-_INFO_SKIP = {"walkthrough"}  # large or test-only info keys not stored per turn
+#: The agent name of single-agent envs.
+SINGLE_AGENT = ""
 
 
-def _json_info(info: dict[str, Any]) -> dict[str, Any]:
+def json_info(info: dict[str, Any], skip: Collection[str] = ()) -> dict[str, Any]:
+    """The JSON-safe part of an env's ``info`` (scalars and flat lists of scalars), minus
+    ``skip``."""
     out = {}
     for k, v in info.items():
-        if k in _INFO_SKIP:
+        if k in skip:
             continue
         if isinstance(v, (str, int, float, bool)) or v is None:
             out[k] = v
@@ -36,14 +57,28 @@ def _json_info(info: dict[str, Any]) -> dict[str, Any]:
 
 
 @dataclass
-class _Live:
+class LiveEpisode:
+    """One agent's view of one running episode: its trajectory so far and what it sees now."""
+
+    slot: int  # env slot of the pool
+    agent: str  # SINGLE_AGENT for single-agent envs
     traj: Trajectory
-    slot: int
     observation: str
     info: dict[str, Any]
-    history: list[Step] = field(default_factory=list)
-    context: list[int] = field(default_factory=list)  # full mode: tokens so far
-    last_ended: bool = True
+
+    @property
+    def key(self) -> tuple[int, str]:
+        return self.slot, self.agent
+
+
+@dataclass
+class _Ready:
+    """A live episode with its prompt for this turn."""
+
+    ep: LiveEpisode
+    prompt: list[int]
+    context_ids: list[int]  # what the prompt adds to the context (Turn.context_ids)
+    candidates: list[list[int]] | None
 
 
 class RolloutEngine:
@@ -60,6 +95,8 @@ class RolloutEngine:
     def __init__(self, policy: Policy, pool: EnvPool, builder: PromptBuilder,
                  cfg: RolloutConfig, env_id: str) -> None:
         self.policy, self.pool, self.builder, self.cfg, self.env_id = policy, pool, builder, cfg, env_id
+        self.mode: ContextMode = context_mode(cfg.context)
+        self.skip_info = unrecorded_info(env_id)
         self.progress: Any = None  # default progress bar for `run` (anything with .update(n))
 
     def sampling(self, greedy: bool = False) -> SamplingParams:
@@ -88,14 +125,34 @@ class RolloutEngine:
                 out += self.run(seeds[i:j], group_ids[i:j] if group_ids else None, greedy,
                                 progress, prefixes[i:j] if prefixes else None)
             return out
-        group_ids = group_ids or [str(s) for s in seeds]
-        c = self.cfg
-        results = self.pool.reset(list(range(n)), list(seeds))
-        live: list[_Live] = []
+        trajs, live = self._start(seeds, group_ids or [str(s) for s in seeds])
+        if prefixes and any(prefixes):
+            self._replay(live, prefixes)
+        sampling = self.sampling(greedy)
+        while live:
+            ready = self._prompt(self._acting(live))
+            if not ready:
+                break
+            gens, seconds = self._generate(ready, sampling)
+            replies = [self._parse(g) for g in gens]
+            results = self._step(ready, [action for action, _, _ in replies])
+            for r, g, reply, res in zip(ready, gens, replies, results):
+                self._record(r, g, reply, res, seconds)
+            live = {k: ep for k, ep in live.items() if not ep.traj.termination}
+            if progress is not None:
+                progress.update(len(ready))
+        return trajs
+
+    # -- the stages of one turn ------------------------------------------------------------
+    def _start(self, seeds: list[int], group_ids: list[str]
+               ) -> tuple[list[Trajectory], dict[tuple[int, str], LiveEpisode]]:
+        """Reset one slot per seed; one trajectory per (slot, agent), in seed order."""
+        results = self.pool.reset(list(range(len(seeds))), list(seeds))
         trajs: list[Trajectory] = []
+        live: dict[tuple[int, str], LiveEpisode] = {}
         for slot, (seed, gid, res) in enumerate(zip(seeds, group_ids, results)):
-            traj = Trajectory(trajectory_id=uuid.uuid4().hex[:12], group_id=gid, env_id=self.env_id,
-                              seed=int(seed), context_mode=c.context)
+            traj = Trajectory(trajectory_id=uuid.uuid4().hex[:12], group_id=gid,
+                              env_id=self.env_id, seed=int(seed), context_mode=self.mode.name)
             trajs.append(traj)
             if res.error:
                 traj.termination = res.error
@@ -103,91 +160,87 @@ class RolloutEngine:
                 continue
             traj.task = str(res.info.get("task", ""))
             traj.task_type = str(res.info.get("task_type", ""))
-            live.append(_Live(traj=traj, slot=slot, observation=res.observation, info=res.info))
-        if prefixes and any(prefixes):
-            live = self._replay(live, prefixes)
-        sampling = self.sampling(greedy)
+            ep = LiveEpisode(slot, SINGLE_AGENT, traj, res.observation, res.info)
+            live[ep.key] = ep
+        return trajs, live
 
-        while live:
-            prompts, cands, keep = [], [], []
-            for ep in live:
-                step = len(ep.traj.turns)  # per episode: replayed prefixes start later
-                if step >= c.max_turns:
-                    ep.traj.termination = "max_turns"
-                    _finish(ep.traj, ep.info)
-                    continue
-                actions = ep.info.get("admissible_actions")
-                if c.context == "window":
-                    ctx = self.builder.window_prompt(ep.traj.task, ep.history, ep.observation,
-                                                     actions, step)
-                    new_ctx = ctx
-                else:
-                    if step == 0:
-                        new_ctx = self.builder.window_prompt(ep.traj.task, [], ep.observation,
-                                                             actions, 0)
-                    else:
-                        new_ctx = self.builder.continuation(ep.observation, actions, step,
-                                                            ep.last_ended)
-                    ctx = ep.context + new_ctx
-                if len(ctx) + c.max_new_tokens > c.max_context_tokens:
-                    ep.traj.termination = "context_limit"
-                    continue
-                if c.constrained and not actions:
-                    ep.traj.termination = "env_error"
-                    ep.traj.extra["error"] = "constrained decoding needs info['admissible_actions']"
-                    continue
-                prompts.append(ctx)
-                cands.append(self.builder.candidates(actions) if c.constrained else None)
-                keep.append((ep, new_ctx))
-            if not keep:
-                live = []
-                break
-            t0 = time.perf_counter()
-            gens = self.policy.generate(prompts, sampling, cands if c.constrained else None)
-            t_gen = (time.perf_counter() - t0) / len(gens)
-            replies = [self.policy.tokenizer.decode(g.token_ids, skip_special_tokens=True)
-                       for g in gens]
-            parsed = [parse_action(r, c.action_format) for r in replies]
-            results = self.pool.step([ep.slot for ep, _ in keep], [a for a, _ in parsed])
-            still: list[_Live] = []
-            for (ep, new_ctx), g, reply, (action, ok), res in zip(keep, gens, replies, parsed,
-                                                                   results):
-                valid = ok and bool(res.info.get("action_valid", True)) and res.error is None
-                env_r = float(res.reward)
-                turn = Turn(
-                    observation=ep.observation, context_ids=list(new_ctx),
-                    action_ids=list(g.token_ids), logprobs=list(g.logprobs), response=reply,
-                    action=action, action_valid=valid,
-                    reward=env_r, shaping=-(0.0 if valid else c.invalid_penalty) - c.step_penalty,
-                    finish_reason=g.finish_reason, allowed_ids=g.allowed_ids,
-                    state_key=_state_key(ep.info), info=_json_info(res.info),
-                    seconds_generate=t_gen, seconds_env=res.seconds)
-                ep.traj.turns.append(turn)
-                ep.history.append(Step(ep.observation, action))
-                if c.context == "full":
-                    ep.context = ep.context + list(new_ctx) + list(g.token_ids)
-                    ep.last_ended = bool(g.token_ids) and g.token_ids[-1] == self.policy.eos_token_id
-                if res.error:
-                    ep.traj.termination = res.error
-                    ep.traj.extra["error"] = res.message
-                elif res.terminated or res.truncated:
-                    success = bool(res.info.get("success", False))
-                    ep.traj.success = success
-                    ep.traj.termination = ("success" if success else "failure") if res.terminated \
-                        else "truncated"
-                    _finish(ep.traj, res.info)
-                else:
-                    ep.observation, ep.info = res.observation, res.info
-                    still.append(ep)
-            live = still
-            if progress is not None:
-                progress.update(len(keep))
-        return trajs
+    def _acting(self, live: dict[tuple[int, str], LiveEpisode]) -> list[LiveEpisode]:
+        """The live episodes that act this turn: with one agent per slot, all of them."""
+        return list(live.values())
 
-    def _replay(self, live: list[_Live], prefixes: list[list[Turn] | None]) -> list[_Live]:
+    def _prompt(self, acting: list[LiveEpisode]) -> list[_Ready]:
+        """Each acting episode's prompt; ends the episodes that cannot act (turn limit, context
+        budget, constrained decoding without admissible actions)."""
+        c = self.cfg
+        ready: list[_Ready] = []
+        for ep in acting:
+            if len(ep.traj.turns) >= c.max_turns:  # replayed prefixes start later
+                ep.traj.termination = "max_turns"
+                _finish(ep.traj, ep.info)
+                continue
+            actions = ep.info.get("admissible_actions")
+            prompt, new_ctx = self.mode.prompt(self.builder, ep.traj, ep.observation, actions,
+                                               self.policy.eos_token_id)
+            if len(prompt) + c.max_new_tokens > c.max_context_tokens:
+                ep.traj.termination = "context_limit"
+                continue
+            if c.constrained and not actions:
+                ep.traj.termination = "env_error"
+                ep.traj.extra["error"] = "constrained decoding needs info['admissible_actions']"
+                continue
+            cands = self.builder.candidates(actions) if c.constrained else None
+            ready.append(_Ready(ep, prompt, new_ctx, cands))
+        return ready
+
+    def _generate(self, ready: list[_Ready], sampling: SamplingParams
+                  ) -> tuple[list[Generation], float]:
+        """One batched generate call; returns the generations and seconds per episode."""
+        t0 = time.perf_counter()
+        cands = [r.candidates for r in ready] if self.cfg.constrained else None
+        gens = self.policy.generate([r.prompt for r in ready], sampling, cands)
+        return gens, (time.perf_counter() - t0) / len(gens)
+
+    def _parse(self, gen: Generation) -> tuple[str, str, bool]:
+        """(action, decoded reply, parsed ok)."""
+        reply = self.policy.tokenizer.decode(gen.token_ids, skip_special_tokens=True)
+        action, ok = parse_action(reply, self.cfg.action_format)
+        return action, reply, ok
+
+    def _step(self, ready: list[_Ready], actions: list[str]) -> list[EnvResult]:
+        """Step the acting episodes' env slots as one batch."""
+        return self.pool.step([r.ep.slot for r in ready], actions)
+
+    def _record(self, r: _Ready, gen: Generation, parsed: tuple[str, str, bool],
+                res: EnvResult, seconds: float) -> None:
+        """Append the turn to the acting episode's trajectory; end it or move it on."""
+        c, ep = self.cfg, r.ep
+        action, reply, ok = parsed
+        valid = ok and bool(res.info.get("action_valid", True)) and res.error is None
+        ep.traj.turns.append(Turn(
+            observation=ep.observation, context_ids=list(r.context_ids),
+            action_ids=list(gen.token_ids), logprobs=list(gen.logprobs), response=reply,
+            action=action, action_valid=valid, reward=float(res.reward),
+            shaping=-(0.0 if valid else c.invalid_penalty) - c.step_penalty,
+            finish_reason=gen.finish_reason, allowed_ids=gen.allowed_ids,
+            state_key=_state_key(ep.info), info=json_info(res.info, self.skip_info),
+            seconds_generate=seconds, seconds_env=res.seconds))
+        if res.error:
+            ep.traj.termination = res.error
+            ep.traj.extra["error"] = res.message
+        elif res.terminated or res.truncated:
+            success = bool(res.info.get("success", False))
+            ep.traj.success = success
+            ep.traj.termination = ("success" if success else "failure") if res.terminated \
+                else "truncated"
+            _finish(ep.traj, res.info)
+        else:
+            ep.observation, ep.info = res.observation, res.info
+
+    def _replay(self, live: dict[tuple[int, str], LiveEpisode],
+                prefixes: list[list[Turn] | None]) -> None:
         """Step each episode through its prefix's actions (batched by depth) and copy the
-        prefix turns in. Returns the episodes that are still live afterwards."""
-        todo = [(ep, list(prefixes[ep.slot] or [])) for ep in live]
+        prefix turns in; an episode whose replay fails is ended and leaves ``live``."""
+        todo = [(ep, list(prefixes[ep.slot] or [])) for ep in live.values()]
         depth = max((len(p) for _, p in todo), default=0)  # every reset may have failed
         for d in range(depth):
             act = [(ep, p) for ep, p in todo if len(p) > d and not ep.traj.termination]
@@ -195,13 +248,7 @@ class RolloutEngine:
                 break
             results = self.pool.step([ep.slot for ep, _ in act], [p[d].action for _, p in act])
             for (ep, p), res in zip(act, results):
-                turn = copy.deepcopy(p[d])
-                ep.traj.turns.append(turn)
-                ep.history.append(Step(ep.observation, turn.action))
-                if self.cfg.context == "full":
-                    ep.context = ep.context + list(turn.context_ids) + list(turn.action_ids)
-                    ep.last_ended = bool(turn.action_ids) and \
-                        turn.action_ids[-1] == self.policy.eos_token_id
+                ep.traj.turns.append(copy.deepcopy(p[d]))
                 diverged = d + 1 < len(p) and res.observation != p[d + 1].observation
                 if res.error or res.terminated or res.truncated or diverged:
                     ep.traj.termination = res.error or "env_error"
@@ -213,7 +260,8 @@ class RolloutEngine:
                     ep.observation, ep.info = res.observation, res.info
         for ep, p in todo:
             ep.traj.extra["prefix_turns"] = len(p)
-        return [ep for ep in live if not ep.traj.termination]
+        for k in [k for k, ep in live.items() if ep.traj.termination]:
+            del live[k]
 
 
 def _state_key(info: dict[str, Any]) -> str | None:

@@ -22,6 +22,7 @@ import yaml
 
 from agentrl import checkpoint
 from agentrl.alarms import alarm_metrics, logprob_mismatch, memory_metrics
+from agentrl.batch import Batch
 from agentrl.config import Config, config_to_dict
 from agentrl.envpool import EnvPool
 from agentrl.evaluate import EVAL_SAMPLER_SEED, evaluate
@@ -32,7 +33,7 @@ from agentrl.policies.base import Policy
 from agentrl.prompts import PromptBuilder
 from agentrl.registry import get_algorithm, make_env
 from agentrl.rollout import RolloutEngine
-from agentrl.types import write_jsonl
+from agentrl.types import Trajectory, write_jsonl
 from agentrl.viewer import record_turn_advantages
 
 
@@ -224,21 +225,9 @@ class Trainer:
 
     # -- the loop -----------------------------------------------------------------------
     def train_iteration(self) -> dict[str, float]:
-        c = self.cfg
+        """One iteration: collect -> batch -> score + credit -> update -> sync -> record."""
         t0 = time.perf_counter()
-        seeds, gids = [], []
-        for g in range(c.rollout.groups):
-            s = self.rng.randrange(c.env.train_seeds)
-            seeds += [s] * c.rollout.group_size
-            gids += [f"it{self.iteration}-g{g}"] * c.rollout.group_size
-        bar = self._bar("rollout", None, "turn")
-        self.engine.progress = bar
-        try:
-            trajs = self.algorithm.collect(self.engine, seeds, gids)
-        finally:
-            self.engine.progress = None
-            if bar is not None:
-                bar.close()
+        trajs = self._collect()
         t_roll = time.perf_counter() - t0
         # An episode cut short by a crashed or hung env says nothing about the policy: it is
         # counted in the metrics (rollout/termination/*, env/*) but left out of the loss.
@@ -252,31 +241,13 @@ class Trainer:
             return m
         batch = self.algorithm.build_batch(learn, self.tokenizer.pad_token_id or 0)
         t1 = time.perf_counter()
-        # One no-grad scoring pass before the update: what the algorithm declared, recomputed
-        # old logprobs if asked, and the sampler/trainer mismatch metric.
-        recompute = c.policy.recompute_old_logprobs or c.train.tis_cap > 0
-        wants = self.algorithm.requires | ({"old_logprobs"} if recompute else set())
-        scores = self.learner.score(batch, wants)
-        consistency = logprob_mismatch(scores, batch)
-        batch.attach(scores, recompute_old_logprobs="old_logprobs" in wants)
-        adv_metrics = self.algorithm.credit(batch)
-        if c.train.tis_cap > 0:
-            consistency.update(apply_tis(batch, c.train.tis_cap))
+        m.update(self._credit(batch))
         if hasattr(self.policy, "release_memory"):
             self.policy.release_memory()  # vllm sleep mode: engine memory to the learner
-        self.learner.progress = self._bar("update", c.train.epochs * c.train.minibatches, "step")
-        try:
-            train_metrics = self.learner.update(batch, self.rng)
-        finally:
-            if self.learner.progress is not None:
-                self.learner.progress.close()
-            self.learner.progress = None
+        m.update(self._update(batch))
         t2 = time.perf_counter()
         self.policy.update_weights(self.learner.export_weights())
         t3 = time.perf_counter()
-        m.update(train_metrics)
-        m.update(consistency)
-        m.update({f"algo/{k}": v for k, v in adv_metrics.items()})
         turns = [t for tr in trajs for t in tr.turns]
         gen = sum(t.seconds_generate for t in turns)
         env = sum(t.seconds_env for t in turns)
@@ -291,6 +262,48 @@ class Trainer:
         self._dump(trajs)
         self.algorithm.on_iteration_end(self.iteration, m)
         return m
+
+    def _collect(self) -> list[Trajectory]:
+        """This iteration's rollouts: ``groups`` random train seeds, ``group_size`` each."""
+        c = self.cfg
+        seeds, gids = [], []
+        for g in range(c.rollout.groups):
+            s = self.rng.randrange(c.env.train_seeds)
+            seeds += [s] * c.rollout.group_size
+            gids += [f"it{self.iteration}-g{g}"] * c.rollout.group_size
+        bar = self._bar("rollout", None, "turn")
+        self.engine.progress = bar
+        try:
+            return self.algorithm.collect(self.engine, seeds, gids)
+        finally:
+            self.engine.progress = None
+            if bar is not None:
+                bar.close()
+
+    def _credit(self, batch: Batch) -> dict[str, float]:
+        """One no-grad scoring pass before the update (what the algorithm declared, recomputed
+        old logprobs if asked, the sampler/trainer mismatch metric), then the algorithm's
+        credit and, if on, truncated IS. Returns the metrics."""
+        c = self.cfg
+        recompute = c.policy.recompute_old_logprobs or c.train.tis_cap > 0
+        wants = self.algorithm.requires | ({"old_logprobs"} if recompute else set())
+        scores = self.learner.score(batch, wants)
+        m = logprob_mismatch(scores, batch)
+        batch.attach(scores, recompute_old_logprobs="old_logprobs" in wants)
+        m.update({f"algo/{k}": v for k, v in self.algorithm.credit(batch).items()})
+        if c.train.tis_cap > 0:
+            m.update(apply_tis(batch, c.train.tis_cap))
+        return m
+
+    def _update(self, batch: Batch) -> dict[str, float]:
+        c = self.cfg
+        self.learner.progress = self._bar("update", c.train.epochs * c.train.minibatches, "step")
+        try:
+            return self.learner.update(batch, self.rng)
+        finally:
+            if self.learner.progress is not None:
+                self.learner.progress.close()
+            self.learner.progress = None
 
     def _bar(self, desc: str, total: int | None, unit: str) -> Any:
         """A transient progress bar under the training bar (None with log.progress=false or

@@ -3,13 +3,9 @@
 A `Trajectory` is one episode of one agent. It keeps the exact token ids the policy sampled and
 the sampler's log-probabilities, so training never decodes and re-encodes text.
 
-Two context modes share this model:
-
-- ``full``: the conversation grows token by token. ``Turn.context_ids`` holds the tokens appended
-  to the context *before* the turn's action (turn 0: the whole initial prompt; later turns: the
-  observation wrapped in the chat template). One training sample per trajectory.
-- ``window``: every turn is re-prompted from scratch (task + last K steps + current
-  observation). ``Turn.context_ids`` holds that whole prompt. One training sample per turn.
+Both context modes (`agentrl.context`: ``full``, one growing conversation; ``window``, each turn
+re-prompted) share this model: ``Turn.context_ids`` holds what the mode added to the context
+before the turn's action, and the mode says which turns form one training sample.
 
 `to_samples` turns trajectories into flat `Sample`s, the unit that `agentrl.learner` batches.
 """
@@ -19,9 +15,9 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-ContextMode = Literal["full", "window"]
+from agentrl.context import context_mode
 
 #: Why an episode ended. `success`/`failure` come from the env's own termination.
 TERMINATION_REASONS = (
@@ -96,7 +92,7 @@ class Trajectory:
     group_id: str
     env_id: str
     seed: int
-    context_mode: ContextMode
+    context_mode: str  # an `agentrl.context` mode: "window" or "full"
     turns: list[Turn] = field(default_factory=list)
     episode_id: str = ""
     task: str = ""
@@ -184,23 +180,16 @@ class Sample:
 
 
 def to_samples(trajectories: Sequence[Trajectory]) -> list[Sample]:
-    """Flatten trajectories into training samples (one per trajectory in ``full`` mode, one per
-    turn in ``window`` mode). Pure bookkeeping: the ids are used exactly as sampled."""
+    """Flatten trajectories into training samples, as their context mode groups the turns (one
+    per trajectory in ``full`` mode, one per turn in ``window`` mode). Pure bookkeeping: the ids
+    are used exactly as sampled."""
     samples: list[Sample] = []
     for ti, traj in enumerate(trajectories):
-        if traj.context_mode == "full":
+        for turns in context_mode(traj.context_mode).samples(traj.num_turns):
             cur = _new_sample(ti)
-            for k, turn in enumerate(traj.turns):
-                _append_turn(cur, turn, k)
-            if cur.input_ids:
-                samples.append(cur)
-        elif traj.context_mode == "window":
-            for k, turn in enumerate(traj.turns):
-                cur = _new_sample(ti)
-                _append_turn(cur, turn, k)
-                samples.append(cur)
-        else:
-            raise ValueError(f"unknown context_mode {traj.context_mode!r}")
+            for k in turns:
+                _append_turn(cur, traj.turns[k], k)
+            samples.append(cur)
     return samples
 
 

@@ -13,6 +13,7 @@ register_env(
     max_episode_steps=50,
     requires=("textworld",),
     test_kwargs={"num_games": 2},
+    unrecorded_info=("walkthrough",),
     family="coin_collector",
     level=5,
 )
@@ -23,6 +24,7 @@ register_env(
     max_episode_steps=50,
     requires=("textworld",),
     test_kwargs={"num_games": 2},
+    unrecorded_info=("walkthrough",),
     family="treasure_hunter",
     level=5,
 )
@@ -33,6 +35,7 @@ register_env(
     max_episode_steps=80,
     requires=("textworld",),
     test_kwargs={"num_games": 2},
+    unrecorded_info=("walkthrough",),
     family="cooking",
     level=3,
 )
@@ -44,6 +47,7 @@ register_env(
     max_episode_steps=50,
     requires=("alfworld",),
     test_kwargs={"num_games": 2},
+    unrecorded_info=("walkthrough",),
     split="train",
     num_games=120,
 )
@@ -55,6 +59,7 @@ register_env(
     max_episode_steps=100,
     requires=("scienceworld",),
     test_kwargs={"task": "find-living-thing", "step_limit": 8},
+    unrecorded_info=("walkthrough",),
     step_limit=100,
 )
 register_env(

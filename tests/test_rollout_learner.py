@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
 import torch
+from conftest import CorridorEnv
 
 from agentrl.batch import make_batch
 from agentrl.config import RolloutConfig, TrainConfig, load_config
+from agentrl.context import CONTEXT_MODES, context_mode
 from agentrl.envpool import EnvPool
 from agentrl.learner import LocalLearner
 from agentrl.policies.hf import HFPolicy
 from agentrl.prompts import PromptBuilder, parse_action
-from agentrl.registry import get_algorithm
+from agentrl.registry import get_algorithm, register_env
 from agentrl.rollout import RolloutEngine
 from agentrl.types import read_jsonl, to_samples, write_jsonl
 
@@ -190,3 +193,47 @@ def test_parse_action_never_raises(text, fmt, expected) -> None:
     assert ok == expected[1]
     if ok:
         assert action == expected[0]
+
+
+def test_context_modes_are_shared_objects_and_unknown_modes_fail_clearly() -> None:
+    assert set(CONTEXT_MODES) == {"window", "full"}
+    assert [list(r) for r in context_mode("window").samples(3)] == [[0], [1], [2]]
+    assert [list(r) for r in context_mode("full").samples(3)] == [[0, 1, 2]]
+    assert context_mode("full").samples(0) == []
+    with pytest.raises(ValueError, match="unknown context mode 'chat'.*full, window"):
+        context_mode("chat")
+
+
+def test_info_keys_an_env_registers_as_unrecorded_are_not_stored(tiny_tok, tiny_model) -> None:
+    register_env("test/CorridorQuiet-v0", entry_point=CorridorEnv, description="quiet corridor",
+                 max_episode_steps=20, unrecorded_info=("task", "admissible_actions"))
+    cfg = RolloutConfig(max_turns=2, max_new_tokens=6, template="{observation}",
+                        constrained=True, action_format="raw")
+    pol = HFPolicy(tiny_model, tiny_tok)
+    pool = EnvPool("test/CorridorQuiet-v0", {}, 2)
+    quiet = RolloutEngine(pol, pool, PromptBuilder(tiny_tok, cfg), cfg,
+                          "test/CorridorQuiet-v0").run([0, 1])
+    loud = _engine(tiny_tok, tiny_model, max_turns=2, constrained=True,
+                   action_format="raw").run([0, 1])
+    assert all("task" in u.info and "admissible_actions" in u.info for t in loud for u in t.turns)
+    infos = [u.info for t in quiet for u in t.turns]
+    assert infos and all("task" not in i and "admissible_actions" not in i and "state_key" in i
+                         for i in infos)
+    assert quiet[0].task  # the engine still reads the key; it only does not store it
+
+
+def test_dumps_from_before_shaping_had_its_own_field_still_load(tmp_path) -> None:
+    # older dumps stored the shaped reward as `reward` and the env's as `env_reward`
+    old = {"trajectory_id": "a", "group_id": "g", "env_id": "x", "seed": 0,
+           "context_mode": "window",
+           "turns": [{"observation": "o", "context_ids": [1], "action_ids": [2],
+                      "logprobs": [-0.1], "reward": 0.89, "env_reward": 1.0},
+                     {"observation": "o", "context_ids": [1], "action_ids": [2],
+                      "logprobs": [-0.1], "reward": -0.11, "env_reward": 0.0}]}
+    p = tmp_path / "old.jsonl"
+    p.write_text(json.dumps(old) + "\n", encoding="utf-8")
+    (t,) = read_jsonl(str(p))
+    assert [u.reward for u in t.turns] == [1.0, 0.0]
+    assert [u.shaping for u in t.turns] == pytest.approx([-0.11, -0.11])
+    assert t.total_reward == pytest.approx(0.78) and t.env_return == 1.0
+    assert "env_reward" not in t.turns[0].__dict__ and read_jsonl(str(p))[0].to_dict() == t.to_dict()
