@@ -35,6 +35,7 @@ from torch import nn
 
 from agentrl.batch import Batch, Scores
 from agentrl.config import TrainConfig
+from agentrl.policies.base import truncate_logits
 
 if TYPE_CHECKING:
     from agentrl.algorithms.base import Algorithm
@@ -70,11 +71,14 @@ def _decoder(model: nn.Module) -> nn.Module:
 def token_outputs(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                   loss_mask: torch.Tensor, allowed: dict[int, dict[int, list[int]]],
                   temperature: float, need_entropy: bool = False, need_hidden: bool = False,
-                  entropy_grad: bool = True) -> ModelOutputs:
+                  entropy_grad: bool = True, top_k: int = 0, top_p: float = 1.0) -> ModelOutputs:
     """Forward ``input_ids`` (n, L) and return logprob/entropy of each action token.
 
     Position t's token is scored by the distribution the model produced at t-1. With
-    ``entropy_grad=False`` the entropy is computed without a graph (for logging only).
+    ``entropy_grad=False`` the entropy is computed without a graph (for logging only). With
+    ``top_k`` / ``top_p`` the distribution is truncated as the sampler truncated it
+    (`truncate_logits`, after the constraint mask), so logprobs and entropy are those of the
+    behaviour policy; the sampled token always stays in the kept set.
     """
     n, L = input_ids.shape
     dev = next(model.parameters()).device
@@ -101,8 +105,10 @@ def token_outputs(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
                 mask[p, ids] = True
                 constrained[p] = True
         logits = torch.where(mask | ~constrained[:, None], logits, torch.finfo(logits.dtype).min)
-    logp_all = torch.log_softmax(logits, dim=-1)
     tok = input_ids[rows, cols]
+    if top_k > 0 or top_p < 1.0:
+        logits = truncate_logits(logits, top_k, top_p, keep=tok)
+    logp_all = torch.log_softmax(logits, dim=-1)
     lp = torch.zeros((n, L), dtype=torch.float32, device=dev)
     lp = lp.index_put((rows, cols), logp_all.gather(-1, tok[:, None]).squeeze(-1))
     ent = None
@@ -173,8 +179,13 @@ class LocalLearner:
     """Owns the trainable model, its optimizer and LR schedule, and the frozen reference."""
 
     def __init__(self, model: nn.Module, cfg: TrainConfig, temperature: float,
-                 algorithm: Algorithm) -> None:
+                 algorithm: Algorithm, top_k: int = 0, top_p: float = 1.0,
+                 response_budget: float | None = None) -> None:
+        """``temperature`` / ``top_k`` / ``top_p``: the sampler's, so the learner scores the
+        distribution the tokens were drawn from. ``response_budget``: action tokens a training
+        row may hold (the constant of ``seq-mean-token-sum-norm``)."""
         self.model, self.cfg, self.temperature, self.algorithm = model, cfg, temperature, algorithm
+        self.top_k, self.top_p, self.response_budget = top_k, top_p, response_budget
         for what, names, known in (("requires", algorithm.requires, SCORE_NAMES),
                                    ("loss_requires", algorithm.loss_requires, LOSS_NAMES)):
             if set(names) - known:
@@ -211,7 +222,7 @@ class LocalLearner:
         the algorithm's value head on the hidden states."""
         out = token_outputs(model or self.model, mb.input_ids, mb.attention_mask, mb.loss_mask,
                             mb.allowed, self.temperature, need_entropy,
-                            need_hidden or need_values, entropy_grad)
+                            need_hidden or need_values, entropy_grad, self.top_k, self.top_p)
         if need_values:
             out.values = self.algorithm.value(out.hidden)
         return out
@@ -288,7 +299,7 @@ class LocalLearner:
                 lm = batch.loss_mask[rows]
                 agg_tokens = float(lm.sum().clamp(min=1))
                 agg_seqs = float((lm.sum(-1) > 0).sum().clamp(min=1))
-                agg_len = float(batch.input_ids.shape[1])
+                agg_len = self.response_budget  # a constant, never the padded length
                 self.optimizer.zero_grad(set_to_none=True)
                 for mrows in micro_batches(batch, rows, c.micro_batch_tokens):
                     mb = batch.select(mrows)

@@ -142,7 +142,10 @@ class Trainer:
             f.write(self.config_text)
         self.algorithm = get_algorithm(cfg.algorithm.name)(cfg.algorithm)
         self.algorithm.setup(model)
-        self.learner = LocalLearner(model, cfg.train, cfg.rollout.temperature, self.algorithm)
+        r = cfg.rollout
+        self.learner = LocalLearner(
+            model, cfg.train, r.temperature, self.algorithm, r.top_k, r.top_p,
+            response_budget=r.max_new_tokens * (1 if r.context == "window" else r.max_turns))
         self.policy = make_policy(cfg, model, tok)
         self.builder = PromptBuilder(tok, cfg.rollout)
         n = cfg.rollout.groups * cfg.rollout.group_size

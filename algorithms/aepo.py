@@ -252,7 +252,7 @@ class AEPO(Algorithm):
         if not c.sg_clip:
             return super().clipped_surrogate(logprobs, old_logprobs, advantages)
         return Fn.sg_clip_policy_loss(logprobs, old_logprobs, advantages, c.clip_low, c.clip_high,
-                                      c.dual_clip or None)
+                                      self.dual_clip)
 
     def loss(self, out: ModelOutputs, mb: Batch) -> dict[str, torch.Tensor]:
         c = self.cfg

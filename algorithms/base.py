@@ -51,7 +51,8 @@ if TYPE_CHECKING:
 
 
 #: Metrics `Algorithm.credit` adds for every algorithm (``algo/<name>`` in the logs).
-SHARED_METRICS = ("zero_variance_groups", "groups_dropped_zero_variance", "groups_kept_frac")
+SHARED_METRICS = ("zero_variance_groups", "zero_turn_trajectories",
+                  "groups_dropped_zero_variance", "groups_kept_frac")
 
 
 @dataclass
@@ -62,7 +63,9 @@ class AlgorithmConfig:
     clip_low: float = F(0.2, "PPO clip: ratio lower bound is 1 - clip_low", ge=0, lt=1)
     clip_high: float = F(0.2, "PPO clip: ratio upper bound is 1 + clip_high (clip-higher > clip_low)",
                          ge=0)
-    dual_clip: float = F(3.0, "dual-clip constant c for negative advantages (0 = off)", ge=0)
+    dual_clip: float | None = F(None, "dual-clip constant c for negative advantages (0 = off; "
+                                "unset = 3.0 with loss_mode vanilla, off with clip_cov/kl_cov, "
+                                "as their official code)", ge=0)
     loss_agg: Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean",
                       "seq-mean-token-sum-norm"] = F("token-mean", "loss aggregation mode")
     kl_coef: float = F(0.0, "k3 KL penalty to the frozen initial policy (0 = off, no ref model)",
@@ -138,8 +141,8 @@ class Algorithm:
         trajectories it was given in ``self.group_stats``: the share of groups whose rewards
         are all equal (before any filtering, so the alarm still sees them) and, when
         filtering, how many groups were dropped."""
+        self.group_stats = group_statistics(trajectories)
         flat, total = zero_variance_groups(trajectories)
-        self.group_stats = {"zero_variance_groups": len(flat) / max(1, total)}
         if not self.cfg.filter_groups:
             return trajectories
         kept = [t for t in trajectories if t.group_id not in flat]
@@ -161,8 +164,7 @@ class Algorithm:
                              "first (batch.attach(learner.score(batch, algorithm.requires)))")
         stats, self.group_stats = self.group_stats, {}
         if "zero_variance_groups" not in stats:  # a build_batch that skipped the shared filter
-            flat, total = zero_variance_groups(batch.trajectories)
-            stats["zero_variance_groups"] = len(flat) / max(1, total)
+            stats.update(group_statistics(batch.trajectories))
         own = self.advantages(batch)
         if set(own) & set(SHARED_METRICS):
             raise ValueError(f"{type(self).__name__}.advantages returned "
@@ -185,12 +187,22 @@ class Algorithm:
         """
         return self.pg_loss(out, mb, mb.advantages)
 
+    @property
+    def dual_clip(self) -> float | None:
+        """The dual-clip constant in force: ``dual_clip`` when set (0 = off), else 3.0 (verl's
+        default) for the vanilla surrogate and none for Clip-Cov/KL-Cov, whose official losses
+        have no dual clip."""
+        c = self.cfg.dual_clip
+        if c is None:
+            return 3.0 if self.cfg.loss_mode == "vanilla" else None
+        return c or None
+
     def clipped_surrogate(self, logprobs: torch.Tensor, old_logprobs: torch.Tensor,
                           advantages: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Per-token clipped objective (B, T) and stats; PPO here (AEPO: stop-gradient clip)."""
         c = self.cfg
         return Fn.policy_loss(logprobs, old_logprobs, advantages, c.clip_low, c.clip_high,
-                              c.dual_clip or None)
+                              self.dual_clip)
 
     def surrogate(self, logprobs: torch.Tensor, old_logprobs: torch.Tensor,
                   advantages: torch.Tensor, mask: torch.Tensor,
@@ -270,8 +282,19 @@ class Algorithm:
 
 def zero_variance_groups(trajectories: list[Trajectory]) -> tuple[set[str], int]:
     """(ids of the groups whose total rewards are all equal, number of groups). A group of one
-    is flat too: it has no spread."""
+    is flat too: it has no spread. Zero-turn trajectories (the context limit was hit before the
+    first turn: the policy never acted) are not members; a group of only those is flat."""
     by_group: dict[str, list[float]] = {}
     for t in trajectories:
-        by_group.setdefault(t.group_id, []).append(t.total_reward)
-    return {g for g, r in by_group.items() if max(r) - min(r) < 1e-9}, len(by_group)
+        r = by_group.setdefault(t.group_id, [])
+        if t.turns:
+            r.append(t.total_reward)
+    return {g for g, r in by_group.items() if not r or max(r) - min(r) < 1e-9}, len(by_group)
+
+
+def group_statistics(trajectories: list[Trajectory]) -> dict[str, float]:
+    """The group statistics every algorithm logs: the share of zero-variance groups and the
+    number of zero-turn trajectories left out of every group statistic."""
+    flat, total = zero_variance_groups(trajectories)
+    return {"zero_variance_groups": len(flat) / max(1, total),
+            "zero_turn_trajectories": float(sum(not t.turns for t in trajectories))}

@@ -4,32 +4,44 @@ Paper: Xu, Zhao, Wang et al. 2025, arXiv 2509.22576; official code ``WujiangXu/E
 verl-agent). EPO is a plug-in on a base algorithm: ``base: grpo`` (default) or ``base: ppo``
 (the paper's strongest ScienceWorld results); credit assignment is the base's, unchanged.
 
-What it adds to the base loss, per action token j of turn index t:
+What it adds to the base loss, for each turn of turn index t:
 
-    L = L_base − λ·H_j + λ_s·β_k·( [κ_l·H̄_t − H_j]_+ + [H_j − κ_r·H̄_t]_+ )
+    L = L_base − λ·H + λ_s·β_k·( [κ_l·H̄_t − H_turn]_+ + [H_turn − κ_r·H̄_t]_+ )
 
-- λ·H: the entropy bonus (``entropy_coef``, 0.001 as verl-agent).
-- The smoothing corridor: H̄_t is the cumulative mean over *past* iterations of the batch's
-  mean token entropy at turn index t, computed from the turns that happened (no zero padding);
-  a turn index never seen before gets no penalty. The hinge penalises entropy outside
-  (κ_l·H̄_t, κ_r·H̄_t) and carries gradient.
-- β_k: phase weight of iteration k. ``two_phase`` (default, as the code, K = ``phase_total``):
-  β = 1 − 0.2·(1 − exp(−2k/(K/2))) for k ≤ K/2, else 0.8·exp(−3(k − K/2)/(K/2));
-  ``constant``: β = 1.
+- λ·H: the entropy bonus (``entropy_coef``, 0.001 as verl-agent), over action tokens.
+- The smoothing corridor: H_turn is the turn's mean token entropy under the current policy
+  (with gradient); H̄_t is the cumulative mean over *past* iterations of the batch's mean
+  token entropy at turn index t, computed from the turns that happened (no zero padding); a
+  turn index never seen before gets no penalty. The hinge penalises a turn whose entropy
+  *level* leaves (κ_l·H̄_t, κ_r·H̄_t), which is the paper's intent: damp oscillations of the
+  entropy across iterations. A turn's penalty is broadcast to its action tokens and aggregated
+  like every other term (``loss_agg``), so with token-mean each token of an out-of-corridor
+  turn gets ±λ_s·β_k/N of gradient on its entropy. ``smooth_granularity: token`` compares each
+  token's entropy with H̄_t instead (the official ``token`` mask mode, but with gradient); with
+  constrained decoding about half the action tokens have entropy ≈ 0, so the turn mean is small
+  and a per-token upper hinge fires on a quarter or more of the tokens of a stationary policy,
+  acting as a permanent entropy reducer on exactly the decision-bearing tokens.
+- λ_s (``smooth_coef``) = 0.001: the official code multiplies the smoothing term by the
+  entropy coefficient (λ·c with c = 1).
+- β_k: phase weight of iteration k. ``two_phase`` (default, as the official code, K =
+  ``phase_total``, h = ⌊K/2⌋, k clamped to [0, K]): β = 1 − 0.2·(1 − exp(−2k/h)) for k ≤ h,
+  else 0.8·exp(−3(k − h)/(K − h)); ``constant``: β = 1.
 
 The entropy history is algorithm state (`state_dict`); per-turn entropy is logged as
 ``algo/entropy_turn_<t>``.
 
-Config fields that matter: ``base``, ``entropy_coef``, ``smooth_coef`` (λ_s), ``kappa_low``
-(κ_l, 0 as the reported runs), ``kappa_high`` (κ_r, 2.0), ``phase_schedule``, ``phase_total``,
-``smooth_min_turn``; plus the base's fields (GRPO ``stats``/``use_std``/``baseline``, PPO
-``gamma``/``lam``/``critic_lr``/...).
+Config fields that matter: ``base``, ``entropy_coef``, ``smooth_coef`` (λ_s),
+``smooth_granularity``, ``kappa_low`` (κ_l, 0 as the reported runs), ``kappa_high`` (κ_r, 2.0),
+``phase_schedule``, ``phase_total``, ``smooth_min_turn``; plus the base's fields (GRPO
+``stats``/``use_std``/``baseline``, PPO ``gamma``/``lam``/``critic_lr``/...). Setting a field
+of the other base (e.g. ``gamma`` with ``base: grpo``) is a config error.
 
 Deliberate departures from the official code:
 
 - The smoothing penalty is a differentiable hinge. The code's penalty is an indicator times a
-  constant (no gradient), so its only gradient-bearing EPO term is the λ·H bonus. There is no
-  official scale to match; ``smooth_coef`` weighs the hinge in nats.
+  constant (no gradient), so its only gradient-bearing EPO term is the λ·H bonus.
+- H_turn is the mean over the turn's action tokens (the code's ``seq`` mode averages over the
+  padded response length).
 - H̄_t comes from active turns only, aligned by turn index (the code left-pads each
   iteration's per-turn list with zeros, shifting indices and diluting early turns), from past
   iterations only, and from the update batch under the rollout policy (no extra forward pass
@@ -41,6 +53,7 @@ Deliberate departures from the official code:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -48,7 +61,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from agentrl.algorithms.base import Algorithm
+from agentrl.algorithms import functional as Fn
+from agentrl.algorithms.base import Algorithm, AlgorithmConfig
 from agentrl.algorithms.grpo import GRPO, GRPOConfig
 from agentrl.algorithms.ppo import PPO, PPOConfig
 from agentrl.batch import Batch
@@ -56,13 +70,20 @@ from agentrl.config import F
 from agentrl.learner import ModelOutputs
 from agentrl.registry import register_algorithm
 
+_SHARED = {f.name for f in dataclasses.fields(AlgorithmConfig)}
+_PPO_ONLY = [f for f in dataclasses.fields(PPOConfig) if f.name not in _SHARED]
+_GRPO_ONLY = [f for f in dataclasses.fields(GRPOConfig) if f.name not in _SHARED]
+
 
 @dataclass
 class EPOConfig(PPOConfig, GRPOConfig):
     base: Literal["grpo", "ppo"] = F("grpo", "base algorithm whose advantages and loss EPO "
                                      "regularises")
     entropy_coef: float = F(0.001, "λ, entropy bonus coefficient")
-    smooth_coef: float = F(0.01, "λ_s, weight of the entropy-smoothing hinge", ge=0)
+    smooth_coef: float = F(0.001, "λ_s, weight of the entropy-smoothing hinge (official: λ·c)",
+                           ge=0)
+    smooth_granularity: Literal["turn", "token"] = F(
+        "turn", "hinge on each turn's mean entropy (default) or on every token's entropy")
     kappa_low: float = F(0.0, "κ_l, lower corridor bound as a multiple of H̄_t", ge=0)
     kappa_high: float = F(2.0, "κ_r, upper corridor bound as a multiple of H̄_t", ge=0)
     phase_schedule: Literal["two_phase", "constant"] = F(
@@ -70,15 +91,27 @@ class EPOConfig(PPOConfig, GRPOConfig):
     phase_total: int = F(150, "K of the two-phase schedule (the code hard-codes 150)", ge=2)
     smooth_min_turn: int = F(0, "turns with a smaller index get no smoothing (code: 25)", ge=0)
 
+    def __post_init__(self) -> None:
+        # One dataclass carries both bases' fields; a field of the base not in use would be
+        # silently ignored, so setting one away from its default is an error.
+        unused, owner = (_PPO_ONLY, "ppo") if self.base == "grpo" else (_GRPO_ONLY, "grpo")
+        for f in unused:
+            if getattr(self, f.name) != f.default:
+                raise ValueError(f"{f.name} is a setting of base {owner!r}, which EPO with "
+                                 f"base {self.base!r} does not use: remove it or set "
+                                 f"algorithm.base={owner}")
+
 
 def phase_weight(k: int, schedule: str, total: int) -> float:
-    """β_k. two_phase: 1 − 0.2(1 − e^(−2k/h)) for k ≤ h = K/2, else 0.8·e^(−3(k − h)/h)."""
+    """β_k. two_phase, with k clamped to [0, K] and h = ⌊K/2⌋ (integer, as the official code):
+    1 − 0.2(1 − e^(−2k/h)) for k ≤ h, else 0.8·e^(−3(k − h)/(K − h))."""
     if schedule == "constant":
         return 1.0
-    h = total / 2
+    k = max(0, min(k, total))
+    h = total // 2
     if k <= h:
-        return 1.0 - 0.2 * (1.0 - math.exp(-2.0 * k / h))
-    return 0.8 * math.exp(-3.0 * (k - h) / h)
+        return 1.0 - 0.2 * (1.0 - math.exp(-2.0 * k / h)) if h else 1.0
+    return 0.8 * math.exp(-3.0 * (k - h) / (total - h))
 
 
 def turn_entropy_means(entropy: torch.Tensor, batch: Batch) -> dict[int, tuple[float, int]]:
@@ -102,8 +135,8 @@ def turn_entropy_means(entropy: torch.Tensor, batch: Batch) -> dict[int, tuple[f
 
 def smoothing_penalty(entropy: torch.Tensor, reference: torch.Tensor, kappa_low: float,
                       kappa_high: float) -> torch.Tensor:
-    """Per-token corridor hinge [κ_l·H̄ − H]_+ + [H − κ_r·H̄]_+; 0 where ``reference`` is NaN (no
-    history). All (B, T); differentiable in ``entropy``."""
+    """Corridor hinge [κ_l·H̄ − H]_+ + [H − κ_r·H̄]_+ per position; 0 where ``reference`` is NaN
+    (no history). All (B, T); differentiable in ``entropy``."""
     has = ~torch.isnan(reference)
     ref = torch.where(has, reference, torch.zeros_like(reference))
     pen = torch.relu(kappa_low * ref - entropy) + torch.relu(entropy - kappa_high * ref)
@@ -171,8 +204,12 @@ class EPO(Algorithm):
     def loss(self, out: ModelOutputs, mb: Batch) -> dict[str, torch.Tensor]:
         c = self.cfg
         terms = self.inner.loss(out, mb)  # includes −λ·H (shared entropy bonus)
-        ref = mb.row["epo_reference"].to(out.entropy.device)
-        pen = smoothing_penalty(out.entropy, ref, c.kappa_low, c.kappa_high)
+        ent = out.entropy
+        ref = mb.row["epo_reference"].to(ent.device)
+        if c.smooth_granularity == "turn":
+            # every token of a turn carries that turn's mean entropy (gradient split 1/n)
+            ent = Fn.segment_mean(ent, mb.turn_id.to(ent.device), mb.loss_mask.to(ent.device))
+        pen = smoothing_penalty(ent, ref, c.kappa_low, c.kappa_high)
         terms["entropy_smooth"] = self._agg(pen, mb)
         beta = phase_weight(self.iteration, c.phase_schedule, c.phase_total)
         terms["loss"] = terms["loss"] + c.smooth_coef * beta * terms["entropy_smooth"]

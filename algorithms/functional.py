@@ -116,10 +116,13 @@ def aggregate(values: torch.Tensor, mask: torch.Tensor, mode: AggMode = "token-m
         token-mean: sum over all tokens / number of tokens.
         seq-mean-token-sum: mean over sequences of each sequence's token sum.
         seq-mean-token-mean: mean over sequences of each sequence's token mean.
-        seq-mean-token-sum-norm: sum over all tokens / (sequences * norm_len) (Dr.GRPO).
+        seq-mean-token-sum-norm: sum over all tokens / (sequences * norm_len) (Dr.GRPO). The
+            constant ``norm_len`` is the configured response budget (Dr.GRPO's MAX_TOKENS),
+            never the batch's padded length, which would make the scale of a token's gradient
+            depend on the longest sequence that happened to share its batch; it is required.
 
-    ``num_tokens`` / ``num_seqs`` / ``norm_len`` override the denominators so that a minibatch
-    split into micro-batches sums to exactly the unsplit value (gradient accumulation).
+    ``num_tokens`` / ``num_seqs`` override the denominators so that a minibatch split into
+    micro-batches sums to exactly the unsplit value (gradient accumulation).
     """
     mask = mask.to(values.dtype)
     masked = values * mask
@@ -134,9 +137,30 @@ def aggregate(values: torch.Tensor, mask: torch.Tensor, mode: AggMode = "token-m
         per = masked.sum(-1) / mask.sum(-1).clamp(min=1)
         return (per * seq_has).sum() / n_seq
     if mode == "seq-mean-token-sum-norm":
-        L = norm_len if norm_len is not None else float(values.shape[-1])
-        return masked.sum() / (n_seq * L)
+        if norm_len is None:
+            raise ValueError("seq-mean-token-sum-norm needs norm_len, the response token budget "
+                             "(rollout.max_new_tokens per turn)")
+        return masked.sum() / (n_seq * norm_len)
     raise ValueError(f"unknown aggregation mode {mode!r}")
+
+
+def segment_mean(values: torch.Tensor, segment_ids: torch.Tensor, mask: torch.Tensor,
+                 ) -> torch.Tensor:
+    """Mean of ``values`` over each segment, broadcast back to the segment's positions.
+
+    A segment is the set of positions where ``mask`` > 0 sharing one ``segment_ids`` value
+    (e.g. the action tokens of one turn). Differentiable: each position receives 1/n of the
+    gradient of its segment's mean. All (B, T) -> (B, T); 0 where ``mask`` is 0.
+    """
+    sel = (mask > 0) & (segment_ids >= 0)
+    ids = segment_ids[sel]
+    if ids.numel() == 0:
+        return values * 0.0
+    n_seg = int(ids.max()) + 1
+    total = values.new_zeros(n_seg).index_add(0, ids, values[sel])
+    count = values.new_zeros(n_seg).index_add(0, ids, torch.ones_like(values[sel]))
+    mean = total / count.clamp(min=1)
+    return torch.zeros_like(values).index_put(sel.nonzero(as_tuple=True), mean[ids])
 
 
 # --------------------------------------------------------------------------- policy losses

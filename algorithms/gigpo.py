@@ -7,7 +7,7 @@ What differs from GRPO: the advantage of turn t of trajectory i has two parts,
 
     A = A^E(τ_i) + ω·A^S(a_t)
 
-- A^E, episode level: the group-relative GRPO advantage of the episode's total reward.
+- A^E, episode level: the group-relative GRPO advantage of the episode's total *env* reward.
 - A^S, step level: turns taken from the same environment state anywhere in the group (same
   task, same seed) form an *anchor group*; A^S normalises each turn's discounted step return
   R_t = Σ_{k≥t} γ^(k−t) r_k against the other turns of its anchor group. A singleton anchor group
@@ -28,7 +28,12 @@ Deliberate departures from the official code:
   step-weighted statistics.
 - Shaping (invalid-action penalty, step penalty: ``Turn.shaping``) enters a
   turn's step return undiscounted and only that turn's, as the code applies the penalty after
-  discounting; the code has no step penalty.
+  discounting; the code has no step penalty. It is not part of the episode return that A^E
+  uses (the code's per-step score S = R_ep − penalty puts it into A^E too, so one turn's
+  penalty moved the episode advantage of every turn of the trajectory and, through the group
+  mean/std, of the whole group). So a penalised turn in a singleton anchor group carries no
+  penalty signal (A^S = 0 there); an invalid action usually leaves the state unchanged, which
+  puts the next turn in the same anchor group.
 - A one-member episode group gets A^E = 0 (the code gives it its raw score).
 - No batch padding duplicates (the code copies random samples to fill the batch, which then
   enter the group statistics).
@@ -112,7 +117,7 @@ def anchor_groups(group_ids: Sequence[Hashable], state_keys: Sequence[Any],
 def gigpo_turn_advantages(batch: Batch, cfg: GiGPOConfig) -> tuple[torch.Tensor, dict[str, float]]:
     """A = A^E + ω·A^S per turn (M,), and anchor-group statistics."""
     use_std = cfg.mode == "mean_std"
-    a_ep = outcome_advantages(batch, GRPOConfig(stats=cfg.stats, use_std=use_std))
+    a_ep = outcome_advantages(batch, GRPOConfig(stats=cfg.stats, use_std=use_std), shaped=False)
     groups = batch.group_ids()
     turn_groups = [groups[i] for i in batch.turn_traj.tolist()]
     anchors = anchor_groups(turn_groups, batch.turn_state_keys(), cfg.similarity,

@@ -8,6 +8,10 @@ Config fields that matter: ``stats`` (per trajectory, as in the paper, or over a
 samples of the group, as verl-agent's default), ``use_std``, ``baseline`` (``grpo`` | ``rloo``).
 Scores: trajectory mode uses the episode's total shaped reward; turn mode gives each turn-sample
 the episode's env reward plus that turn's own shaping (its invalid-action penalty, verl-agent).
+
+Zero-turn trajectories (the first prompt already exceeded the context budget) take no part in
+the group statistics: the policy never acted, so their reward of 0 is not an outcome to
+compare against; they have no tokens to train either (``zero_turn_trajectories`` counts them).
 """
 
 from __future__ import annotations
@@ -32,26 +36,38 @@ class GRPOConfig(AlgorithmConfig):
     baseline: Literal["grpo", "rloo"] = F("grpo", "group mean (grpo) or leave-one-out (rloo)")
 
 
-def trajectory_scores(batch: Batch) -> torch.Tensor:
-    """Total shaped reward (env reward + shaping) of each trajectory (K,)."""
+def trajectory_scores(batch: Batch, shaped: bool = True) -> torch.Tensor:
+    """Total reward of each trajectory (K,): shaped (env reward + shaping) or the env's alone."""
     k = len(batch.trajectories)
-    return torch.zeros(k).index_add_(0, batch.turn_traj, batch.shaped_turn_reward())
+    per_turn = batch.shaped_turn_reward() if shaped else batch.turn_reward
+    return torch.zeros(k).index_add_(0, batch.turn_traj, per_turn)
 
 
-def outcome_advantages(batch: Batch, cfg: GRPOConfig) -> torch.Tensor:
-    """Per-turn advantages (M,) from group-relative outcome scores."""
+def played(batch: Batch) -> torch.Tensor:
+    """Bool (K,): the trajectory has at least one turn (zero-turn ones never acted)."""
+    return torch.bincount(batch.turn_traj, minlength=len(batch.trajectories)) > 0
+
+
+def outcome_advantages(batch: Batch, cfg: GRPOConfig, shaped: bool = True) -> torch.Tensor:
+    """Per-turn advantages (M,) from group-relative outcome scores.
+
+    ``shaped=False`` scores episodes by the env's reward alone: the shaping then enters
+    nowhere here (GiGPO puts it in each turn's own step return instead).
+    """
     groups = batch.group_ids()
-    traj_score = trajectory_scores(batch)
+    traj_score = trajectory_scores(batch, shaped)
     if cfg.stats == "trajectory":
-        if cfg.baseline == "rloo":
-            adv = Fn.rloo(traj_score, groups)
-        else:
-            adv = Fn.group_normalize(traj_score, groups, cfg.use_std)
+        idx = played(batch).nonzero(as_tuple=True)[0]  # zero-turn trajectories are not members
+        members = [groups[i] for i in idx.tolist()]
+        adv = torch.zeros(len(groups))
+        adv[idx] = (Fn.rloo(traj_score[idx], members) if cfg.baseline == "rloo"
+                    else Fn.group_normalize(traj_score[idx], members, cfg.use_std))
         return adv[batch.turn_traj]
-    # turn mode: S_k = episode env reward + own shaping; statistics over all turn-samples.
-    env_total = torch.zeros(len(batch.trajectories)).index_add_(0, batch.turn_traj,
-                                                                batch.turn_reward)
-    scores = env_total[batch.turn_traj] + batch.turn_shaping
+    # turn mode: S_k = episode env reward (+ own shaping when shaped); statistics over all
+    # turn-samples (a zero-turn trajectory has none).
+    scores = trajectory_scores(batch, shaped=False)[batch.turn_traj]
+    if shaped:
+        scores = scores + batch.turn_shaping
     turn_groups = [groups[i] for i in batch.turn_traj.tolist()]
     if cfg.baseline == "rloo":
         return Fn.rloo(scores, turn_groups)

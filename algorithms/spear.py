@@ -273,7 +273,8 @@ class SPEAR(Algorithm):
         c = self.cfg
         K = len(batch.trajectories)
         rep = batch.traj.get("is_replay", torch.zeros(K)) > 0
-        on_idx = [i for i in range(K) if not rep[i]]
+        # zero-turn trajectories (context limit before the first turn) are not group members
+        on_idx = [i for i in range(K) if not rep[i] and batch.trajectories[i].turns]
         on = [batch.trajectories[i] for i in on_idx]
         scores = self.scores(on)
         groups = [t.group_id for t in on]

@@ -12,10 +12,11 @@ What it guarantees, and how:
 - **Logprobs as the hf backend defines them**: the engine runs with
   ``logprobs_mode="processed_logprobs"`` and each request asks ``logprobs=0`` (the sampled
   token only), so a logprob is ``log_softmax(logits / T)`` of the token drawn. The default
-  ``raw_logprobs`` would be at temperature 1. Caveat: with ``top_p < 1`` or ``top_k > 0``
-  vLLM's processed logprobs are those of the *truncated* distribution, while the learner
-  scores the untruncated one; the gap metric then shows log(kept mass) (use
-  ``policy.recompute_old_logprobs`` / ``train.tis_cap``).
+  ``raw_logprobs`` would be at temperature 1. With ``top_p < 1`` or ``top_k > 0`` the
+  processed logprobs are those of the *truncated*, renormalised distribution (vLLM 0.32:
+  ``log_softmax`` after temperature and top-k/top-p; FlashInfer, which cannot return them, is
+  not used in this mode), which is the behaviour policy; the hf backend records the same and
+  the learner scores with the same truncation (`agentrl.policies.base.truncate_logits`).
 - **Constrained decoding = the hf trie, exactly.** ``candidates`` become a per-request logits
   processor (`TrieLogitsProcessor`) that masks every id not continuing a candidate token
   sequence, before temperature, so the reply is one of the given sequences and its logprobs

@@ -93,11 +93,16 @@ def test_filter_groups_drops_zero_variance_groups() -> None:
     trajs = [_traj("g", 1.0), _traj("g", 0.0), _traj("h", 1.0), _traj("h", 1.0), _traj("s", 1.0)]
     flat, total = zero_variance_groups(trajs)
     assert flat == {"h", "s"} and total == 3
+    # zero-turn trajectories (context limit before turn 0) are no members: one in h leaves h
+    # flat (its 0 would have made a spread), a group z of only one is flat too
+    empty = [Trajectory(f"{g}-empty", g, "x", 0, "window", []) for g in ("h", "z")]
+    flat, total = zero_variance_groups(trajs + empty)
+    assert flat == {"h", "s", "z"} and total == 4
     algo = GRPO(GRPOConfig(name="grpo", filter_groups=True))
-    b = algo.build_batch(trajs, 0)
+    b = algo.build_batch(trajs + empty, 0)
     assert [t.group_id for t in b.trajectories] == ["g", "g"] and b.num_rows == 2
-    assert algo.group_stats == {"zero_variance_groups": 2 / 3, "groups_dropped_zero_variance": 2.0,
-                                "groups_kept_frac": 1 / 3}
+    assert algo.group_stats == {"zero_variance_groups": 3 / 4, "zero_turn_trajectories": 2.0,
+                                "groups_dropped_zero_variance": 3.0, "groups_kept_frac": 1 / 4}
     # off by default: all five rows stay
     assert GRPO(GRPOConfig(name="grpo")).build_batch(trajs, 0).num_rows == 5
 
@@ -107,3 +112,20 @@ def test_filter_groups_all_flat_warns_and_gives_an_empty_batch() -> None:
     with pytest.warns(UserWarning, match="zero reward variance"):
         b = algo.build_batch([_traj("h", 1.0), _traj("h", 1.0)], 0)
     assert b.num_rows == 0
+
+
+def test_clip_cov_has_no_dual_clip_unless_asked() -> None:
+    # One token, A = −1, ratio e^(log 5) = 5: PPO term max(−A·5, −A·clip(5, .8, 1.2)) = 5.
+    # vanilla (dual clip 3.0 by default): min(5, −A·3) = 3. Clip-Cov (covariance bounds that
+    # select nothing): no dual clip unless configured -> 5; dual_clip=3 asked -> 3.
+    lp, old = torch.log(torch.tensor([[5.0]])), torch.zeros(1, 1)
+    adv, mask = torch.tensor([[-1.0]]), torch.ones(1, 1)
+
+    def loss(**kw) -> float:  # noqa: ANN003
+        algo = GRPO(GRPOConfig(name="grpo", clip_cov_lb=10.0, clip_cov_ub=20.0, **kw))
+        return float(algo.surrogate(lp, old, adv, mask)[0])
+
+    assert loss() == pytest.approx(3.0)
+    assert loss(loss_mode="clip_cov") == pytest.approx(5.0)
+    assert loss(loss_mode="clip_cov", dual_clip=3.0) == pytest.approx(3.0)
+    assert loss(dual_clip=0.0) == pytest.approx(5.0)  # 0 turns it off for vanilla too

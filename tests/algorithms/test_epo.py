@@ -42,6 +42,34 @@ def test_phase_weight_two_phase_hand_computed() -> None:
     assert phase_weight(120, "constant", 150) == 1.0
 
 
+def test_phase_weight_integer_half_and_clamped_past_k() -> None:
+    # K = 7: h = ⌊7/2⌋ = 3 (not 3.5), second phase over K − h = 4 iterations.
+    # k=3 -> 1 − .2(1 − e^−2) = .827067; k=4 -> .8·e^(−3·1/4) = .8·.472367 = .377893
+    # (h = 3.5 would give .8·e^(−3·.5/3.5) = .8·.651439 = .521151);
+    # k=7 -> .8·e^−3 = .039830; k=10 and k=1000 are clamped to K -> .039830 (never below)
+    got = [phase_weight(k, "two_phase", 7) for k in (3, 4, 7, 10, 1000)]
+    assert got == pytest.approx([.827067, .377893, .039830, .039830, .039830], abs=1e-6)
+
+
+def test_defaults_are_turn_granularity_and_entropy_scaled_weight() -> None:
+    c = EPOConfig(name="epo")
+    # λ_s = λ·c = .001·1 (official scaling by the entropy coefficient)
+    assert (c.smooth_granularity, c.smooth_coef, c.entropy_coef) == ("turn", 0.001, 0.001)
+
+
+def test_fields_of_the_other_base_are_a_config_error() -> None:
+    from agentrl.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="gamma is a setting of base 'ppo'"):
+        load_config(None, ["algorithm.name=epo", "algorithm.base=grpo", "algorithm.gamma=0.9"])
+    with pytest.raises(ConfigError, match="use_std is a setting of base 'grpo'"):
+        load_config(None, ["algorithm.name=epo", "algorithm.base=ppo", "algorithm.use_std=false"])
+    # each base's own fields are fine, and a saved config (every field at its default) loads
+    assert load_config(None, ["algorithm.name=epo", "algorithm.base=ppo",
+                              "algorithm.gamma=0.9"]).algorithm.gamma == 0.9
+    assert load_config(None, ["algorithm.name=epo", "algorithm.stats=turn"]).algorithm.base == "grpo"
+
+
 def test_smoothing_penalty_hinge_hand_computed() -> None:
     # κ_l = .5, κ_r = 2, H̄ = 1: corridor (.5, 2). H = .2 -> .5 − .2 = .3; H = 1 -> 0;
     # H = 2.5 -> 2.5 − 2 = .5; no history (NaN) -> 0 whatever H
@@ -90,7 +118,7 @@ def _loss_grad(algo: EPO, b, ent_vals: torch.Tensor):  # noqa: ANN001, ANN202
     return terms, ent.grad[b.loss_mask > 0]
 
 
-def test_smoothing_term_changes_the_gradient_hand_computed() -> None:
+def test_token_granularity_smoothing_gradient_hand_computed() -> None:
     # One group of two 2-turn episodes (returns 1 and 0). History: H̄_0 = 1 (turn 1 unseen).
     # Token entropies: τ1 turn 0 [2.5, .2], turn 1 [3, 3]; τ2 turn 0 [1, 1], turn 1 [3, 3].
     # κ_l = .5, κ_r = 2, λ = .001, λ_s = .1, β = 1; token-mean over 8 tokens.
@@ -99,7 +127,7 @@ def test_smoothing_term_changes_the_gradient_hand_computed() -> None:
     # smoothing term value: (.5 + .3)/8 = .1
     def make() -> EPO:
         a = epo(entropy_coef=0.001, smooth_coef=0.1, kappa_low=0.5, kappa_high=2.0,
-                phase_schedule="constant")
+                phase_schedule="constant", smooth_granularity="token")
         a.hist_sum, a.hist_count = {0: 1.0}, {0: 1}
         return a
 
@@ -117,6 +145,38 @@ def test_smoothing_term_changes_the_gradient_hand_computed() -> None:
     _, g0 = _loss_grad(off, b, ent)
     assert g0.tolist() == pytest.approx([-.000125] * 8, abs=1e-9)
     assert not torch.allclose(g, g0)
+
+
+def test_turn_granularity_hinges_the_turn_mean_entropy_hand_computed() -> None:
+    # Same setting (H̄_0 = 1, turn 1 unseen, κ_l = .5, κ_r = 2, λ = .001, λ_s = .1, β = 1,
+    # token-mean over 8 tokens). Token entropies: τ1 turn 0 [3, 1.4] (mean 2.2), turn 1 [3, 3];
+    # τ2 turn 0 [0, .6] (mean .3), turn 1 [3, 3].
+    # Turn hinge: τ1 turn 0: 2.2 − 2 = .2 ; τ2 turn 0: .5 − .3 = .2 ; turns 1: no history -> 0.
+    #   value: each penalty sits on its turn's 2 tokens: (2·.2 + 2·.2)/8 = .1
+    #   dL/dH_j = −λ/8 + λ_s·h'(mean)·(1/2)·2/8 = −.000125 ± .0125 for both tokens of the turn:
+    #   τ1 turn 0: .012375, .012375 (even the 1.4 token, inside the corridor on its own);
+    #   τ2 turn 0: −.012625, −.012625 ; turns 1: −.000125
+    # Token hinge on the same entropies: 3 -> 1, 1.4 -> 0, 0 -> .5, .6 -> 0: (1 + .5)/8 = .1875
+    def make(granularity: str) -> EPO:
+        a = epo(entropy_coef=0.001, smooth_coef=0.1, kappa_low=0.5, kappa_high=2.0,
+                phase_schedule="constant", smooth_granularity=granularity)
+        a.hist_sum, a.hist_count = {0: 1.0}, {0: 1}
+        return a
+
+    b = make_batch([traj("g", [0, 1]), traj("g", [0, 0])])
+    ent = torch.tensor([3.0, 1.4, 3, 3, 0.0, 0.6, 3, 3])
+    algo = make("turn")
+    algo.advantages(scored(b, [0, 0, 0, 0]))
+    terms, g = _loss_grad(algo, b, ent)
+    assert float(terms["entropy_smooth"]) == pytest.approx(0.1)
+    assert g.tolist() == pytest.approx([.012375, .012375, -.000125, -.000125,
+                                        -.012625, -.012625, -.000125, -.000125], abs=1e-7)
+    tok = make("token")
+    tok.advantages(scored(b, [0, 0, 0, 0]))
+    terms_tok, g_tok = _loss_grad(tok, b, ent)
+    assert float(terms_tok["entropy_smooth"]) == pytest.approx(0.1875)
+    assert g_tok.tolist() == pytest.approx([.012375, -.000125, -.000125, -.000125,
+                                            -.012625, -.000125, -.000125, -.000125], abs=1e-7)
 
 
 def test_smooth_min_turn_gates_early_turns() -> None:
@@ -159,17 +219,17 @@ def test_state_round_trips_through_json() -> None:
 
 def test_one_member_group_with_equal_rewards_keeps_only_entropy_terms() -> None:
     # group h has one member -> advantage 0 -> no policy-gradient term; the smoothing still acts:
-    # H̄_0 = 1, κ_r = 2, token entropies [3, 1] (2 tokens, token-mean): dL/dH = −λ/2 + λ_s·h'/2
-    #   = −.0005 + .05 = .0495 for H = 3, −.0005 for H = 1 (inside the corridor)
+    # H̄_0 = 1, κ_r = 2, token entropies [3, 2] (one turn of 2 tokens, token-mean): turn mean
+    # 2.5 > 2, so dL/dH_j = −λ/2 + λ_s·(1/2) = −.0005 + .05 = .0495 for both tokens
     algo = epo(entropy_coef=0.001, smooth_coef=0.1, phase_schedule="constant")
     algo.hist_sum, algo.hist_count = {0: 1.0}, {0: 1}
     b = make_batch([traj("h", [1.0])])
     algo.advantages(scored(b, [0.0]))
     assert torch.all(b.advantages == 0)
     ent = torch.zeros_like(b.old_logprobs)
-    ent[b.loss_mask > 0] = torch.tensor([3.0, 1.0])
+    ent[b.loss_mask > 0] = torch.tensor([3.0, 2.0])
     ent.requires_grad_(True)
     lp = b.old_logprobs.clone().requires_grad_(True)
     algo.loss(ModelOutputs(logprobs=lp, entropy=ent), b)["loss"].backward()
     assert torch.all(lp.grad == 0)
-    assert ent.grad[b.loss_mask > 0].tolist() == pytest.approx([.0495, -.0005])
+    assert ent.grad[b.loss_mask > 0].tolist() == pytest.approx([.0495, .0495])

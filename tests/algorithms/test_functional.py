@@ -81,8 +81,13 @@ def test_aggregate_modes_hand_computed() -> None:
     assert Fn.aggregate(x, m, "seq-mean-token-sum").item() == pytest.approx(5.0)
     # seq-mean-token-mean: (6/3 + 4/1)/2 = 3
     assert Fn.aggregate(x, m, "seq-mean-token-mean").item() == pytest.approx(3.0)
-    # seq-mean-token-sum-norm: 10 / (2 * 3) = 1.6667
-    assert Fn.aggregate(x, m, "seq-mean-token-sum-norm").item() == pytest.approx(10 / 6)
+    # seq-mean-token-sum-norm divides by a constant budget, not the padded length 3:
+    # budget 8: 10 / (2 * 8) = .625; padding the batch to 5 columns changes nothing
+    assert Fn.aggregate(x, m, "seq-mean-token-sum-norm", norm_len=8).item() == pytest.approx(.625)
+    xp, mp = torch.nn.functional.pad(x, (0, 2)), torch.nn.functional.pad(m, (0, 2))
+    assert Fn.aggregate(xp, mp, "seq-mean-token-sum-norm", norm_len=8).item() == pytest.approx(.625)
+    with pytest.raises(ValueError, match="norm_len"):
+        Fn.aggregate(x, m, "seq-mean-token-sum-norm")
 
 
 @pytest.mark.parametrize("mode", ["token-mean", "seq-mean-token-sum", "seq-mean-token-mean",
@@ -92,10 +97,24 @@ def test_aggregate_micro_batch_split_sums_to_whole(mode: str) -> None:
     x = torch.randn(6, 5)
     m = (torch.rand(6, 5) > 0.3).int()
     m[:, 0] = 1
-    whole = Fn.aggregate(x, m, mode)
+    whole = Fn.aggregate(x, m, mode, norm_len=5.0)
     kw = {"num_tokens": float(m.sum()), "num_seqs": 6.0, "norm_len": 5.0}
     parts = sum(Fn.aggregate(x[i:i + 2], m[i:i + 2], mode, **kw) for i in range(0, 6, 2))
     assert parts.item() == pytest.approx(whole.item(), abs=1e-6)
+
+
+def test_segment_mean_broadcasts_and_splits_the_gradient() -> None:
+    # segments: row 0 = turn 0 [1, 3] and turn 1 [5]; row 1 = turn 2 [2, 4, 6 (masked out)]
+    # means: turn 0 = 2, turn 1 = 5, turn 2 = 3; masked and non-action positions get 0
+    x = torch.tensor([[1.0, 3.0, 5.0], [2.0, 4.0, 6.0]], requires_grad=True)
+    seg = torch.tensor([[0, 0, 1], [2, 2, 2]])
+    m = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    out = Fn.segment_mean(x, seg, m)
+    assert out.tolist() == [[2.0, 2.0, 5.0], [3.0, 3.0, 0.0]]
+    # d(sum of the three segment means)/dx: 1/2 per token of turn 0, 1 for turn 1, 1/2 turn 2
+    means = out[0, 0] + out[0, 2] + out[1, 0]
+    means.backward()
+    assert x.grad.tolist() == [[0.5, 0.5, 1.0], [0.5, 0.5, 0.0]]
 
 
 def test_policy_loss_clip_and_dual_clip() -> None:
@@ -139,3 +158,29 @@ def test_value_loss_clipped() -> None:
     # 0.5*max(1, 1.69) = 0.845
     v = Fn.value_loss(torch.tensor([1.0]), torch.tensor([0.5]), torch.tensor([2.0]), 0.2)
     assert v.item() == pytest.approx(0.845)
+
+
+def test_learner_normalises_seq_mean_token_sum_norm_by_the_response_budget(tiny_model) -> None:
+    # Two window rows: 2 context tokens + 2 and 3 action tokens (padded length 5); advantages
+    # +1 on row 0's tokens, −1 on row 1's, ratio 1 (old logprobs recomputed by the learner).
+    # pg_loss = −(2·1 − 3·1)/(2 rows · budget 8) = 1/16 = .0625, whatever the padding
+    # (dividing by the padded length 5 would give 1/10).
+    import random
+
+    from trajs import turn
+
+    from agentrl.algorithms.grpo import GRPO, GRPOConfig
+    from agentrl.batch import make_batch
+    from agentrl.config import TrainConfig
+    from agentrl.learner import LocalLearner
+    from agentrl.types import Trajectory
+
+    b = make_batch([Trajectory("a", "g", "x", 0, "window", [turn(n_tokens=2)]),
+                    Trajectory("b", "g", "x", 0, "window", [turn(n_tokens=3)])])
+    algo = GRPO(GRPOConfig(name="grpo", loss_agg="seq-mean-token-sum-norm"))
+    learner = LocalLearner(tiny_model, TrainConfig(lr=1e-9, grad_clip=0.0), 1.0, algo,
+                           response_budget=8)
+    b.attach(learner.score(b, {"old_logprobs"}), recompute_old_logprobs=True)
+    b.advantages = b.per_trajectory(torch.tensor([1.0, -1.0]))
+    m = learner.update(b, random.Random(0))
+    assert m["train/pg_loss"] == pytest.approx(0.0625, abs=1e-6)

@@ -49,16 +49,16 @@ def test_step_returns_discount_env_reward_but_not_shaping() -> None:
 def test_joint_advantage_mean_mode_hand_computed() -> None:
     b = batch()
     m = GiGPO(GiGPOConfig(name="gigpo", gamma=0.5)).advantages(b)
-    # A^E (F_norm = 1): group g totals [1, −.1, 1], mean .63333 -> [.36667, −.73333, .36667];
-    #   group h has one member -> 0.
+    # A^E (F_norm = 1) on env totals: group g [1, 0, 1] (τ2's −.1 is shaping, not an
+    #   outcome), mean .66667 -> [.33333, −.66667, .33333]; group h has one member -> 0.
     # A^S: anchor (g, A): R [.25, 0, 1], mean .41667 -> [−.16667, −.41667, .58333];
     #      (g, B): R [.5, −.1], mean .2 -> [.3, −.3]; (g, C) singleton -> 0; (h, A) singleton -> 0
     # A = A^E + A^S:
-    #   τ1: .36667 − .16667 = .2 ; .36667 + .3 = .66667 ; .36667 + 0 = .36667
-    #   τ2: −.73333 − .41667 = −1.15 ; −.73333 − .3 = −1.03333
-    #   τ3: .36667 + .58333 = .95 ; τ4: 0
-    assert per_turn_adv(b) == pytest.approx([.2, .66667, .36667, -1.15, -1.03333, .95, 0.0],
-                                            abs=1e-4)
+    #   τ1: .33333 − .16667 = .16667 ; .33333 + .3 = .63333 ; .33333 + 0 = .33333
+    #   τ2: −.66667 − .41667 = −1.08333 ; −.66667 − .3 = −.96667
+    #   τ3: .33333 + .58333 = .91667 ; τ4: 0
+    assert per_turn_adv(b) == pytest.approx(
+        [.16667, .63333, .33333, -1.08333, -.96667, .91667, 0.0], abs=1e-4)
     assert torch.all(b.advantages[b.loss_mask == 0] == 0)
     # anchor groups: A(3), B(2), C(1), h-A(1) over 7 turns: sizes 3,2,1,3,2,3,1 -> mean 15/7
     assert m["step_group_size_mean"] == pytest.approx(15 / 7)
@@ -68,8 +68,8 @@ def test_joint_advantage_mean_mode_hand_computed() -> None:
 def test_joint_advantage_mean_std_mode_and_weight() -> None:
     b = batch()
     GiGPO(GiGPOConfig(name="gigpo", gamma=0.5, mode="mean_std", step_weight=0.5)).advantages(b)
-    # A^E: devs [.36667, −.73333, .36667], var (.134444 + .537778 + .134444)/2 = .403333,
-    #   std .635085 -> [.57735, −1.15470, .57735]
+    # A^E on env totals [1, 0, 1]: devs [.33333, −.66667, .33333], var (.111111 + .444444 +
+    #   .111111)/2 = .333333, std .57735 -> [.57735, −1.15470, .57735]
     # A^S (g, A): devs [−.16667, −.41667, .58333], var (.027778 + .173611 + .340278)/2 = .270833,
     #   std .520416 -> [−.32026, −.80064, 1.12090]; (g, B): devs ±.3, std .424264 -> ±.70711
     # A = A^E + .5·A^S:
@@ -78,6 +78,45 @@ def test_joint_advantage_mean_std_mode_and_weight() -> None:
     #   τ3: .57735 + .56045 = 1.13780 ; τ4: 0
     assert per_turn_adv(b) == pytest.approx(
         [.41722, .93090, .57735, -1.55502, -1.50825, 1.13780, 0.0], abs=1e-4)
+
+
+def test_penalty_stays_out_of_the_episode_advantage() -> None:
+    # Both episodes succeed (env totals [1, 1]); τ1 first makes an invalid move in A (penalty
+    # −.1, state unchanged). A^E = 0 in both modes: the penalty is not an episode outcome.
+    # (Scoring shaped totals [.9, 1] would give A^E = [−.05, .05] (mean) and, with std
+    # .070711, [−.70711, .70711] (mean_std) on every turn of the two episodes.)
+    # γ = .5: τ1 R = [.25 − .1, .5, 1] = [.15, .5, 1] (penalty on its own turn, undiscounted);
+    # τ2 R = [.5, 1].
+    # mean: anchor (g, A) R [.15, .5, .5], mean .383333 -> [−.233333, .116667, .116667];
+    #   (g, B) [1, 1] -> 0.   A = [−.23333, .11667, 0 | .11667, 0]
+    # mean_std: var (.054444 + .013611 + .013611)/2 = .040833, std .202073 ->
+    #   [−1.154701, .577350, .577350].   A = [−1.15470, .57735, 0 | .57735, 0]
+    def make():  # noqa: ANN202
+        return make_batch([traj("g", [turn("A", shaping=-0.1), turn("A"), turn("B", env=1.0)]),
+                           traj("g", [turn("A"), turn("B", env=1.0)])])
+
+    b = make()
+    m = GiGPO(GiGPOConfig(name="gigpo", gamma=0.5)).advantages(b)
+    assert m["episode_advantage_abs_mean"] == 0.0
+    assert per_turn_adv(b) == pytest.approx([-.23333, .11667, 0.0, .11667, 0.0], abs=1e-4)
+    b = make()
+    GiGPO(GiGPOConfig(name="gigpo", gamma=0.5, mode="mean_std")).advantages(b)
+    assert per_turn_adv(b) == pytest.approx([-1.15470, .57735, 0.0, .57735, 0.0], abs=1e-4)
+    # stats=turn (verl-agent's step-weighted statistics) keeps the penalty out of A^E as well
+    b = make()
+    m = GiGPO(GiGPOConfig(name="gigpo", gamma=0.5, stats="turn")).advantages(b)
+    assert m["episode_advantage_abs_mean"] == 0.0
+
+
+def test_zero_turn_trajectory_is_not_a_group_member() -> None:
+    # τ3 hit the context limit before its first turn: no turns, not part of the statistics.
+    # Group g over the played τ1 (env 1) and τ2 (env 0): A^E = ±.5 (mean mode); with τ3 as a
+    # member scoring 0 the mean would be 1/3 and A^E [.66667, −.33333]. Anchors: (g, A) R
+    # [1, 0] (γ irrelevant, one turn each) -> ±.5.  A = [1, −1]
+    b = make_batch([traj("g", [turn("A", env=1.0)]), traj("g", [turn("A")]),
+                    traj("g", [], term="context_limit")])
+    GiGPO(GiGPOConfig(name="gigpo")).advantages(b)
+    assert per_turn_adv(b) == pytest.approx([1.0, -1.0])
 
 
 def test_all_equal_rewards_and_states_give_zero() -> None:

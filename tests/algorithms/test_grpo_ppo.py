@@ -58,6 +58,20 @@ def test_grpo_all_equal_rewards_give_zero_advantage() -> None:
     assert torch.all(b.advantages == 0)
 
 
+def test_grpo_zero_turn_trajectories_are_left_out_of_the_statistics() -> None:
+    # Group g: τ1 return 1, τ2 return 0, τ3 hit the context limit before its first turn.
+    # Members: τ1, τ2 only -> mean .5, std .70711 -> ±.70711 (with τ3 as a member scoring 0:
+    # mean .33333, std .57735 -> [1.1547, −.57735]). Group h: only a zero-turn trajectory ->
+    # no members, no signal: a zero-variance group (1 of 2).
+    algo = GRPO(GRPOConfig(name="grpo"))
+    b = algo.build_batch([traj("g", [turn(1.0)]), traj("g", [turn(0.0)]), traj("g", []),
+                          traj("h", [])], 0)
+    m = algo.credit(b)
+    got = [b.advantages[r][b.loss_mask[r] > 0][0].item() for r in range(b.num_rows)]
+    assert got == pytest.approx([0.70711, -0.70711], abs=1e-4)
+    assert m["zero_turn_trajectories"] == 2.0 and m["zero_variance_groups"] == 0.5
+
+
 @pytest.mark.parametrize("mode", ["window", "full"])
 def test_ppo_gae_spans_turns(mode: str) -> None:
     # one trajectory, two turns of 2 tokens each: rewards r=(0 on turn 0, 1 on turn 1)
