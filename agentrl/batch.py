@@ -52,6 +52,9 @@ class Table(dict[str, torch.Tensor]):
         for k, v in dict(*args, **kwargs).items():
             self[k] = v
 
+    def __reduce__(self) -> tuple[Any, ...]:  # copy / deepcopy / pickle keep name and shape
+        return Table, (self.name, self.shape, dict(self))
+
 
 @dataclass
 class Scores:
