@@ -130,17 +130,16 @@ class RolloutEngine:
             self._replay(live, prefixes)
         sampling = self.sampling(greedy)
         while live:
-            ready = self._prompt(self._acting(live))
-            if not ready:
-                break
-            gens, seconds = self._generate(ready, sampling)
-            replies = [self._parse(g) for g in gens]
-            results = self._step(ready, [action for action, _, _ in replies])
-            for r, g, reply, res in zip(ready, gens, replies, results):
-                self._record(r, g, reply, res, seconds)
+            ready = self._prompt(self._acting(live))  # ends the episodes that cannot act
+            if ready:
+                gens, seconds = self._generate(ready, sampling)
+                replies = [self._parse(g) for g in gens]
+                results = self._step(ready, [action for action, _, _ in replies])
+                for r, g, reply, res in zip(ready, gens, replies, results):
+                    self._record(r, g, reply, res, seconds)
+                if progress is not None:
+                    progress.update(len(ready))
             live = {k: ep for k, ep in live.items() if not ep.traj.termination}
-            if progress is not None:
-                progress.update(len(ready))
         return trajs
 
     # -- the stages of one turn ------------------------------------------------------------
@@ -165,7 +164,8 @@ class RolloutEngine:
         return trajs, live
 
     def _acting(self, live: dict[tuple[int, str], LiveEpisode]) -> list[LiveEpisode]:
-        """The live episodes that act this turn: with one agent per slot, all of them."""
+        """The live episodes that act this turn (at least one while any is live): with one
+        agent per slot, all of them."""
         return list(live.values())
 
     def _prompt(self, acting: list[LiveEpisode]) -> list[_Ready]:
