@@ -23,6 +23,7 @@ class EnvEntry:
     test_kwargs: dict[str, Any]  # small, fast settings used by the registered-env test sweep
     multiagent: bool = False  # a turn-based game whose info["agent"] names who moves
     unrecorded_info: tuple[str, ...] = ()  # info keys not stored in trajectories
+    isolate: bool = False  # run in worker processes under env.pool=auto (JVM, planner, leaks)
 
 
 ENVS: dict[str, EnvEntry] = {}
@@ -37,6 +38,7 @@ def register_env(
     test_kwargs: dict[str, Any] | None = None,
     multiagent: bool = False,
     unrecorded_info: tuple[str, ...] = (),
+    isolate: bool = False,
     **kwargs: Any,
 ) -> None:
     """Register a text env under ``id`` (``agentrl/Name-v0`` for built-ins).
@@ -53,13 +55,16 @@ def register_env(
             `agentrl.testing.check_multiagent_env` as well.
         unrecorded_info: ``info`` keys the rollout does not store per turn (large or
             expert-only values, e.g. a solution walkthrough).
+        isolate: under ``env.pool=auto``, run this env in worker processes (crash and hang
+            isolation, step timeouts) rather than in the trainer's process. For envs that
+            start a JVM or a planner, or can hang or leak; cheap pure-Python envs leave it off.
         kwargs: default constructor arguments.
     """
     gym.register(id=id, entry_point=entry_point, max_episode_steps=max_episode_steps,
                  kwargs=kwargs, disable_env_checker=True)
     ENVS[id] = EnvEntry(id=id, description=description, requires=tuple(requires),
                        test_kwargs=dict(test_kwargs or {}), multiagent=multiagent,
-                       unrecorded_info=tuple(unrecorded_info))
+                       unrecorded_info=tuple(unrecorded_info), isolate=isolate)
 
 
 def unrecorded_info(env_id: str) -> frozenset[str]:

@@ -48,6 +48,7 @@ register_env(
     requires=("alfworld",),
     test_kwargs={"num_games": 2},
     unrecorded_info=("walkthrough",),
+    isolate=True,  # the PDDL planner (fast-downward) runs in the env's process
     split="train",
     num_games=120,
 )
@@ -60,6 +61,7 @@ register_env(
     requires=("scienceworld",),
     test_kwargs={"task": "find-living-thing", "step_limit": 8},
     unrecorded_info=("walkthrough",),
+    isolate=True,  # a JVM per worker process, shared by that worker's envs
     step_limit=100,
 )
 register_env(
