@@ -3,8 +3,10 @@
     cfg = load_config("configs/quickstart.yaml", ["train.lr=1e-3", "rollout.group_size=4"])
 
 Unknown keys fail with a "did you mean", values are checked for type and range, and every error
-names the key and what to put there. The algorithm section is validated against the
-hyperparameter dataclass of the algorithm named in ``algorithm.name``.
+names the key and what to put there. Two sections depend on a name: ``algorithm:`` is validated
+against the hyperparameter dataclass of the algorithm named in ``algorithm.name``, and
+``policy:`` against the config dataclass of the backend named in ``policy.backend``
+(`agentrl.policies.BACKENDS`); a key that belongs to another algorithm or backend says so.
 """
 
 from __future__ import annotations
@@ -13,25 +15,13 @@ import dataclasses
 import difflib
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A config value is unknown, of the wrong type or out of range; the message says the fix."""
-
-
-def F(default: Any = dataclasses.MISSING, help: str = "", *, ge: float | None = None,
-      gt: float | None = None, le: float | None = None, lt: float | None = None,
-      default_factory: Any = dataclasses.MISSING) -> Any:
-    """A dataclass field with a one-line help text and optional numeric bounds."""
-    md = {"help": help, "ge": ge, "gt": gt, "le": le, "lt": lt}
-    if default_factory is not dataclasses.MISSING:
-        return field(default_factory=default_factory, metadata=md)
-    return field(default=default, metadata=md)
-
+from agentrl.fields import ConfigError, F  # noqa: F401  (re-exported: the public home of both)
+from agentrl.policies.base import PolicyConfig
 
 # --------------------------------------------------------------------------------- sections
 
@@ -51,34 +41,6 @@ class EnvConfig:
     pool: Literal["inprocess", "process"] = F("inprocess", "where envs run: this process or workers")
     step_timeout: float = F(60.0, "seconds before a worker step counts as hung", gt=0)
     train_seeds: int = F(100_000, "training episodes draw seeds from [0, train_seeds)", ge=1)
-
-
-@dataclass
-class PolicyConfig:
-    backend: Literal["hf", "vllm", "openai"] = F("hf", "generation backend")
-    model: str = F("tiny", "'tiny' (built offline), 'smollm2' (packaged), a hub name or a local path")
-    dtype: Literal["float32", "bfloat16", "float16"] = F("float32", "learner and sampler dtype")
-    device: str = F("auto", "'auto', 'cpu' or 'cuda[:N]'")
-    tiny_hidden: int = F(64, "tiny model: hidden size", ge=8)
-    tiny_layers: int = F(2, "tiny model: transformer layers", ge=1)
-    tiny_heads: int = F(4, "tiny model: attention heads", ge=1)
-    tiny_vocab: int = F(600, "tiny model: tokenizer vocabulary size (trained on env text)", ge=300)
-    tiny_corpus_episodes: int = F(200, "tiny tokenizer: random episodes of env text to train on", ge=1)
-    recompute_old_logprobs: bool = F(False, "PPO ratio against the learner's own logprobs of the "
-                                     "sampled tokens (computed before the update) instead of the "
-                                     "sampler's; for backends whose numerics differ (vllm, bf16)")
-    vllm_gpu_memory_utilization: float = F(0.3, "vllm on GPU: memory fraction for the engine "
-                                           "(weights + KV cache); the learner uses the rest",
-                                           gt=0, le=1)
-    vllm_sleep_level: int = F(0, "vllm on GPU: free engine memory during the update (0 = off, "
-                              "1 = offload weights, 2 = discard them)", ge=0, le=2)
-    vllm_kv_cache_gb: int = F(1, "vllm on CPU: KV cache size in GiB", ge=1)
-    vllm_enforce_eager: bool = F(True, "vllm: no torch.compile/CUDA graphs (fast start; set false "
-                                 "on GPU for faster decoding)")
-    openai_base_url: str = F("", "openai backend: API root, e.g. http://127.0.0.1:8000/v1")
-    openai_model: str = F("", "openai backend: served model name ('' = policy.model)")
-    openai_api_key_env: str = F("OPENAI_API_KEY", "openai backend: environment variable holding "
-                                "the API key (unset = no key)")
 
 
 @dataclass
@@ -338,35 +300,52 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 def config_from_dict(data: dict[str, Any]) -> Config:
     """Build and validate a `Config` from a nested dict (as loaded from YAML)."""
-    from agentrl.registry import get_algorithm
+    from agentrl import policies
+    from agentrl.registry import ALGORITHMS, get_algorithm
 
     data = dict(data or {})
     algo = dict(data.pop("algorithm", None) or {})
-    name = algo.pop("name", "grpo")
+    name = str(algo.pop("name", "grpo"))
     try:
-        algo_cls = get_algorithm(str(name))
+        algo_cls = get_algorithm(name)
     except KeyError as e:
         raise ConfigError(f"algorithm.name: {e.args[0]}") from e
-    cfg = build_dataclass(Config, data)
+    pol = dict(data.pop("policy", None) or {})
+    backend = str(pol.get("backend", "hf"))
     try:
-        cfg.algorithm = build_dataclass(algo_cls.Config, algo, "algorithm")
+        pol_cls = policies.backend_config(backend)
+    except KeyError as e:
+        raise ConfigError(f"policy.backend: {e.args[0]}") from e
+    cfg = build_dataclass(Config, data)
+    cfg.policy = _named_section("policy", pol, pol_cls, f"backend {backend!r}", "policy.backend",
+                                {n: c for n, (_, c) in policies.BACKENDS.items()})
+    cfg.algorithm = _named_section("algorithm", algo, algo_cls.Config, f"algorithm {name!r}",
+                                   "algorithm.name", {n: c.Config for n, c in ALGORITHMS.items()})
+    cfg.algorithm.name = name
+    _cross_checks(cfg)
+    return cfg
+
+
+def _named_section(section: str, data: dict[str, Any], cls: type, label: str, switch: str,
+                   others: dict[str, type]) -> Any:
+    """Build ``section`` against ``cls``, the dataclass of what ``switch`` names (``label``).
+
+    An unknown key is often a setting of another algorithm or backend (``others``: name ->
+    dataclass), left behind by a ``switch=...`` override: the error then names its owner.
+    """
+    try:
+        return build_dataclass(cls, data, section)
     except ConfigError as e:
         if "unknown key" not in str(e):
             raise
-        # Often an algorithm-specific key left behind by an `algorithm.name=...` override.
-        from agentrl.registry import ALGORITHMS
-
-        bad = [k for k in algo if k not in {f.name for f in dataclasses.fields(algo_cls.Config)}]
-        owners = sorted(n for n, c in ALGORITHMS.items()
-                        if bad and bad[0] in {f.name for f in dataclasses.fields(c.Config)})
+        known = {f.name for f in dataclasses.fields(cls)}
+        bad = next(k for k in data if k not in known)
+        owners = sorted(n for n, c in others.items()
+                        if bad in {f.name for f in dataclasses.fields(c)})
         if owners:
-            raise ConfigError(f"algorithm.{bad[0]} is a setting of {', '.join(owners)}, not of "
-                              f"algorithm {str(name)!r}: remove it or change algorithm.name"
-                              ) from None
-        raise ConfigError(f"{e} (algorithm {str(name)!r})") from None
-    cfg.algorithm.name = str(name)
-    _cross_checks(cfg)
-    return cfg
+            raise ConfigError(f"{section}.{bad} is a setting of {', '.join(owners)}, not of "
+                              f"{label}: remove it or change {switch}") from None
+        raise ConfigError(f"{e} ({label})") from None
 
 
 def _cross_checks(cfg: Config) -> None:

@@ -18,6 +18,7 @@ evaluation, so evaluating a run's final checkpoint reproduces ``runs/x/eval/fina
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -28,6 +29,7 @@ from typing import Any
 
 from agentrl.config import Config, ConfigError, apply_overrides, config_from_dict, load_config
 from agentrl.metrics import rollout_metrics, wilson_interval
+from agentrl.policies import OpenAIConfig, Policy, PolicyConfig, make_policy
 from agentrl.rollout import RolloutEngine
 from agentrl.types import Trajectory, write_jsonl
 
@@ -204,27 +206,25 @@ def untrained_target(config: str, overrides: list[str] | None = None) -> EvalTar
     return EvalTarget(f"untrained:{base}", "untrained", config, cfg, None)
 
 
-def _build_policy(target: EvalTarget, device: str | None, endpoint: str | None) -> Any:
+def _build_policy(target: EvalTarget, device: str | None, endpoint: str | None) -> Policy:
     """A generation backend holding ``target``'s weights (or talking to ``endpoint``)."""
     import torch
 
     from agentrl.models import load_pretrained, resolve_device
-    from agentrl.trainer import build_policy_model, make_policy, seed_everything
+    from agentrl.trainer import build_policy_model, seed_everything
 
     cfg = target.cfg
     if endpoint is not None:
         from transformers import AutoTokenizer
 
-        from agentrl.policies.openai import OpenAIPolicy
-
         # Token ids in, token ids out: the tokenizer must be the served model's.
-        name = target.model_path or cfg.policy.openai_model or cfg.policy.model
+        served = cfg.policy.served_model if isinstance(cfg.policy, OpenAIConfig) else ""
+        name = target.model_path or served or cfg.policy.model
         if name == "tiny":
             raise EvalError("--endpoint: name the served model (TARGET or policy.model), so "
                             "its tokenizer can be loaded here")
-        tok = AutoTokenizer.from_pretrained(name)
-        return OpenAIPolicy(endpoint, name, tok,
-                            api_key=os.environ.get(cfg.policy.openai_api_key_env) or None)
+        return make_policy(_with_endpoint(cfg, endpoint, name), None,
+                           AutoTokenizer.from_pretrained(name))
     dev = resolve_device(device or cfg.policy.device)
     if target.model_path is None:
         seed_everything(cfg.seed)  # the trainer seeds before building, so "untrained" matches
@@ -233,6 +233,16 @@ def _build_policy(target: EvalTarget, device: str | None, endpoint: str | None) 
         model, tok = load_pretrained(target.model_path, cfg.policy.dtype)
     model.to(device=dev, dtype=getattr(torch, cfg.policy.dtype))
     return make_policy(cfg, model, tok)
+
+
+def _with_endpoint(cfg: Config, url: str, name: str) -> Config:
+    """``cfg`` with its policy section switched to the openai backend at ``url`` serving
+    ``name`` (the shared settings kept, and the API key variable of an openai section)."""
+    p = cfg.policy
+    shared = {f.name: getattr(p, f.name) for f in dataclasses.fields(PolicyConfig)}
+    own = {"api_key_env": p.api_key_env} if isinstance(p, OpenAIConfig) else {}
+    return dataclasses.replace(cfg, policy=OpenAIConfig(
+        **{**shared, "backend": "openai", "base_url": url, "served_model": name, **own}))
 
 
 @dataclass
@@ -266,8 +276,7 @@ def evaluate_target(target: EvalTarget, s: EvalSettings, progress: bool = False,
     sampler_seed = (EVAL_SAMPLER_SEED + cfg.eval.seed_start if s.sampler_seed is None
                     else s.sampler_seed)
     policy = _build_policy(target, s.device, s.endpoint)
-    if hasattr(policy, "seed"):
-        policy.seed(sampler_seed)
+    policy.seed(sampler_seed)
     pool = EnvPool(env_id, env_kwargs, min(len(seeds), 64), cfg.env.pool, cfg.env.step_timeout)
     bar = None
     if progress:
@@ -280,8 +289,7 @@ def evaluate_target(target: EvalTarget, s: EvalSettings, progress: bool = False,
         summary, trajs = evaluate(engine, seeds, greedy=greedy, repeats=s.repeats, progress=bar)
     finally:
         pool.close()
-        if hasattr(policy, "close"):
-            policy.close()  # vllm: engine and its model directory, before the next target
+        policy.close()  # e.g. vllm: the engine and its model directory, before the next target
         if bar is not None:
             bar.close()
     summary.update({"target": target.spec, "kind": target.kind, "env_id": env_id,

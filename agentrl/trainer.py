@@ -29,7 +29,7 @@ from agentrl.evaluate import EVAL_SAMPLER_SEED, evaluate
 from agentrl.learner import LocalLearner, apply_tis
 from agentrl.metrics import MetricsLogger, console_line, rollout_metrics
 from agentrl.models import build_tiny_model, build_tiny_tokenizer, load_pretrained, resolve_device
-from agentrl.policies.base import Policy
+from agentrl.policies import make_policy
 from agentrl.prompts import PromptBuilder
 from agentrl.registry import get_algorithm, make_env
 from agentrl.rollout import RolloutEngine
@@ -94,33 +94,6 @@ def build_policy_model(cfg: Config, run_dir: str | None = None) -> tuple[Any, An
     return model, tok
 
 
-def make_policy(cfg: Config, model: Any, tok: Any) -> Policy:
-    """The generation backend named by ``policy.backend``."""
-    if cfg.policy.backend == "hf":
-        from agentrl.policies.hf import HFPolicy
-
-        return HFPolicy(model, tok, batch_size=cfg.rollout.batch_size)
-    p = cfg.policy
-    if p.backend == "vllm":
-        from agentrl.policies.vllm import VLLMPolicy
-
-        return VLLMPolicy.from_module(
-            model, tok, device=str(resolve_device(p.device)), dtype=p.dtype,
-            max_model_len=cfg.rollout.max_context_tokens, seed=cfg.seed,
-            gpu_memory_utilization=p.vllm_gpu_memory_utilization,
-            sleep_level=p.vllm_sleep_level, kv_cache_gb=p.vllm_kv_cache_gb,
-            enforce_eager=p.vllm_enforce_eager)
-    if p.backend == "openai":
-        from agentrl.policies.openai import OpenAIPolicy
-
-        if not p.openai_base_url:
-            raise ValueError("policy.backend=openai needs policy.openai_base_url "
-                             "(e.g. http://127.0.0.1:8000/v1)")
-        return OpenAIPolicy(p.openai_base_url, p.openai_model or p.model, tok,
-                            api_key=os.environ.get(p.openai_api_key_env) or None)
-    raise NotImplementedError(f"policy.backend={p.backend!r}: use 'hf', 'vllm' or 'openai'")
-
-
 class Trainer:
     """Owns one run: its directory, model, policy backend, envs, algorithm and learner."""
 
@@ -179,8 +152,7 @@ class Trainer:
         extra = {**self.learner.state_dict(),  # optimizer, scheduler, reference
                  "algorithm": self.algorithm.state_dict(),
                  "rng": checkpoint.rng_state(), "trainer_rng": self.rng.getstate(),
-                 "sampler_rng": self.policy._generator.get_state()
-                 if hasattr(self.policy, "_generator") else None,
+                 "policy": self.policy.state_dict(),
                  "eval_history": self.eval_history}
         return checkpoint.save(self.run_dir, self.iteration, self.model, self.tokenizer, extra,
                                self.config_text, self.cfg.train.keep_checkpoints)
@@ -191,8 +163,7 @@ class Trainer:
         self.algorithm.load_state_dict(st["algorithm"])
         checkpoint.set_rng_state(st["rng"])
         self.rng.setstate(st["trainer_rng"])
-        if st.get("sampler_rng") is not None and hasattr(self.policy, "_generator"):
-            self.policy._generator.set_state(st["sampler_rng"])
+        self.policy.load_state_dict(st["policy"])
         self.eval_history = st.get("eval_history", [])
         self.iteration = checkpoint.checkpoint_iteration(path)
         # Iterations logged after the checkpoint are redone; drop their stale metric rows.
@@ -208,12 +179,11 @@ class Trainer:
     def run_eval(self, tag: str) -> dict[str, Any]:
         e = self.cfg.eval
         seeds = list(range(e.seed_start, e.seed_start + e.episodes))
-        state = self.policy._generator.get_state() if hasattr(self.policy, "_generator") else None
-        if hasattr(self.policy, "seed"):
-            self.policy.seed(EVAL_SAMPLER_SEED + e.seed_start)  # eval sampling independent of training
+        # Evaluation samples from its own seed; training sampling resumes where it left off.
+        state = self.policy.state_dict()
+        self.policy.seed(EVAL_SAMPLER_SEED + e.seed_start)
         summary, trajs = evaluate(self.eval_engine, seeds, greedy=e.greedy)
-        if state is not None:
-            self.policy._generator.set_state(state)
+        self.policy.load_state_dict(state)
         summary["iteration"], summary["tag"] = self.iteration, tag
         self.eval_history.append(summary)
         os.makedirs(os.path.join(self.run_dir, "eval"), exist_ok=True)
@@ -245,11 +215,11 @@ class Trainer:
         batch = self.algorithm.build_batch(learn, self.tokenizer.pad_token_id or 0)
         t1 = time.perf_counter()
         m.update(self._credit(batch))
-        if hasattr(self.policy, "release_memory"):
-            self.policy.release_memory()  # vllm sleep mode: engine memory to the learner
+        self.policy.sleep()  # e.g. vllm sleep mode: the engine's memory goes to the learner
         m.update(self._update(batch))
         t2 = time.perf_counter()
         self.policy.update_weights(self.learner.export_weights())
+        self.policy.wake()
         t3 = time.perf_counter()
         turns = [t for tr in trajs for t in tr.turns]
         gen = sum(t.seconds_generate for t in turns)
@@ -380,8 +350,7 @@ class Trainer:
     def close(self) -> None:
         self.pool.close()
         self.eval_pool.close()
-        if hasattr(self.policy, "close"):
-            self.policy.close()  # vllm: engine and its model directory
+        self.policy.close()  # e.g. vllm: the engine and its model directory
 
 
 def write_curve(run_dir: str, evals: list[dict[str, Any]]) -> str | None:

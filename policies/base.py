@@ -1,7 +1,8 @@
 """The Policy contract: token ids in, sampled token ids + sampler logprobs out.
 
+    policy = make_policy(cfg, model, tokenizer)    # agentrl.policies: the backend table
     gens = policy.generate(prompts, SamplingParams(max_new_tokens=32), candidates=None)
-    policy.update_weights(model)       # after an optimizer step
+    policy.update_weights(model)                   # after an optimizer step
 
 Sampler logprobs are ``log_softmax(logits / temperature)`` of the raw model logits, restricted
 to the allowed ids when decoding is constrained and then truncated by top-k/top-p
@@ -9,14 +10,44 @@ to the allowed ids when decoding is constrained and then truncated by top-k/top-
 drawn from, which is the behaviour policy. The learner applies the same truncation when it
 scores, so sampler and learner agree. Training-side logprobs are recomputed by the learner,
 never taken from here.
+
+Every backend subclasses `Policy`, which holds the whole lifecycle the trainer and
+``agentrl eval`` use, each method with a harmless default, so the core never asks a backend
+what it can do. A backend's ``policy:`` config section is its ``Config`` dataclass, a subclass of
+`PolicyConfig`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
+
+from agentrl.fields import F
+
+if TYPE_CHECKING:
+    from agentrl.config import Config
+
+
+@dataclass
+class PolicyConfig:
+    """The ``policy:`` settings every backend shares; a backend with settings of its own
+    extends this class (``VLLMConfig``), and the section is validated against it."""
+
+    backend: str = F("hf", "generation backend: hf, vllm, openai, or 'pkg.module:Class' "
+                     "(a Policy subclass)")
+    model: str = F("tiny", "'tiny' (built offline), 'smollm2' (packaged), a hub name or a local path")
+    dtype: Literal["float32", "bfloat16", "float16"] = F("float32", "learner and sampler dtype")
+    device: str = F("auto", "'auto', 'cpu' or 'cuda[:N]'")
+    tiny_hidden: int = F(64, "tiny model: hidden size", ge=8)
+    tiny_layers: int = F(2, "tiny model: transformer layers", ge=1)
+    tiny_heads: int = F(4, "tiny model: attention heads", ge=1)
+    tiny_vocab: int = F(600, "tiny model: tokenizer vocabulary size (trained on env text)", ge=300)
+    tiny_corpus_episodes: int = F(200, "tiny tokenizer: random episodes of env text to train on", ge=1)
+    recompute_old_logprobs: bool = F(False, "PPO ratio against the learner's own logprobs of the "
+                                     "sampled tokens (computed before the update) instead of the "
+                                     "sampler's; for backends whose numerics differ (vllm, bf16)")
 
 
 @dataclass
@@ -77,12 +108,37 @@ def truncate_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0,
     return z
 
 
-@runtime_checkable
-class Policy(Protocol):
+class Policy:
+    """Base class of generation backends.
+
+    A backend implements `generate` and `from_config`. The rest of the lifecycle has defaults
+    that do nothing, right for a backend without that feature:
+
+    - `update_weights(source)`: load the learner's new weights (default: no weights to load);
+    - `seed(seed)`, `state_dict()`, `load_state_dict(state)`: the sampler's random state
+      (default: none). The trainer checkpoints ``state_dict()`` and saves/restores it around
+      each evaluation, so a resumed run samples exactly what an uninterrupted one would;
+    - `sleep()` / `wake()`: free the engine's memory while the learner updates, and take it
+      back (default: nothing to free);
+    - `close()`: release engines, servers, temporary files (default: nothing held).
+    """
+
+    #: the dataclass of this backend's ``policy:`` config section
+    Config: ClassVar[type] = PolicyConfig
+    #: the tokenizer of the served model (prompts are its token ids; replies are decoded by it)
     tokenizer: Any
 
+    @classmethod
+    def from_config(cls, cfg: Config, model: Any, tokenizer: Any) -> Policy:
+        """Build the backend from a resolved config (``cfg.policy`` is a ``cls.Config``), the
+        learner's model (``None`` when there is none, e.g. evaluating a served endpoint) and
+        its tokenizer."""
+        raise NotImplementedError(f"{cls.__name__} must implement the classmethod "
+                                  "from_config(cfg, model, tokenizer)")
+
     @property
-    def eos_token_id(self) -> int: ...
+    def eos_token_id(self) -> int:
+        return int(self.tokenizer.eos_token_id)
 
     def generate(self, prompts: list[list[int]], sampling: SamplingParams,
                  candidates: list[list[list[int]] | None] | None = None) -> list[Generation]:
@@ -94,11 +150,29 @@ class Policy(Protocol):
             candidates: per prompt, ``None`` (free text) or token-id sequences, each ending with
                 EOS; the reply is then exactly one of them (trie-constrained decoding).
         """
-        ...
+        raise NotImplementedError(f"{type(self).__name__} must implement generate()")
 
     def update_weights(self, source: Any) -> None:
         """Load new weights (a module or a state dict) into the generation engine."""
-        ...
+
+    def seed(self, seed: int) -> None:
+        """Reseed the sampler (evaluation samples from its own fixed seed)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """The sampler's random state (picklable), for checkpoints."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` returned."""
+
+    def sleep(self) -> None:
+        """Free the engine's memory for the learner's update (vLLM sleep mode)."""
+
+    def wake(self) -> None:
+        """Take the engine's memory back after `sleep` (and the weight sync)."""
+
+    def close(self) -> None:
+        """Release what the backend holds (engine, model directory, connections)."""
 
 
 class CandidateTrie:

@@ -9,15 +9,24 @@ is returned (the learner truncates the same way).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from agentrl.policies.base import CandidateTrie, Generation, SamplingParams, truncate_logits
+from agentrl.policies.base import (
+    CandidateTrie,
+    Generation,
+    Policy,
+    SamplingParams,
+    truncate_logits,
+)
+
+if TYPE_CHECKING:
+    from agentrl.config import Config
 
 
-class HFPolicy:
+class HFPolicy(Policy):
     """Generation with a transformers causal LM.
 
     Args:
@@ -30,9 +39,10 @@ class HFPolicy:
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
         self._generator = torch.Generator(device="cpu")
 
-    @property
-    def eos_token_id(self) -> int:
-        return int(self.tokenizer.eos_token_id)
+    @classmethod
+    def from_config(cls, cfg: Config, model: Any, tokenizer: Any) -> HFPolicy:
+        """Samples with the learner's own module (no copy, nothing to sync)."""
+        return cls(model, tokenizer, batch_size=cfg.rollout.batch_size)
 
     @property
     def device(self) -> torch.device:
@@ -46,6 +56,12 @@ class HFPolicy:
 
     def seed(self, seed: int) -> None:
         self._generator.manual_seed(seed)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self._generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._generator.set_state(state["generator"])
 
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], sampling: SamplingParams,

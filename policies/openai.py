@@ -36,21 +36,26 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from agentrl.policies.base import CandidateTrie, Generation, SamplingParams
+from agentrl.policies import OpenAIConfig
+from agentrl.policies.base import CandidateTrie, Generation, Policy, SamplingParams
+
+if TYPE_CHECKING:
+    from agentrl.config import Config
 
 
 class OpenAIServerError(RuntimeError):
     """The server refused a request or returned something without token ids/logprobs."""
 
 
-class OpenAIPolicy:
+class OpenAIPolicy(Policy):
     """Generation through an OpenAI-compatible ``/completions`` endpoint.
 
     Args:
@@ -64,6 +69,8 @@ class OpenAIPolicy:
         max_retries: retries of a request that failed to connect or got a 5xx.
     """
 
+    Config = OpenAIConfig
+
     def __init__(self, base_url: str, model: str, tokenizer: Any, api_key: str | None = None,
                  timeout: float = 300.0, concurrency: int = 16, max_retries: int = 2) -> None:
         url = base_url.rstrip("/")
@@ -74,13 +81,22 @@ class OpenAIPolicy:
         self.concurrency = max(1, concurrency)
         self._rng = random.Random()
 
-    @property
-    def eos_token_id(self) -> int:
-        return int(self.tokenizer.eos_token_id)
+    @classmethod
+    def from_config(cls, cfg: Config, model: Any, tokenizer: Any) -> OpenAIPolicy:
+        """Talks to ``policy.base_url``; ``model`` is unused (the weights are the server's)."""
+        p = cfg.policy
+        return cls(p.base_url, p.served_model or p.model, tokenizer,
+                   api_key=os.environ.get(p.api_key_env) or None)
 
     def seed(self, seed: int) -> None:
         """Seed the per-request sampling seeds (and the client-side constrained sampler)."""
         self._rng.seed(seed)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": self._rng.getstate()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._rng.setstate(state["rng"])
 
     def update_weights(self, source: Any) -> None:
         raise NotImplementedError(

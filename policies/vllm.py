@@ -27,7 +27,10 @@ What it guarantees, and how:
   worker's ``reload_weights`` (vLLM's in-place reload) through ``collective_rpc`` (the engine runs in this process,
   ``VLLM_ENABLE_V1_MULTIPROCESSING=0``, so nothing is serialized), then resets the prefix
   cache, whose KV blocks were computed by the old weights. On GPU, ``sleep_level`` 1/2 frees
-  the engine's memory during the update (`release_memory`) and wakes it for the sync.
+  the engine's memory during the update (`sleep`); the sync wakes it (`update_weights`, `wake`).
+- **Resumable sampling**: every request gets its own sampling seed, drawn from one Python RNG
+  seeded with the run's seed; `state_dict` / `load_state_dict` carry that RNG, so the trainer
+  checkpoints it and restores it after each evaluation, as it does the hf sampler's generator.
 - Greedy decoding at ``temperature != 1`` reports ``log_softmax(logits / T)`` too (vLLM alone
   would report temperature 1): the same logits processor divides those rows by T, which does
   not move the argmax.
@@ -43,12 +46,16 @@ import random
 import shutil
 import tempfile
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from agentrl.policies.base import CandidateTrie, Generation, SamplingParams
+from agentrl.policies import VLLMConfig
+from agentrl.policies.base import CandidateTrie, Generation, Policy, SamplingParams
+
+if TYPE_CHECKING:
+    from agentrl.config import Config
 
 try:  # the logits-processor base class must exist at import time for the subclass below
     from vllm.v1.sample.logits_processor import LogitsProcessor as _LogitsProcessorBase
@@ -152,7 +159,7 @@ class TrieLogitsProcessor(_LogitsProcessorBase):  # type: ignore[misc,valid-type
         return logits
 
 
-class VLLMPolicy:
+class VLLMPolicy(Policy):
     """Generation with an in-process vLLM engine.
 
     Args:
@@ -172,6 +179,8 @@ class VLLMPolicy:
         engine_kwargs: more ``vllm.LLM`` keyword arguments.
     """
 
+    Config = VLLMConfig
+
     def __init__(self, model_path: str, tokenizer: Any, dtype: str = "float32",
                  device: str = "cpu", max_model_len: int = 4096,
                  gpu_memory_utilization: float = 0.3, sleep_level: int = 0,
@@ -184,6 +193,7 @@ class VLLMPolicy:
         self._rng = random.Random(seed)
         self._owned_dir: str | None = None
         self._asleep = False
+        self._weights_discarded = False  # sleep level 2 dropped them: a sync must come first
         self.last_sync_seconds = 0.0
         on_gpu = str(device).startswith("cuda")
         env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}  # engine in this process: zero-copy sync
@@ -231,20 +241,45 @@ class VLLMPolicy:
             pol._owned_dir = path
         return pol
 
-    @property
-    def eos_token_id(self) -> int:
-        return int(self.tokenizer.eos_token_id)
+    @classmethod
+    def from_config(cls, cfg: Config, model: Any, tokenizer: Any) -> VLLMPolicy:
+        """An engine serving ``model``'s current weights, which `update_weights` keeps in sync."""
+        from agentrl.models import resolve_device
+
+        p = cfg.policy
+        return cls.from_module(
+            model, tokenizer, device=str(resolve_device(p.device)), dtype=p.dtype,
+            max_model_len=cfg.rollout.max_context_tokens, seed=cfg.seed,
+            gpu_memory_utilization=p.gpu_memory_utilization, sleep_level=p.sleep_level,
+            kv_cache_gb=p.kv_cache_gb, enforce_eager=p.enforce_eager)
 
     def seed(self, seed: int) -> None:
         """Seed the per-request sampling seeds (vLLM samples each request with its own)."""
         self._rng.seed(seed)
 
-    # -- weights -------------------------------------------------------------------------
-    def release_memory(self) -> None:
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": self._rng.getstate()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._rng.setstate(state["rng"])
+
+    # -- memory and weights --------------------------------------------------------------
+    def sleep(self) -> None:
         """GPU with ``sleep_level > 0``: free the engine's memory for the learner's update."""
         if self.sleep_level > 0 and not self._asleep:
             self.llm.sleep(level=self.sleep_level)
             self._asleep = True
+            self._weights_discarded = self.sleep_level == 2
+
+    def wake(self) -> None:
+        """Take the engine's memory back (a no-op after `update_weights`, which wakes it)."""
+        if not self._asleep:
+            return
+        if self._weights_discarded:
+            raise RuntimeError("sleep level 2 discarded the engine's weights: wake it with "
+                               "update_weights(model)")
+        self.llm.wake_up()
+        self._asleep = False
 
     def update_weights(self, source: Any) -> float:
         """Load ``source`` (a module or a state dict with HF names) into the running engine.
@@ -263,7 +298,7 @@ class VLLMPolicy:
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": named})
         if self._asleep:
             self.llm.wake_up(tags=["kv_cache"])
-            self._asleep = False
+            self._asleep = self._weights_discarded = False
         # Cached prefix blocks hold keys/values of the old weights; reusing them would sample
         # from a mixture of old and new policies.
         if not self.llm.reset_prefix_cache():
@@ -291,7 +326,7 @@ class VLLMPolicy:
         from vllm.inputs import TokensPrompt
 
         if self._asleep:
-            raise RuntimeError("the vLLM engine is asleep; call update_weights first")
+            raise RuntimeError("the vLLM engine is asleep; call update_weights or wake first")
         if sampling.seed is not None:
             self.seed(sampling.seed)
         cands = candidates or [None] * len(prompts)

@@ -76,3 +76,29 @@ def test_cli_reports_config_errors_before_any_work(capsys) -> None:
 def test_key_of_another_algorithm_names_its_owner() -> None:
     with pytest.raises(ConfigError, match="step_weight is a setting of gigpo, not of algorithm 'grpo'"):
         load_config("configs/textworld_gigpo.yaml", ["algorithm.name=grpo"])
+
+
+def test_policy_section_is_the_backends_own() -> None:
+    cfg = load_config(None, ["policy.backend=vllm", "policy.sleep_level=1",
+                             "policy.gpu_memory_utilization=0.5"])
+    assert type(cfg.policy).__name__ == "VLLMConfig" and cfg.policy.sleep_level == 1
+    assert cfg.policy.model == "tiny"  # the shared settings are still there
+    again = config_from_dict(config_to_dict(cfg))
+    assert config_to_dict(again) == config_to_dict(cfg)
+    with pytest.raises(ConfigError, match="policy.sleep_level is a setting of vllm, not of "
+                                          "backend 'hf': remove it or change policy.backend"):
+        load_config(None, ["policy.sleep_level=1"])
+    with pytest.raises(ConfigError, match="did you mean 'policy.sleep_level'"):
+        load_config(None, ["policy.backend=vllm", "policy.sleep_levl=1"])
+    with pytest.raises(ConfigError, match=r"policy.sleep_level: 3 is out of range"):
+        load_config(None, ["policy.backend=vllm", "policy.sleep_level=3"])
+    with pytest.raises(ConfigError, match="backend openai needs policy.base_url"):
+        load_config(None, ["policy.backend=openai"])
+    cfg = load_config(None, ["policy.backend=openai", "policy.base_url=http://h:1/v1"])
+    assert cfg.policy.api_key_env == "OPENAI_API_KEY"
+    with pytest.raises(ConfigError, match="policy.backend: unknown backend 'vlm'; did you "
+                                          "mean 'vllm'"):
+        load_config(None, ["policy.backend=vlm"])
+    with pytest.raises(ConfigError, match="policy.backend: policy backend 'no.such:Thing' "
+                                          "cannot be loaded"):
+        load_config(None, ["policy.backend=no.such:Thing"])

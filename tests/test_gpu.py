@@ -81,7 +81,7 @@ def test_vllm_on_cuda_matches_hf_and_syncs_with_sleep_mode() -> None:
         assert [g.token_ids for g in before] == [g.token_ids for g in ref]
         assert _gap(before, ref) < TOL
         free0 = torch.cuda.mem_get_info()[0]
-        pol.release_memory()  # the learner's update runs while the engine sleeps
+        pol.sleep()  # the learner's update runs while the engine sleeps
         assert torch.cuda.mem_get_info()[0] > free0
         with pytest.raises(RuntimeError, match="asleep"):
             pol.generate(prompts, sp)
