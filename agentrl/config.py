@@ -38,9 +38,20 @@ class EnvConfig:
     kwargs: dict[str, Any] = F(default_factory=dict, help="constructor kwargs for training envs")
     eval_kwargs: dict[str, Any] = F(default_factory=dict,
                                     help="kwargs merged over `kwargs` for evaluation envs")
-    pool: Literal["inprocess", "process"] = F("inprocess", "where envs run: this process or workers")
-    step_timeout: float = F(60.0, "seconds before a worker step counts as hung", gt=0)
     train_seeds: int = F(100_000, "training episodes draw seeds from [0, train_seeds)", ge=1)
+    pool: str = F("auto", "where envs run: 'auto' (worker processes for envs registered with "
+                  "isolate=True: ScienceWorld's JVM, ALFWorld's planner; else this process), "
+                  "'inprocess', 'process', or 'pkg.module:Class' (your own EnvPool)")
+    envs_per_worker: int = F(1, "process pool: envs per worker process (they share its JVM, "
+                             "and a crash or timeout ends all of its episodes)", ge=1)
+    step_timeout: float = F(60.0, "process pool: seconds before a step counts as hung (its "
+                            "worker is killed and replaced)", gt=0)
+    reset_timeout: float | None = F(None, "process pool: seconds a reset may take (null = "
+                                    "step_timeout)", gt=0)
+    build_timeout: float = F(600.0, "process pool: seconds a worker may take to build an env "
+                             "(load games, start a JVM) before its first reset", gt=0)
+    recycle_after: int = F(0, "replace an env (in-process) or a worker after this many "
+                           "episodes, to bound memory leaks in env code (0 = never)", ge=0)
 
 
 @dataclass
@@ -348,7 +359,16 @@ def _named_section(section: str, data: dict[str, Any], cls: type, label: str, sw
         raise ConfigError(f"{e} ({label})") from None
 
 
+POOLS = ("auto", "inprocess", "process")
+
+
 def _cross_checks(cfg: Config) -> None:
+    pool = cfg.env.pool
+    if pool not in POOLS and ":" not in pool:
+        hint = difflib.get_close_matches(pool, POOLS, n=1)
+        raise ConfigError(f"env.pool: {pool!r} is not allowed; choose one of {list(POOLS)} or "
+                          "'pkg.module:Class' (an EnvPool of your own)"
+                          + (f" (did you mean {hint[0]!r}?)" if hint else ""))
     if cfg.rollout.max_new_tokens >= cfg.rollout.max_context_tokens:
         raise ConfigError("rollout.max_new_tokens must be smaller than rollout.max_context_tokens")
     n = cfg.rollout.groups * cfg.rollout.group_size

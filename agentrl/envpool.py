@@ -1,25 +1,32 @@
-"""EnvPool: a batch of env slots stepped together, with failures turned into episode endings.
+"""Env pools: N env slots stepped as a batch, with failures turned into episode endings.
 
-The rollout engine only sees this interface:
+The rollout engine only sees the `EnvPool` protocol:
 
-    pool = EnvPool(env_id, env_kwargs, num_envs, mode="process", step_timeout=60)
+    pool = make_pool(cfg.env, num_envs)                   # per the config's env: section
     results = pool.reset(slots=[0, 1], seeds=[7, 7])      # -> list[EnvResult]
     results = pool.step(slots=[0, 1], actions=["go east", "look"])
-    pool.stats, pool.memory()                             # failure counters, RSS per worker
+    pool.stats                                            # failure counters
     pool.close()
 
-Modes:
+Implementations:
 
-- ``inprocess``: envs live in this process. An exception ends that episode with ``env_error``;
-  nothing can interrupt a hung step, so ``step_timeout`` is not enforced.
-- ``process``: envs live in worker processes, ``envs_per_worker`` slots each. A batch is sent to
-  every worker first and gathered afterwards, so workers step in parallel. A worker that runs
+- `InProcessPool`: envs live in this process. An exception ends that episode with
+  ``env_error``; nothing can interrupt a hung step, so there is no step timeout.
+- `ProcessPool`: envs live in worker processes, ``envs_per_worker`` slots each. A batch is sent
+  to every worker first and gathered afterwards, so workers step in parallel. A worker that runs
   past ``step_timeout``/``reset_timeout`` is killed (with everything it started, e.g. a JVM)
   and replaced: that slot's result is ``env_timeout``. A worker that dies (segfault,
   ``os._exit``, OOM killer) ends its slots with ``env_error`` and is replaced. Building an env in
-  a worker (loading or generating games, starting a JVM) has its own, longer limit
-  (``ENV_BUILD_TIMEOUT``), so a slow first build does not count as a hung reset. An env exception
-  inside a worker ends only that slot's episode; the worker keeps running.
+  a worker and its first request (loading or generating games; starting a JVM, which
+  ScienceWorld does at its first reset) have their own, longer limit (``build_timeout``), so a
+  slow start does not count as a hung reset. An env exception inside a worker ends only that
+  slot's episode; the worker keeps running.
+- your own: ``env.pool=pkg.module:Class``, built as ``Class(env_id, env_kwargs, num_envs,
+  env_cfg)`` (``examples/custom_pool.py`` is a thread pool in one file).
+
+`make_pool` builds the one ``env.pool`` names; ``auto`` (the default) follows the env's
+registration: envs registered with ``isolate=True`` (ScienceWorld's JVM, ALFWorld's planner) run
+in worker processes, the others in this process.
 
 Every failure result has ``terminated=True`` and a ``message``; the env is rebuilt before the
 slot's next reset, and the run goes on. ``recycle_after`` replaces an env (in-process) or a
@@ -45,15 +52,19 @@ import traceback
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from agentrl.config import EnvConfig
 
 #: Seconds a new worker may take to boot (interpreter, imports, the env's module) before it
 #: counts as failed. Kept apart from step/reset timeouts so a slow import on a loaded machine
 #: is not mistaken for a hung env.
 WORKER_START_TIMEOUT = 120.0
-#: Seconds a worker may take to build an env (load or generate games, start a JVM) before the
-#: reset or step that needs it; the request's own timeout starts once the env is built, so a
-#: slow first build is not taken for a hung step.
+#: Default seconds a worker may take to build an env and serve its first request (load or
+#: generate games, start a JVM: ScienceWorld starts its JVM at the first reset), as
+#: ``env.build_timeout``; later requests have their own timeouts, so a slow start is not taken
+#: for a hung step.
 ENV_BUILD_TIMEOUT = 600.0
 #: Seconds `close()` and recycling give a worker to close its envs before it is killed.
 CLOSE_GRACE = 5.0
@@ -99,22 +110,25 @@ def _close_quietly(env: Any) -> None:
 
 def _call(envs: dict[int, Any], make: Callable[[], Any], slot: int, cmd: str, arg: Any,
           options: Any, built: Callable[[int], None] | None = None) -> EnvResult:
-    """Run one reset/step on ``envs[slot]`` (built on first use, then ``built(slot)`` is
-    called). Shared by both modes, so an env behaves identically in-process and in a worker.
-    An exception drops the env."""
+    """Run one reset/step on ``envs[slot]``, building the env first if needed; after the first
+    request of a new env, ``built(slot)`` is called. Shared by both pools, so an env behaves
+    identically in-process and in a worker. An exception drops the env."""
     t0 = time.perf_counter()
     try:
         env = envs.get(slot)
-        if env is None:
+        new = env is None
+        if new:
             env = envs[slot] = make()
-            if built is not None:
-                built(slot)
         if cmd == "reset":
             obs, info = env.reset(seed=arg, options=options)
-            return EnvResult(observation=obs, info=info, seconds=time.perf_counter() - t0)
-        obs, r, term, trunc, info = env.step(arg)
-        return EnvResult(observation=obs, reward=float(r), terminated=bool(term),
-                         truncated=bool(trunc), info=info, seconds=time.perf_counter() - t0)
+            res = EnvResult(observation=obs, info=info, seconds=time.perf_counter() - t0)
+        else:
+            obs, r, term, trunc, info = env.step(arg)
+            res = EnvResult(observation=obs, reward=float(r), terminated=bool(term),
+                            truncated=bool(trunc), info=info, seconds=time.perf_counter() - t0)
+        if new and built is not None:
+            built(slot)
+        return res
     except Exception as e:
         _close_quietly(envs.pop(slot, None))
         msg = "".join(traceback.format_exception_only(type(e), e)).strip()
@@ -156,8 +170,8 @@ def _isolate() -> None:
 def _worker_main(conn: Any, boot: tuple[list[str], dict[str, str], str], blob: bytes) -> None:
     """Worker loop: receive a list of ``(slot, cmd, arg, options)``, answer one ``(slot,
     EnvResult)`` per request as each finishes (so the pool can time each one), and
-    ``("built", slot)`` when a request had to build its env first; repeat until ``None`` or the
-    pool's end of the pipe closes."""
+    ``("built", slot)`` just before the answer to the first request of a newly built env;
+    repeat until ``None`` or the pool's end of the pipe closes."""
     _isolate()
     # A forkserver was started earlier than this pool: take the pool's current import path,
     # environment and directory, as a spawned child would.
@@ -241,7 +255,7 @@ def _stop(workers: list[_Worker | None], grace: float | None = None) -> None:
         _kill(wk)  # also clears helpers left in its process group after a clean exit
 
 
-#: Priority of the exit hook that stops an unclosed pool's workers (see `EnvPool.__init__`).
+#: Priority of the exit hook that stops an unclosed pool's workers (see `ProcessPool.__init__`).
 _EXIT_PRIORITY = 10
 
 
@@ -269,86 +283,61 @@ def _read_rss() -> dict[int, int]:
     return groups
 
 
-class EnvPool:
-    """``num_envs`` independent env slots.
+class EnvPool(Protocol):
+    """What the rollout engine steps: ``num_envs`` independent env slots.
 
-    Args:
-        env_id: registered id (``agentrl/...``, or any id registered in this process).
-        env_kwargs: constructor arguments for every slot.
-        num_envs: number of slots.
-        mode: ``inprocess`` or ``process`` (worker processes; see the module docstring).
-        step_timeout: seconds a step may take (process mode); None = no limit.
-        reset_timeout: seconds a reset may take (process mode); None = ``step_timeout``.
-            Building the env in a worker (first use, or after a failure) has its own limit,
-            `ENV_BUILD_TIMEOUT`, and the reset's time starts after it.
-        envs_per_worker: slots per worker process (slot ``s`` lives in worker
-            ``s // envs_per_worker``); a crash or timeout ends every episode in that worker.
-        recycle_after: replace an env (in-process) or a worker after this many episodes, to bound
-            memory leaks; None or 0 = never. A worker is recycled at a reset, once none of its
-            other slots is mid-episode.
-
-    ``stats`` counts ``env_error`` and ``env_timeout`` results, ``restarts`` (envs or workers
-    rebuilt after a failure) and ``recycled`` (planned replacements).
+    ``reset`` and ``step`` take a batch of slots and return one `EnvResult` per slot, in order;
+    a failure is a result (``error`` set, ``terminated=True``), never an exception. ``stats``
+    counts ``env_error`` and ``env_timeout`` results, ``restarts`` (envs or workers rebuilt
+    after a failure) and ``recycled`` (planned replacements); the trainer logs it as ``env/*``.
     """
 
+    num_envs: int
+    stats: dict[str, int]
+
+    def reset(self, slots: list[int], seeds: list[int | None],
+              options: list[dict[str, Any] | None] | None = None) -> list[EnvResult]:
+        """Start an episode in each slot with its seed."""
+        ...
+
+    def step(self, slots: list[int], actions: list[str]) -> list[EnvResult]:
+        """Apply one action per slot."""
+        ...
+
+    def close(self) -> None:
+        """Close every env and whatever runs them; safe to call twice."""
+        ...
+
+
+def _spec(env_id: str) -> Any:
+    """The gymnasium registration of ``env_id`` (built-ins loaded); an unknown id raises the
+    registry's "unknown environment ... did you mean"."""
+    import gymnasium as gym
+
+    from agentrl.registry import load_builtin_envs, make_env
+
+    load_builtin_envs()
+    spec = gym.registry.get(env_id)
+    if spec is None:
+        make_env(env_id)  # raises the registry's message
+    return spec
+
+
+class _SlotPool:
+    """What both built-in pools share: the slots' episode state, the counters, recycling
+    bookkeeping and the reset/step entry points; subclasses run the requests (`_run_batch`)."""
+
     def __init__(self, env_id: str, env_kwargs: dict[str, Any] | None, num_envs: int,
-                 mode: str = "inprocess", step_timeout: float | None = None, *,
-                 reset_timeout: float | None = None, envs_per_worker: int = 1,
-                 recycle_after: int | None = None) -> None:
-        if mode not in ("inprocess", "process"):
-            raise ValueError(f"unknown EnvPool mode {mode!r}; available: 'inprocess', 'process'")
-        if num_envs < 1 or envs_per_worker < 1:
-            raise ValueError("num_envs and envs_per_worker must be >= 1")
-        from agentrl.registry import load_builtin_envs, make_env
-
-        load_builtin_envs()
-        import gymnasium as gym
-
-        spec = gym.registry.get(env_id)
-        if spec is None:
-            make_env(env_id)  # raises the registry's "unknown environment ... did you mean"
-        self.env_id, self.env_kwargs, self.num_envs, self.mode = (
-            env_id, dict(env_kwargs or {}), num_envs, mode)
-        self.step_timeout = step_timeout
-        self.reset_timeout = reset_timeout if reset_timeout is not None else step_timeout
-        self.envs_per_worker = envs_per_worker if mode == "process" else 1
+                 recycle_after: int | None) -> None:
+        if num_envs < 1:
+            raise ValueError("num_envs must be >= 1")
+        self.spec = _spec(env_id)
+        self.env_id, self.env_kwargs, self.num_envs = env_id, dict(env_kwargs or {}), num_envs
         self.recycle_after = recycle_after or 0
         self.stats = {"env_error": 0, "env_timeout": 0, "restarts": 0, "recycled": 0}
         self._active = [False] * num_envs  # mid-episode (reset done, not yet ended)
         self._closed = False
-        # in-process state
-        self._make = _env_factory(env_id, self.env_kwargs, None)
-        self._envs: dict[int, Any] = {}
-        self._episodes = [0] * num_envs
-        # process state
-        self._workers: list[_Worker | None] = []
-        self._lost: dict[int, str] = {}  # slot -> why its env is gone (its worker was replaced)
-        self._built: set[int] = set()  # slots whose env exists in their worker, as far as known
-        if mode == "process":
-            try:
-                self._blob = pickle.dumps((env_id, self.env_kwargs, spec))
-            except Exception as e:
-                raise ValueError(
-                    f"{env_id}: its entry point {spec.entry_point!r} or kwargs cannot be sent to "
-                    f"worker processes ({type(e).__name__}: {e}). Register it with a "
-                    "'package.module:Class' string or a module-level class, keep kwargs "
-                    "picklable, or use env.pool=inprocess.") from e
-            n_workers = -(-num_envs // envs_per_worker)
-            self._workers = [None] * n_workers
-            for w in range(n_workers):
-                self._start(w)
-            # Stops the workers when an unclosed pool is garbage-collected or the interpreter
-            # exits; holds the worker list, not the pool. Workers are not daemons (a daemon
-            # process may not start children, and envs do: TextWorld's game generator uses a
-            # process pool), so at exit multiprocessing joins them, and would wait forever on a
-            # hung one. multiprocessing runs finalizers that have an exit priority before that
-            # join, whatever the order of atexit hooks; `weakref.finalize` and a plain atexit
-            # hook give no such guarantee (weakref's exit hook disables finalizers it has not
-            # run, and multiprocessing moves its own hook to the front when it sets up logging).
-            self._finalizer = multiprocessing.util.Finalize(
-                self, _stop, args=(self._workers,), exitpriority=_EXIT_PRIORITY)
 
-    # ------------------------------------------------------------------ public interface
     def reset(self, slots: list[int], seeds: list[int | None],
               options: list[dict[str, Any] | None] | None = None) -> list[EnvResult]:
         """Start an episode in each slot with its seed; returns one result per slot."""
@@ -359,11 +348,7 @@ class EnvPool:
         for s, r in zip(slots, out):
             self._active[s] = r.error is None
             if r.error is None:
-                self._lost.pop(s, None)
-                if self.mode == "process":
-                    self._workers[s // self.envs_per_worker].episodes += 1  # type: ignore[union-attr]
-                else:
-                    self._episodes[s] += 1
+                self._started(s)
         return out
 
     def step(self, slots: list[int], actions: list[str]) -> list[EnvResult]:
@@ -373,67 +358,166 @@ class EnvPool:
             self._active[s] = not (r.error or r.terminated or r.truncated)
         return out
 
-    def memory(self) -> dict[str, int]:
-        """Resident memory in bytes: ``{"main": ...}`` in-process; ``{"worker<i>": ...}`` in
-        process mode, where worker ``i`` holds slots ``[i*envs_per_worker, (i+1)*envs_per_worker)``
-        and its figure includes the processes it started (its process group, e.g. a JVM).
-        Read from /proc; empty where /proc does not exist."""
-        if not os.path.isdir("/proc"):
-            return {}
-        if self.mode == "inprocess":
-            return {"main": _rss_bytes("self")}
-        groups = _read_rss()
-        return {f"worker{w}": groups.get(wk.proc.pid, 0)
-                for w, wk in enumerate(self._workers) if wk is not None}
-
-    def worker_pid(self, slot: int) -> int | None:
-        """Process id of the worker holding ``slot`` (None in-process)."""
-        if self.mode == "inprocess":
-            return None
-        return self._workers[slot // self.envs_per_worker].proc.pid  # type: ignore[union-attr]
-
     def close(self) -> None:
-        """Close every env; in process mode, stop every worker (killing hung ones after
-        `CLOSE_GRACE` seconds) and reap them. Safe to call twice."""
-        for env in self._envs.values():
-            _close_quietly(env)
-        self._envs.clear()
-        if self.mode == "process" and not self._closed:
-            self._finalizer()  # runs _stop once; a no-op afterwards
         self._closed = True
         self._active = [False] * self.num_envs
 
-    def __enter__(self) -> EnvPool:
+    def __enter__(self) -> _SlotPool:
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    # ------------------------------------------------------------------ in both modes
     def _run(self, reqs: list[tuple[int, str, Any, Any]]) -> list[EnvResult]:
-        if self.mode == "process":
-            if self._closed:
-                raise RuntimeError("this EnvPool is closed; create a new one")
-            out = self._gather(reqs)
-        else:
-            out = []
-            for slot, cmd, arg, options in reqs:
-                out.append(_call(self._envs, self._make, slot, cmd, arg, options))
-                self.stats["restarts"] += out[-1].error is not None  # the env is rebuilt
+        out = self._run_batch(reqs)
         for r in out:
             if r.error:
                 self.stats[r.error] += 1
         return out
 
+    def _run_batch(self, reqs: list[tuple[int, str, Any, Any]]) -> list[EnvResult]:
+        raise NotImplementedError
+
+    def _started(self, slot: int) -> None:
+        """An episode began in ``slot`` (for recycling)."""
+
+    def _recycle(self, resetting: set[int]) -> None:
+        """Replace envs or workers past ``recycle_after`` episodes before ``resetting``."""
+
+
+class InProcessPool(_SlotPool):
+    """``num_envs`` env slots in this process (see the module docstring).
+
+    Args:
+        env_id: registered id (``agentrl/...``, or any id registered in this process).
+        env_kwargs: constructor arguments for every slot.
+        num_envs: number of slots.
+        recycle_after: replace a slot's env after this many episodes (None or 0 = never).
+    """
+
+    def __init__(self, env_id: str, env_kwargs: dict[str, Any] | None, num_envs: int, *,
+                 recycle_after: int | None = None) -> None:
+        super().__init__(env_id, env_kwargs, num_envs, recycle_after)
+        self._make = _env_factory(env_id, self.env_kwargs, None)
+        self._envs: dict[int, Any] = {}
+        self._episodes = [0] * num_envs
+
+    def memory(self) -> dict[str, int]:
+        """``{"main": RSS bytes of this process}`` (empty where /proc does not exist)."""
+        return {"main": _rss_bytes("self")} if os.path.isdir("/proc") else {}
+
+    def close(self) -> None:
+        """Close every env. Safe to call twice."""
+        for env in self._envs.values():
+            _close_quietly(env)
+        self._envs.clear()
+        super().close()
+
+    def _run_batch(self, reqs: list[tuple[int, str, Any, Any]]) -> list[EnvResult]:
+        out = []
+        for slot, cmd, arg, options in reqs:
+            out.append(_call(self._envs, self._make, slot, cmd, arg, options))
+            self.stats["restarts"] += out[-1].error is not None  # the env is rebuilt
+        return out
+
+    def _started(self, slot: int) -> None:
+        self._episodes[slot] += 1
+
     def _recycle(self, resetting: set[int]) -> None:
         if not self.recycle_after:
             return
-        if self.mode == "inprocess":
-            for s in resetting:
-                if self._episodes[s] >= self.recycle_after:
-                    _close_quietly(self._envs.pop(s, None))
-                    self._episodes[s] = 0
-                    self.stats["recycled"] += 1
+        for s in resetting:
+            if self._episodes[s] >= self.recycle_after:
+                _close_quietly(self._envs.pop(s, None))
+                self._episodes[s] = 0
+                self.stats["recycled"] += 1
+
+
+class ProcessPool(_SlotPool):
+    """``num_envs`` env slots in worker processes (see the module docstring).
+
+    Args:
+        env_id: registered id (``agentrl/...``, or any id registered in this process).
+        env_kwargs: constructor arguments for every slot.
+        num_envs: number of slots.
+        step_timeout: seconds a step may take; None = no limit.
+        reset_timeout: seconds a reset may take; None = ``step_timeout``. Building the env in a
+            worker (first use, or after a failure) and that env's first request have their own
+            limit, ``build_timeout``.
+        envs_per_worker: slots per worker process (slot ``s`` lives in worker
+            ``s // envs_per_worker``); a crash or timeout ends every episode in that worker.
+        recycle_after: replace a worker after this many episodes, to bound memory leaks; None
+            or 0 = never. A worker is recycled at a reset, once none of its other slots is
+            mid-episode.
+        build_timeout: seconds a worker may take to build an env and serve its first request
+            (None = `ENV_BUILD_TIMEOUT`).
+    """
+
+    def __init__(self, env_id: str, env_kwargs: dict[str, Any] | None, num_envs: int, *,
+                 step_timeout: float | None = None, reset_timeout: float | None = None,
+                 envs_per_worker: int = 1, recycle_after: int | None = None,
+                 build_timeout: float | None = None) -> None:
+        if envs_per_worker < 1:
+            raise ValueError("envs_per_worker must be >= 1")
+        super().__init__(env_id, env_kwargs, num_envs, recycle_after)
+        self.step_timeout = step_timeout
+        self.reset_timeout = reset_timeout if reset_timeout is not None else step_timeout
+        self.build_timeout = ENV_BUILD_TIMEOUT if build_timeout is None else build_timeout
+        self.envs_per_worker = envs_per_worker
+        self._workers: list[_Worker | None] = []
+        self._lost: dict[int, str] = {}  # slot -> why its env is gone (its worker was replaced)
+        self._built: set[int] = set()  # slots whose env exists in their worker, as far as known
+        try:
+            self._blob = pickle.dumps((env_id, self.env_kwargs, self.spec))
+        except Exception as e:
+            raise ValueError(
+                f"{env_id}: its entry point {self.spec.entry_point!r} or kwargs cannot be sent "
+                f"to worker processes ({type(e).__name__}: {e}). Register it with a "
+                "'package.module:Class' string or a module-level class, keep kwargs "
+                "picklable, or use env.pool=inprocess.") from e
+        n_workers = -(-num_envs // envs_per_worker)
+        self._workers = [None] * n_workers
+        for w in range(n_workers):
+            self._start(w)
+        # Stops the workers when an unclosed pool is garbage-collected or the interpreter
+        # exits; holds the worker list, not the pool. Workers are not daemons (a daemon
+        # process may not start children, and envs do: TextWorld's game generator uses a
+        # process pool), so at exit multiprocessing joins them, and would wait forever on a
+        # hung one. multiprocessing runs finalizers that have an exit priority before that
+        # join, whatever the order of atexit hooks; `weakref.finalize` and a plain atexit
+        # hook give no such guarantee (weakref's exit hook disables finalizers it has not
+        # run, and multiprocessing moves its own hook to the front when it sets up logging).
+        self._finalizer = multiprocessing.util.Finalize(
+            self, _stop, args=(self._workers,), exitpriority=_EXIT_PRIORITY)
+
+    def memory(self) -> dict[str, int]:
+        """Resident memory in bytes, ``{"worker<i>": ...}``, where worker ``i`` holds slots
+        ``[i*envs_per_worker, (i+1)*envs_per_worker)`` and its figure includes the processes it
+        started (its process group, e.g. a JVM). Read from /proc; empty where it does not
+        exist."""
+        if not os.path.isdir("/proc"):
+            return {}
+        groups = _read_rss()
+        return {f"worker{w}": groups.get(wk.proc.pid, 0)
+                for w, wk in enumerate(self._workers) if wk is not None}
+
+    def worker_pid(self, slot: int) -> int:
+        """Process id of the worker holding ``slot``."""
+        return self._workers[slot // self.envs_per_worker].proc.pid  # type: ignore[union-attr]
+
+    def close(self) -> None:
+        """Stop every worker (killing hung ones after `CLOSE_GRACE` seconds) and reap them.
+        Safe to call twice."""
+        if not self._closed:
+            self._finalizer()  # runs _stop once; a no-op afterwards
+        super().close()
+
+    def _started(self, slot: int) -> None:
+        self._lost.pop(slot, None)
+        self._workers[slot // self.envs_per_worker].episodes += 1  # type: ignore[union-attr]
+
+    def _recycle(self, resetting: set[int]) -> None:
+        if not self.recycle_after:
             return
         old = []
         for w, wk in enumerate(self._workers):
@@ -444,9 +528,13 @@ class EnvPool:
         _stop(old)
         self.stats["recycled"] += len(old)
 
-    # ------------------------------------------------------------------ process mode
     def _slots_of(self, w: int) -> range:
         return range(w * self.envs_per_worker, min((w + 1) * self.envs_per_worker, self.num_envs))
+
+    def _run_batch(self, reqs: list[tuple[int, str, Any, Any]]) -> list[EnvResult]:
+        if self._closed:
+            raise RuntimeError("this EnvPool is closed; create a new one")
+        return self._gather(reqs)
 
     def _start(self, w: int) -> None:
         self._built.difference_update(self._slots_of(w))
@@ -471,8 +559,8 @@ class EnvPool:
         slot, cmd = req[0], req[1]
         if not wk.ready:
             return wk.started + WORKER_START_TIMEOUT
-        if slot not in self._built:  # the worker builds the env first, then says "built"
-            return now + ENV_BUILD_TIMEOUT
+        if slot not in self._built:  # a new env: its build and first request ("built" after)
+            return now + self.build_timeout
         limit = self.reset_timeout if cmd == "reset" else self.step_timeout
         return now + limit if limit is not None else float("inf")
 
@@ -580,7 +668,7 @@ class EnvPool:
                 out[i] = _failure("env_error", why)
         else:
             if slot not in self._built:
-                limit = ENV_BUILD_TIMEOUT
+                limit = self.build_timeout
                 what = f"building the env of slot {slot} (for a {cmd})"
             else:
                 limit = self.reset_timeout if cmd == "reset" else self.step_timeout
@@ -591,3 +679,39 @@ class EnvPool:
             for i in list(q)[1:]:
                 out[i] = _failure("env_error", f"lost with its worker: {why}")
         self._replace(w, f"lost with its worker: {why}")
+
+
+# ------------------------------------------------------------------------------ the factory
+
+def isolated(env_id: str) -> bool:
+    """Whether ``env_id`` was registered with ``isolate=True`` (``env.pool=auto`` then runs it
+    in worker processes)."""
+    from agentrl.registry import ENVS, load_builtin_envs
+
+    load_builtin_envs()
+    entry = ENVS.get(env_id)
+    return bool(entry and entry.isolate)
+
+
+def make_pool(env_cfg: EnvConfig, num_envs: int,
+              env_kwargs: dict[str, Any] | None = None) -> EnvPool:
+    """The pool ``env_cfg.pool`` names, with ``num_envs`` slots of env ``env_cfg.id`` built with
+    ``env_kwargs`` (default ``env_cfg.kwargs``; evaluation passes its own split)."""
+    kwargs = dict(env_cfg.kwargs if env_kwargs is None else env_kwargs)
+    kind = env_cfg.pool
+    if kind == "auto":
+        kind = "process" if isolated(env_cfg.id) else "inprocess"
+    if kind == "inprocess":
+        return InProcessPool(env_cfg.id, kwargs, num_envs, recycle_after=env_cfg.recycle_after)
+    if kind == "process":
+        return ProcessPool(env_cfg.id, kwargs, num_envs, step_timeout=env_cfg.step_timeout,
+                           reset_timeout=env_cfg.reset_timeout,
+                           envs_per_worker=env_cfg.envs_per_worker,
+                           recycle_after=env_cfg.recycle_after,
+                           build_timeout=env_cfg.build_timeout)
+    if ":" in kind:  # a user's pool, loaded by name
+        import importlib
+
+        mod, _, attr = kind.partition(":")
+        return getattr(importlib.import_module(mod), attr)(env_cfg.id, kwargs, num_envs, env_cfg)
+    raise ValueError(f"env.pool={kind!r}: use auto, inprocess, process or 'pkg.module:Class'")

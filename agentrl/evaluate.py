@@ -262,7 +262,7 @@ class EvalSettings:
 def evaluate_target(target: EvalTarget, s: EvalSettings, progress: bool = False,
                     ) -> tuple[dict[str, Any], list[Trajectory]]:
     """Evaluate one target; the summary also records the env, seeds and decoding used."""
-    from agentrl.envpool import EnvPool
+    from agentrl.envpool import make_pool
     from agentrl.prompts import PromptBuilder
 
     cfg = target.cfg
@@ -277,7 +277,7 @@ def evaluate_target(target: EvalTarget, s: EvalSettings, progress: bool = False,
                     else s.sampler_seed)
     policy = _build_policy(target, s.device, s.endpoint)
     policy.seed(sampler_seed)
-    pool = EnvPool(env_id, env_kwargs, min(len(seeds), 64), cfg.env.pool, cfg.env.step_timeout)
+    pool = make_pool(dataclasses.replace(cfg.env, id=env_id), min(len(seeds), 64), env_kwargs)
     bar = None
     if progress:
         from tqdm import tqdm

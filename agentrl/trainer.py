@@ -24,7 +24,7 @@ from agentrl import checkpoint
 from agentrl.alarms import alarm_metrics, logprob_mismatch, memory_metrics
 from agentrl.batch import Batch
 from agentrl.config import Config, config_to_dict
-from agentrl.envpool import EnvPool
+from agentrl.envpool import make_pool
 from agentrl.evaluate import EVAL_SAMPLER_SEED, evaluate
 from agentrl.learner import LocalLearner, apply_tis
 from agentrl.metrics import MetricsLogger, console_line, rollout_metrics
@@ -121,12 +121,10 @@ class Trainer:
             response_budget=r.max_new_tokens * (1 if r.context == "window" else r.max_turns))
         self.policy = make_policy(cfg, model, tok)
         self.builder = PromptBuilder(tok, cfg.rollout)
-        n = cfg.rollout.groups * cfg.rollout.group_size
-        self.pool = EnvPool(cfg.env.id, cfg.env.kwargs, n, cfg.env.pool, cfg.env.step_timeout)
+        self.pool = make_pool(cfg.env, cfg.rollout.groups * cfg.rollout.group_size)
         self.engine = RolloutEngine(self.policy, self.pool, self.builder, cfg.rollout, cfg.env.id)
-        eval_kwargs = {**cfg.env.kwargs, **cfg.env.eval_kwargs}
-        self.eval_pool = EnvPool(cfg.env.id, eval_kwargs, min(cfg.eval.episodes, 64),
-                                 cfg.env.pool, cfg.env.step_timeout)
+        self.eval_pool = make_pool(cfg.env, min(cfg.eval.episodes, 64),
+                                   {**cfg.env.kwargs, **cfg.env.eval_kwargs})
         self.eval_engine = RolloutEngine(self.policy, self.eval_pool, self.builder, cfg.rollout,
                                          cfg.env.id)
         self.logger = MetricsLogger(self.run_dir, cfg.log.tensorboard,

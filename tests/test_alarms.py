@@ -21,7 +21,7 @@ from agentrl.alarms import (
 )
 from agentrl.batch import make_batch
 from agentrl.config import AlarmConfig, RolloutConfig, TrainConfig, load_config
-from agentrl.envpool import EnvPool
+from agentrl.envpool import InProcessPool
 from agentrl.learner import LocalLearner
 from agentrl.policies.hf import HFPolicy
 from agentrl.prompts import PromptBuilder
@@ -87,7 +87,7 @@ def _batch_and_learner(tiny_tok, tiny_model):
                         action_format="raw", constrained=True)
     pol = HFPolicy(tiny_model, tiny_tok, batch_size=4)
     pol.seed(0)
-    eng = RolloutEngine(pol, EnvPool("test/Corridor-v0", {}, 4), PromptBuilder(tiny_tok, cfg),
+    eng = RolloutEngine(pol, InProcessPool("test/Corridor-v0", {}, 4), PromptBuilder(tiny_tok, cfg),
                         cfg, "test/Corridor-v0")
     batch = make_batch(eng.run([0, 0, 1, 1]), tiny_tok.pad_token_id)
     acfg = load_config(None).algorithm

@@ -102,3 +102,15 @@ def test_policy_section_is_the_backends_own() -> None:
     with pytest.raises(ConfigError, match="policy.backend: policy backend 'no.such:Thing' "
                                           "cannot be loaded"):
         load_config(None, ["policy.backend=no.such:Thing"])
+
+
+def test_env_pool_settings_are_checked() -> None:
+    cfg = load_config(None, ["env.pool=process", "env.envs_per_worker=4",
+                             "env.reset_timeout=30"])
+    assert (cfg.env.pool, cfg.env.envs_per_worker, cfg.env.reset_timeout) == ("process", 4, 30.0)
+    assert load_config(None).env.pool == "auto"
+    with pytest.raises(ConfigError, match=r"env.pool: 'procss' is not allowed.*did you mean "
+                                          "'process'"):
+        load_config(None, ["env.pool=procss"])
+    with pytest.raises(ConfigError, match="env.envs_per_worker: 0 is out of range"):
+        load_config(None, ["env.envs_per_worker=0"])

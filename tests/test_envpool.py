@@ -1,5 +1,6 @@
-"""EnvPool: in-process and worker-process modes give the same results; crashes, hangs and
-exceptions end only their own episodes; workers are recycled, measured and always reaped."""
+"""Env pools: the in-process and worker-process pools give the same results; crashes, hangs
+and exceptions end only their own episodes; workers are recycled, measured and always reaped;
+`make_pool` builds the pool a config's ``env:`` section asks for (``auto`` by registration)."""
 
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ import pytest
 from conftest import CorridorEnv
 
 from agentrl import envpool
-from agentrl.config import RolloutConfig
-from agentrl.envpool import EnvPool
+from agentrl.config import EnvConfig, RolloutConfig, load_config
+from agentrl.envpool import InProcessPool, ProcessPool, make_pool
 from agentrl.metrics import rollout_metrics
 from agentrl.policies.hf import HFPolicy
 from agentrl.prompts import PromptBuilder
@@ -54,9 +55,10 @@ def test_process_mode_gives_the_same_results_as_inprocess() -> None:
                            [rng.choice(["go east", "go west", "take coin", "jump"])
                             for _ in range(5)]))
     runs = []
-    for mode in ("inprocess", "process"):
-        with EnvPool("test/Corridor-v0", {"length": 2}, 5, mode=mode, step_timeout=10,
-                     envs_per_worker=2) as pool:
+    for pool in (InProcessPool("test/Corridor-v0", {"length": 2}, 5),
+                 ProcessPool("test/Corridor-v0", {"length": 2}, 5, step_timeout=10,
+                             envs_per_worker=2)):
+        with pool:
             runs.append([[_view(r) for r in getattr(pool, kind)(slots, args)]
                          for kind, slots, args in script])
             assert pool.stats == {"env_error": 0, "env_timeout": 0, "restarts": 0, "recycled": 0}
@@ -65,8 +67,8 @@ def test_process_mode_gives_the_same_results_as_inprocess() -> None:
 
 
 def test_env_exception_in_a_worker_ends_only_that_episode() -> None:
-    with EnvPool("test/Corridor-v0", {"crash_on": "take coin"}, 2, mode="process",
-                 step_timeout=10, envs_per_worker=2) as pool:
+    with ProcessPool("test/Corridor-v0", {"crash_on": "take coin"}, 2, step_timeout=10,
+                     envs_per_worker=2) as pool:
         pool.reset([0, 1], [0, 1])
         pid = pool.worker_pid(0)
         a, b = pool.step([0, 1], ["take coin", "go east"])
@@ -80,8 +82,8 @@ def test_env_exception_in_a_worker_ends_only_that_episode() -> None:
 
 
 def test_timeout_and_death_end_the_episodes_of_that_worker_only() -> None:
-    with EnvPool("test/Corridor-v0", {"hang_on": "take coin"}, 4, mode="process",
-                 step_timeout=1.0, reset_timeout=10, envs_per_worker=2) as pool:
+    with ProcessPool("test/Corridor-v0", {"hang_on": "take coin"}, 4, step_timeout=1.0,
+                     reset_timeout=10, envs_per_worker=2) as pool:
         pool.reset([0, 1, 2, 3], [0, 1, 2, 3])
         pids = [pool.worker_pid(0), pool.worker_pid(2)]
         t0 = time.monotonic()
@@ -110,8 +112,8 @@ def test_timeout_and_death_end_the_episodes_of_that_worker_only() -> None:
 def test_rollout_survives_a_killed_worker_and_a_hung_step(tiny_tok, tiny_model) -> None:
     cfg = RolloutConfig(max_turns=4, max_new_tokens=4, constrained=True, action_format="raw",
                         template="{observation}")
-    pool = EnvPool("test/Corridor-v0", {"length": 10, "hang_on": "HANG"}, 4, mode="process",
-                   step_timeout=1.0, reset_timeout=10)
+    pool = ProcessPool("test/Corridor-v0", {"length": 10, "hang_on": "HANG"}, 4,
+                       step_timeout=1.0, reset_timeout=10)
     calls = []
     step = pool.step
 
@@ -150,8 +152,8 @@ def test_rollout_survives_a_killed_worker_and_a_hung_step(tiny_tok, tiny_model) 
 
 
 def test_recycling_replaces_workers_between_episodes_and_memory_is_reported() -> None:
-    with EnvPool("test/Corridor-v0", {}, 3, mode="process", step_timeout=10,
-                 envs_per_worker=2, recycle_after=2) as pool:
+    with ProcessPool("test/Corridor-v0", {}, 3, step_timeout=10, envs_per_worker=2,
+                     recycle_after=2) as pool:
         mem = pool.memory()
         assert set(mem) == {"worker0", "worker1"}
         pool.reset([0, 1, 2], [0, 1, 2])
@@ -166,7 +168,7 @@ def test_recycling_replaces_workers_between_episodes_and_memory_is_reported() ->
         assert _gone(first[0]) and _gone(first[2])
         assert pool.stats["recycled"] == 2
         assert pool.step([1], ["go east"])[0].observation == "You are in room 1."
-    with EnvPool("test/Corridor-v0", {}, 1, recycle_after=1) as pool:
+    with InProcessPool("test/Corridor-v0", {}, 1, recycle_after=1) as pool:
         pool.reset([0], [0])
         env = pool._envs[0]
         pool.reset([0], [0])
@@ -182,18 +184,18 @@ class SlowBuild(CorridorEnv):
         super().__init__(**kwargs)
 
 
-def test_a_slow_env_build_is_not_a_reset_timeout(monkeypatch) -> None:
+def test_a_slow_env_build_is_not_a_reset_timeout() -> None:
     register_env("test/SlowBuild-v0", entry_point=SlowBuild, description="slow constructor")
     kw = {"build_seconds": 1.5, "hang_on": "take coin"}
-    with EnvPool("test/SlowBuild-v0", kw, 1, mode="process", step_timeout=0.5) as pool:
+    with ProcessPool("test/SlowBuild-v0", kw, 1, step_timeout=0.5) as pool:
         (r,) = pool.reset([0], [0])  # 1.5 s build, 0.5 s reset timeout: fine
         assert (r.error, r.observation) == (None, "You are in room 0."), r.message
         (r,) = pool.step([0], ["take coin"])  # a hung step of a built env still times out
         assert r.error == "env_timeout" and "step of slot 0" in r.message
         (r,) = pool.reset([0], [0])  # the replacement worker rebuilds it, again allowed
         assert r.error is None, r.message
-    monkeypatch.setattr(envpool, "ENV_BUILD_TIMEOUT", 0.5)  # the build has a limit of its own
-    with EnvPool("test/SlowBuild-v0", kw, 1, mode="process", step_timeout=10) as pool:
+    # The build has a limit of its own (env.build_timeout).
+    with ProcessPool("test/SlowBuild-v0", kw, 1, step_timeout=10, build_timeout=0.5) as pool:
         (r,) = pool.reset([0], [0])
         assert r.error == "env_timeout" and "building the env of slot 0" in r.message
 
@@ -209,7 +211,7 @@ def test_close_kills_hung_workers_and_leaves_no_zombies(monkeypatch) -> None:
     monkeypatch.setattr(envpool, "CLOSE_GRACE", 0.5)
     # Registered here, after the forkserver started: the worker learns the id from the pool.
     register_env("test/CloseHangs-v0", entry_point=CloseHangs, description="close hangs")
-    pool = EnvPool("test/CloseHangs-v0", {}, 2, mode="process", step_timeout=10)
+    pool = ProcessPool("test/CloseHangs-v0", {}, 2, step_timeout=10)
     assert [r.observation for r in pool.reset([0, 1], [0, 1])] == ["You are in room 0."] * 2
     pids = [pool.worker_pid(0), pool.worker_pid(1)]
     t0 = time.monotonic()
@@ -252,7 +254,7 @@ def interrupt(*_):
 if __name__ == "__main__":
     envpool.CLOSE_GRACE = 0.5
     register_env("user/Stuck-v0", entry_point=Stuck, description="close hangs")
-    pool = envpool.EnvPool("user/Stuck-v0", {}, 2, mode="process")  # no step timeout
+    pool = envpool.ProcessPool("user/Stuck-v0", {}, 2)  # no step timeout
     print(pool.reset([0, 1], [0, 1])[0].observation, pool.worker_pid(0), pool.worker_pid(1),
           flush=True)
     if sys.argv[1] == "interrupt":  # Ctrl-C while slot 0 hangs in a step
@@ -293,21 +295,52 @@ def test_interpreter_exit_without_close_stops_hung_workers(tmp_path, how: str) -
 def test_envs_that_workers_cannot_load_are_refused_with_the_fix() -> None:
     register_env("test/Lambda-v0", entry_point=lambda: CorridorEnv(), description="lambda")
     with pytest.raises(ValueError, match="module:Class"):
-        EnvPool("test/Lambda-v0", {}, 1, mode="process")
-    EnvPool("test/Lambda-v0", {}, 1).close()  # fine in-process
+        ProcessPool("test/Lambda-v0", {}, 1)
+    InProcessPool("test/Lambda-v0", {}, 1).close()  # fine in-process
     # A class whose module exists only in this process: picklable here, not importable there.
     ghost = types.ModuleType("ghost_envs")
     ghost.Ghost = type("Ghost", (CorridorEnv,), {"__module__": "ghost_envs"})
     sys.modules["ghost_envs"] = ghost
     try:
         register_env("test/Ghost-v0", entry_point=ghost.Ghost, description="not importable")
-        pool = EnvPool("test/Ghost-v0", {}, 1, mode="process", step_timeout=10)
+        pool = ProcessPool("test/Ghost-v0", {}, 1, step_timeout=10)
         with pytest.raises(RuntimeError, match="ghost_envs"):
             pool.reset([0], [0])
         pool.close()
     finally:
         del sys.modules["ghost_envs"]
     with pytest.raises(KeyError, match="did you mean 'test/Corridor-v0'"):
-        EnvPool("test/Coridor-v0", {}, 1, mode="process")
-    with pytest.raises(ValueError, match="mode"):
-        EnvPool("test/Corridor-v0", {}, 1, mode="ray")
+        ProcessPool("test/Coridor-v0", {}, 1)
+
+
+class Isolated(CorridorEnv):
+    """A corridor whose registration asks for worker processes (as a JVM env's does)."""
+
+
+def test_make_pool_follows_the_config_and_the_registration() -> None:
+    register_env("test/Isolated-v0", entry_point=Isolated, description="isolated corridor",
+                 isolate=True)
+    env = EnvConfig(id="test/Isolated-v0", envs_per_worker=3, step_timeout=5.0,
+                    reset_timeout=7.0, build_timeout=9.0, recycle_after=4)
+    with make_pool(env, 7) as pool:  # pool: auto (the default) -> worker processes
+        assert isinstance(pool, ProcessPool) and len(pool._workers) == 3
+        assert (pool.step_timeout, pool.reset_timeout, pool.build_timeout, pool.recycle_after) \
+            == (5.0, 7.0, 9.0, 4)
+        assert pool.reset([6], [0])[0].observation == "You are in room 0."
+    with make_pool(EnvConfig(id="test/Corridor-v0", recycle_after=2), 2, {"length": 5}) as pool:
+        assert isinstance(pool, InProcessPool) and pool.env_kwargs == {"length": 5}
+        assert pool.recycle_after == 2
+    forced = EnvConfig(id="test/Isolated-v0", pool="inprocess")
+    with make_pool(forced, 1) as pool:
+        assert isinstance(pool, InProcessPool)
+    assert envpool.isolated("agentrl/ScienceWorld-v0") and envpool.isolated("agentrl/ALFWorld-v0")
+    assert not envpool.isolated("agentrl/TextWorld-CoinCollector-v0")
+    assert not envpool.isolated("agentrl/WebShop-v0") and not envpool.isolated("agentrl/ToolUse-v0")
+
+
+def test_paper_configs_share_workers_between_envs() -> None:
+    """ScienceWorld starts one JVM per worker process: 128 training envs must not mean 128 JVMs."""
+    cfg = load_config(os.path.join(ROOT, "configs", "sciworld_epo_qwen2.5-7b.yaml"))
+    assert cfg.env.pool == "auto" and envpool.isolated(cfg.env.id)
+    n = cfg.rollout.groups * cfg.rollout.group_size
+    assert n == 128 and -(-n // cfg.env.envs_per_worker) <= 16

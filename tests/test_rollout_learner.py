@@ -12,7 +12,7 @@ from conftest import CorridorEnv
 from agentrl.batch import make_batch
 from agentrl.config import RolloutConfig, TrainConfig, load_config
 from agentrl.context import CONTEXT_MODES, context_mode
-from agentrl.envpool import EnvPool
+from agentrl.envpool import InProcessPool
 from agentrl.learner import LocalLearner
 from agentrl.policies.hf import HFPolicy
 from agentrl.prompts import PromptBuilder, parse_action
@@ -24,7 +24,7 @@ from agentrl.types import read_jsonl, to_samples, write_jsonl
 def _engine(tok, model, **kw) -> RolloutEngine:
     cfg = RolloutConfig(**{"max_turns": 4, "max_new_tokens": 6, "template": "{last_actions} {observation}",
                            **kw})
-    pool = EnvPool("test/Corridor-v0", {}, 6)
+    pool = InProcessPool("test/Corridor-v0", {}, 6)
     pol = HFPolicy(model, tok, batch_size=4)
     pol.seed(0)
     return RolloutEngine(pol, pool, PromptBuilder(tok, cfg), cfg, "test/Corridor-v0")
@@ -153,7 +153,7 @@ def test_full_mode_context_is_the_exact_conversation(tiny_tok, tiny_model) -> No
 def test_finished_episodes_stop_generating_and_errors_end_one_episode(tiny_tok, tiny_model) -> None:
     cfg = RolloutConfig(max_turns=6, max_new_tokens=4, constrained=True, action_format="raw",
                         template="{observation}")
-    pool = EnvPool("test/Corridor-v0", {"length": 1, "crash_on": "take coin"}, 8)
+    pool = InProcessPool("test/Corridor-v0", {"length": 1, "crash_on": "take coin"}, 8)
     pol = HFPolicy(tiny_model, tiny_tok)
     calls = []
     orig = pol.generate
@@ -210,7 +210,7 @@ def test_info_keys_an_env_registers_as_unrecorded_are_not_stored(tiny_tok, tiny_
     cfg = RolloutConfig(max_turns=2, max_new_tokens=6, template="{observation}",
                         constrained=True, action_format="raw")
     pol = HFPolicy(tiny_model, tiny_tok)
-    pool = EnvPool("test/CorridorQuiet-v0", {}, 2)
+    pool = InProcessPool("test/CorridorQuiet-v0", {}, 2)
     quiet = RolloutEngine(pol, pool, PromptBuilder(tiny_tok, cfg), cfg,
                           "test/CorridorQuiet-v0").run([0, 1])
     loud = _engine(tiny_tok, tiny_model, max_turns=2, constrained=True,

@@ -70,7 +70,7 @@ def test_learner_scores_the_truncated_distribution(tiny_tok, tiny_model, top_k, 
     # Without the truncation it scores a different distribution (gap > 1e-3).
     from agentrl.batch import make_batch
     from agentrl.config import RolloutConfig, TrainConfig
-    from agentrl.envpool import EnvPool
+    from agentrl.envpool import InProcessPool
     from agentrl.learner import LocalLearner
     from agentrl.prompts import PromptBuilder
     from agentrl.registry import get_algorithm
@@ -79,7 +79,7 @@ def test_learner_scores_the_truncated_distribution(tiny_tok, tiny_model, top_k, 
     cfg = RolloutConfig(max_turns=3, max_new_tokens=6, template="{last_actions} {observation}",
                         context=context, action_format="raw", temperature=1.3, top_k=top_k,
                         top_p=top_p)
-    pool = EnvPool("test/Corridor-v0", {}, 4)
+    pool = InProcessPool("test/Corridor-v0", {}, 4)
     try:
         pol = HFPolicy(tiny_model, tiny_tok, batch_size=4)
         pol.seed(0)

@@ -1,8 +1,8 @@
 """Env steps per second for every registered env: in-process vs worker processes (1 and 2).
 
-Each configuration runs the env through `agentrl.envpool.EnvPool`, exactly as the rollout engine
-does (batched ``reset`` / ``step`` over all slots), with random actions: a uniform choice among
-``info["admissible_actions"]`` where the env lists them; otherwise (ToolUse's free-form tool
+Each configuration runs the env through the pool `agentrl.envpool.make_pool` builds, exactly as
+the rollout engine does (batched ``reset`` / ``step`` over all slots), with random actions: a
+uniform choice among ``info["admissible_actions"]`` where the env lists them; otherwise (ToolUse's free-form tool
 calls, WebShop's ``search[<query>]`` template) a random well-formed action built from the task
 text. Episodes that end are reset with a fresh seed; episodes longer than ``--max-turns`` are
 reset too, so that the measured mix of resets and steps resembles training.
@@ -34,7 +34,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from agentrl.envpool import EnvPool
+from agentrl.config import EnvConfig
+from agentrl.envpool import make_pool
 from agentrl.registry import ENVS, load_builtin_envs, make_env
 
 _WORD = re.compile(r"[A-Za-z]{3,}")
@@ -114,8 +115,8 @@ def measure(b: Bench, mode: str, n: int, seconds: float, max_turns: int,
     and failed results (``env_error`` / ``env_timeout``)."""
     rng = random.Random(seed)
     t0 = time.perf_counter()
-    pool = EnvPool(b.env_id, b.kwargs, n, mode=mode, step_timeout=step_timeout,
-                   reset_timeout=max(step_timeout, 300.0))
+    pool = make_pool(EnvConfig(id=b.env_id, kwargs=b.kwargs, pool=mode, step_timeout=step_timeout,
+                               reset_timeout=max(step_timeout, 300.0)), n)
     try:
         slots = list(range(n))
         res = pool.reset(slots, [rng.randrange(10_000) for _ in slots])

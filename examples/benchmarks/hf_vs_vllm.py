@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from agentrl.config import load_config
-from agentrl.envpool import EnvPool
+from agentrl.envpool import InProcessPool
 from agentrl.models import load_pretrained
 from agentrl.policies.base import Policy, SamplingParams
 from agentrl.prompts import PromptBuilder
@@ -42,7 +42,7 @@ DEFAULTS = ["env.id=agentrl/TextWorld-CoinCollector-v0",
 
 def play(policy: Policy, cfg: Any, seeds: list[int]) -> tuple[list[Trajectory], float]:
     """Episodes of ``seeds`` (greedy); returns them and the wall seconds of the whole run."""
-    pool = EnvPool(cfg.env.id, cfg.env.kwargs, len(seeds), "inprocess")
+    pool = InProcessPool(cfg.env.id, cfg.env.kwargs, len(seeds))
     try:
         engine = RolloutEngine(policy, pool, PromptBuilder(policy.tokenizer, cfg.rollout),
                                cfg.rollout, cfg.env.id)

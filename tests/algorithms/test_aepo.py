@@ -13,7 +13,7 @@ from agentrl.algorithms import functional as Fn
 from agentrl.algorithms.aepo import AEPO, AEPOConfig, branch_points, budget_split, turn_entropy
 from agentrl.batch import make_batch
 from agentrl.config import RolloutConfig
-from agentrl.envpool import EnvPool
+from agentrl.envpool import InProcessPool
 from agentrl.learner import ModelOutputs
 from agentrl.policies.hf import HFPolicy
 from agentrl.prompts import PromptBuilder
@@ -158,7 +158,7 @@ def _engine(tok, model, context: str = "window", max_turns: int = 4) -> RolloutE
                         template="{last_actions} {observation}")
     pol = HFPolicy(model, tok, batch_size=8)
     pol.seed(0)
-    return RolloutEngine(pol, EnvPool("test/Corridor-v0", {"length": 3}, 8), PromptBuilder(tok, cfg),
+    return RolloutEngine(pol, InProcessPool("test/Corridor-v0", {"length": 3}, 8), PromptBuilder(tok, cfg),
                          cfg, "test/Corridor-v0")
 
 

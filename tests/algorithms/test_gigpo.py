@@ -167,7 +167,7 @@ def test_turn_mode_episode_statistics() -> None:
 
 def test_textworld_rollout_gives_repeated_anchor_states(tiny_tok, tiny_model) -> None:  # noqa: ANN001
     from agentrl.config import RolloutConfig
-    from agentrl.envpool import EnvPool
+    from agentrl.envpool import InProcessPool
     from agentrl.policies.hf import HFPolicy
     from agentrl.prompts import PromptBuilder
     from agentrl.rollout import RolloutEngine
@@ -175,8 +175,8 @@ def test_textworld_rollout_gives_repeated_anchor_states(tiny_tok, tiny_model) ->
     rc = RolloutConfig(group_size=4, max_turns=4, context="window", history=2,
                        template="{observation}", action_format="raw", constrained=True,
                        max_new_tokens=8)
-    pool = EnvPool("agentrl/TextWorld-CoinCollector-v0",
-                   {"level": 3, "split": "train", "num_games": 2}, 4)
+    pool = InProcessPool("agentrl/TextWorld-CoinCollector-v0",
+                         {"level": 3, "split": "train", "num_games": 2}, 4)
     try:
         pol = HFPolicy(tiny_model, tiny_tok, batch_size=8)
         pol.seed(0)
