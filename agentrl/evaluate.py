@@ -210,8 +210,8 @@ def _build_policy(target: EvalTarget, device: str | None, endpoint: str | None) 
     """A generation backend holding ``target``'s weights (or talking to ``endpoint``)."""
     import torch
 
-    from agentrl.models import load_pretrained, resolve_device
-    from agentrl.trainer import build_policy_model, seed_everything
+    from agentrl.checkpoint import seed_everything
+    from agentrl.models import build_policy_model, load_pretrained, resolve_device
 
     cfg = target.cfg
     if endpoint is not None:

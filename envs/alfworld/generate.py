@@ -503,7 +503,7 @@ def game_ids(num_games: int, task_types: Sequence[str] = TASK_TYPES) -> list[tup
 
 def default_root() -> str:
     """Where generated games are cached: ``<agentrl cache>/alfworld/gen-v<version>``."""
-    from agentrl.envs.textworld_env import cache_dir
+    from agentrl.cache import cache_dir
 
     return os.path.join(cache_dir(), "alfworld", f"gen-v{GENERATOR_VERSION}")
 

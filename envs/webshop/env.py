@@ -30,8 +30,8 @@ import json
 import os
 from typing import Any
 
+from agentrl.cache import cache_dir
 from agentrl.envs.base import TextEnv
-from agentrl.envs.textworld_env import cache_dir
 from agentrl.envs.webshop.catalog import ensure_generated
 from agentrl.envs.webshop.data import PRODUCTS_PER_PAGE, Store, load_store
 from agentrl.envs.webshop.reward import get_reward

@@ -1,0 +1,196 @@
+"""No import cycles among agentrl's own modules.
+
+Every module under ``agentrl/``, ``envs/``, ``policies/`` and ``algorithms/`` (installed as
+``agentrl``, ``agentrl.envs``, ``agentrl.policies``, ``agentrl.algorithms``) is read with
+``ast``, without importing anything, and the graph of imports between them is checked for
+cycles. What counts as an edge:
+
+- every ``import x`` / ``from x import y`` statement, at module level **and inside functions**.
+  A function-level import back into a module that imports this one is how cycles usually hide
+  (it defers the failure; the two modules still cannot be understood or moved apart);
+- ``from pkg import name`` is an edge to ``pkg.name`` when that is one of our modules, else to
+  ``pkg`` (its ``__init__``); relative imports are resolved against the package.
+
+What does not count:
+
+- imports under ``if TYPE_CHECKING:`` (never executed; annotations only);
+- a submodule's implicit import of its parent package (Python runs ``pkg/__init__.py`` first,
+  and a package's ``__init__`` re-exporting its submodules is not a cycle of design);
+- loading by name at run time: ``importlib.import_module(...)`` and ``"pkg.module:Class"``
+  entry-point strings. That is how registries find plugins (gymnasium's ``entry_point``, our
+  env, algorithm, policy-backend and env-pool lookups): the registry stays a leaf that plugins
+  import to register themselves, and a plugin is loaded only when its name is asked for.
+
+A cycle is printed as ``a -> b -> c -> a`` with the file and line of each import.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+from collections.abc import Iterator
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: source folder -> the package it is installed as (pyproject's package-dir mapping)
+PACKAGES = {"agentrl": "agentrl", "envs": "agentrl.envs", "policies": "agentrl.policies",
+            "algorithms": "agentrl.algorithms"}
+
+
+def _modules() -> dict[str, str]:
+    """Module name -> file path, for every .py file of the four source folders."""
+    out = {}
+    for folder, pkg in PACKAGES.items():
+        base = os.path.join(ROOT, folder)
+        for dirpath, dirnames, files in os.walk(base):
+            dirnames[:] = [d for d in dirnames if d != "__pycache__"]
+            rel = os.path.relpath(dirpath, base)
+            parts = [pkg] + ([] if rel == "." else rel.split(os.sep))
+            for f in files:
+                if f.endswith(".py"):
+                    name = ".".join(parts if f == "__init__.py" else parts + [f[:-3]])
+                    out[name] = os.path.join(dirpath, f)
+    return out
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def _import_nodes(tree: ast.AST) -> Iterator[ast.Import | ast.ImportFrom]:
+    """Every import statement, at any depth, except those under ``if TYPE_CHECKING:``."""
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            yield node
+        if isinstance(node, ast.If) and _is_type_checking(node.test):
+            todo.extend(node.orelse)
+            continue
+        todo.extend(ast.iter_child_nodes(node))
+
+
+def import_graph() -> dict[str, dict[str, int]]:
+    """module -> {imported module of ours: line of the first such import}."""
+    mods = _modules()
+    graph: dict[str, dict[str, int]] = {m: {} for m in mods}
+    for mod, path in mods.items():
+        is_pkg = path.endswith("__init__.py")
+        with open(path, encoding="utf-8") as f:
+            tree = ast.parse(f.read(), path)
+        for node in _import_nodes(tree):
+            targets: list[str] = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            else:
+                base = node.module or ""
+                if node.level:  # relative: from the package (a module's is its parent)
+                    pkg = mod.split(".") if is_pkg else mod.split(".")[:-1]
+                    pkg = pkg[:len(pkg) - (node.level - 1)]
+                    base = ".".join(pkg + ([base] if base else []))
+                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in mods else base
+                           for a in node.names]
+            for t in targets:
+                # `import a.b.c` runs a.b.c; the nearest module of ours is the edge.
+                while t and t not in mods:
+                    t = t.rpartition(".")[0]
+                if t and t != mod:
+                    graph[mod].setdefault(t, node.lineno)
+    return graph
+
+
+def find_cycles(graph: dict[str, dict[str, int]]) -> list[list[str]]:
+    """One cycle (as a closed path a, b, ..., a) per strongly connected component of 2+ modules
+    (Tarjan), in a stable order."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    comps: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in sorted(graph.get(v, {})):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                comps.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    cycles = []
+    for comp in sorted(comps):
+        members = set(comp)
+        # the shortest way back to the first module, staying inside the component
+        start = comp[0]
+        prev: dict[str, str] = {}
+        frontier = [start]
+        found = None
+        while frontier and found is None:
+            nxt = []
+            for v in frontier:
+                for w in sorted(graph[v]):
+                    if w == start:
+                        found = v
+                        break
+                    if w in members and w not in prev:
+                        prev[w] = v
+                        nxt.append(w)
+                if found:
+                    break
+            frontier = nxt
+        path = [start]
+        v = found
+        while v is not None and v != start:
+            path.insert(1, v)
+            v = prev.get(v)
+        cycles.append(path + [start])
+    return cycles
+
+
+def _describe(cycle: list[str], graph: dict[str, dict[str, int]]) -> str:
+    mods = _modules()
+    steps = [f"  {a} -> {b}  ({os.path.relpath(mods[a], ROOT)}:{graph[a][b]})"
+             for a, b in zip(cycle, cycle[1:])]
+    return " -> ".join(cycle) + "\n" + "\n".join(steps)
+
+
+def test_no_import_cycles() -> None:
+    graph = import_graph()
+    # The graph is real: known imports are seen, at module level and inside functions.
+    assert "agentrl.config" in graph["agentrl.trainer"]
+    assert "agentrl.policies.base" in graph["agentrl.policies.hf"]
+    cycles = find_cycles(graph)
+    assert not cycles, "import cycles:\n" + "\n".join(_describe(c, graph) for c in cycles)
+
+
+def test_the_core_imports_no_env() -> None:
+    """Env knowledge stays in envs/: no core module imports an env module (the registry loads
+    the built-in envs by name; shared helpers such as the cache directory live in the core)."""
+    graph = import_graph()
+    plugins = ("agentrl.envs", "agentrl.algorithms", "agentrl.policies")
+    core = [m for m in graph if not m.startswith(plugins)]
+    assert "agentrl.models" in core and "agentrl.cache" in graph["agentrl.models"]
+    bad = {m: sorted(t for t in graph[m] if t.startswith("agentrl.envs")) for m in core}
+    assert not {m: t for m, t in bad.items() if t}, bad
+
+
+def test_the_cycle_finder_finds_cycles() -> None:
+    g = {"a": {"b": 1}, "b": {"c": 2}, "c": {"a": 3, "d": 4}, "d": {}, "e": {"f": 1},
+         "f": {"e": 1}}
+    assert find_cycles(g) == [["a", "b", "c", "a"], ["e", "f", "e"]]
+    assert find_cycles({"a": {"b": 1}, "b": {}}) == []
