@@ -16,7 +16,7 @@ from typing import Any
 
 import gymnasium as gym
 
-from agentrl.testing import NASTY_ACTIONS, EnvCheckError, _expect, check_env
+from agentrl.testing.textenv import NASTY_ACTIONS, EnvCheckError, _expect, check_env
 
 OUTCOMES = ("win", "draw", "loss")
 
