@@ -105,13 +105,14 @@ def alarm_metrics(metrics: dict[str, Any], cfg: AlarmConfig) -> dict[str, float]
 
 def logprob_mismatch(scores: Scores, batch: Batch) -> dict[str, float]:
     """Mean and max |sampler logprob - trainer logprob| over the sampled tokens of the rows the
-    scoring pass covered.
+    scoring pass covered (replayed rows excepted: an older policy sampled them).
 
     The scores come from before the update, so both sides hold the same weights: any
     difference is the sampler/trainer inconsistency that silently biases the PPO ratio (dtype,
     stale weights, temperature, masking).
     """
-    mask = (batch.loss_mask > 0) & scores.rows[:, None]
+    rows = scores.rows if batch.replayed is None else scores.rows & ~batch.replayed
+    mask = (batch.loss_mask > 0) & rows[:, None]  # replayed rows come from an older policy
     if not mask.any():
         return {}
     diff = (scores.logprobs - batch.sampler_logprobs.float())[mask].abs()

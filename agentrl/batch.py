@@ -95,6 +95,10 @@ class Batch:
             shaping (step / invalid-action penalties). The shaped reward is their sum.
         turn_valid: (M,) action validity.
         allowed: row -> {position: allowed ids} for constrained turns.
+        replayed: (N,) bool or None: rows replayed from an earlier iteration (self-imitation).
+            Their ``sampler_logprobs`` are the behaviour policy of that time, so `attach` keeps
+            them as ``old_logprobs`` (the ratio stays π_θ / π_collect) and the sampler/trainer
+            mismatch metric leaves them out.
         ref_logprobs / entropy / values: (N, L) from the learner's scoring pass (`attach`).
         advantages / returns: (N, L) filled by the algorithm.
         row / traj / turn: an algorithm's own columns, (N, L, ...) / (K, ...) / (M, ...).
@@ -114,6 +118,7 @@ class Batch:
     turn_shaping: torch.Tensor
     turn_valid: torch.Tensor
     allowed: dict[int, dict[int, list[int]]] = field(default_factory=dict)
+    replayed: torch.Tensor | None = None
     ref_logprobs: torch.Tensor | None = None
     entropy: torch.Tensor | None = None
     values: torch.Tensor | None = None
@@ -181,7 +186,10 @@ class Batch:
         if recompute_old_logprobs:
             if not bool(scores.rows.all()):
                 raise ValueError("Batch.attach: recomputing old_logprobs needs every row scored")
-            self.old_logprobs = scores.logprobs * (self.loss_mask > 0)
+            lp = scores.logprobs * (self.loss_mask > 0)
+            if self.replayed is not None:  # replayed rows keep their collection-time logprobs
+                lp = torch.where(self.replayed[:, None], self.sampler_logprobs, lp)
+            self.old_logprobs = lp
         self.ref_logprobs = scores.ref_logprobs
         self.entropy = scores.entropy
         self.values = scores.values
@@ -202,6 +210,7 @@ class Batch:
             loss_mask=cut(self.loss_mask), sampler_logprobs=cut(self.sampler_logprobs),
             old_logprobs=cut(self.old_logprobs), turn_id=cut(self.turn_id),
             row_traj=self.row_traj[r], allowed=allowed, ref_logprobs=cut(self.ref_logprobs),
+            replayed=None if self.replayed is None else self.replayed[r],
             entropy=cut(self.entropy), values=cut(self.values),
             advantages=cut(self.advantages), returns=cut(self.returns),
             row={k: v[r, :length] for k, v in self.row.items()},

@@ -82,15 +82,8 @@ def token_outputs(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
     """
     n, L = input_ids.shape
     dev = next(model.parameters()).device
-    input_ids, attention_mask = input_ids.to(dev), attention_mask.to(dev)
-    pos = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    hidden = _decoder(model)(input_ids=input_ids, attention_mask=attention_mask,
-                             position_ids=pos).last_hidden_state  # (n, L, H)
-    # predicting positions: token t is predicted at t-1
-    tgt = torch.zeros((n, L), dtype=torch.bool, device=dev)
-    tgt[:, 1:] = loss_mask[:, 1:].to(dev) > 0
-    rows, cols = tgt.nonzero(as_tuple=True)  # (P,), (P,)
-    h = hidden[rows, cols - 1]  # (P, H)
+    input_ids = input_ids.to(dev)
+    rows, cols, h = _predicting_hidden(model, input_ids, attention_mask, loss_mask)
     logits = model.get_output_embeddings()(h).float()  # (P, V)
     cap = getattr(model.config, "final_logit_softcapping", None)
     if cap:
@@ -119,9 +112,38 @@ def token_outputs(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
             ent = torch.zeros((n, L), dtype=torch.float32, device=dev).index_put((rows, cols), e)
     hid = None
     if need_hidden:
-        hid = torch.zeros((n, L, hidden.shape[-1]), dtype=hidden.dtype, device=dev)
-        hid = hid.index_put((rows, cols), h)
+        hid = torch.zeros((n, L, h.shape[-1]), dtype=h.dtype, device=dev).index_put((rows, cols), h)
     return ModelOutputs(logprobs=lp, entropy=ent, hidden=hid)
+
+
+def _predicting_hidden(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                       loss_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Last hidden state at the position that predicts each action token: token t is predicted
+    at t-1. Returns (rows (P,), cols (P,), hidden (P, H)) on the model's device."""
+    n, L = input_ids.shape
+    dev = next(model.parameters()).device
+    input_ids, attention_mask = input_ids.to(dev), attention_mask.to(dev)
+    pos = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    hidden = _decoder(model)(input_ids=input_ids, attention_mask=attention_mask,
+                             position_ids=pos).last_hidden_state  # (n, L, H)
+    tgt = torch.zeros((n, L), dtype=torch.bool, device=dev)
+    tgt[:, 1:] = loss_mask[:, 1:].to(dev) > 0
+    rows, cols = tgt.nonzero(as_tuple=True)  # (P,), (P,)
+    return rows, cols, hidden[rows, cols - 1]
+
+
+def critic_hidden(critic: nn.Module, mb: Batch) -> torch.Tensor:
+    """(n, L, H) hidden states of a separate critic model at the predicting positions of the
+    micro-batch's action tokens (0 elsewhere), aligned like `ModelOutputs.hidden`."""
+    n, L = mb.input_ids.shape
+    vocab = critic.get_input_embeddings().num_embeddings
+    if int(mb.input_ids.max()) >= vocab:
+        raise ValueError(f"the critic model embeds {vocab} token ids but the batch holds id "
+                         f"{int(mb.input_ids.max())}: algorithm.critic_model must share the "
+                         "policy's tokenizer")
+    rows, cols, h = _predicting_hidden(critic, mb.input_ids, mb.attention_mask, mb.loss_mask)
+    return torch.zeros((n, L, h.shape[-1]), dtype=h.dtype, device=h.device).index_put(
+        (rows, cols), h)
 
 
 def micro_batches(batch: Batch, rows: list[int], token_budget: int) -> list[list[int]]:
@@ -220,11 +242,17 @@ class LocalLearner:
                 entropy_grad: bool = True) -> ModelOutputs:
         """Outputs of ``model`` (default: the policy) on a micro-batch; ``need_values`` runs
         the algorithm's value head on the hidden states."""
-        out = token_outputs(model or self.model, mb.input_ids, mb.attention_mask, mb.loss_mask,
-                            mb.allowed, self.temperature, need_entropy,
-                            need_hidden or need_values, entropy_grad, self.top_k, self.top_p)
+        m = model or self.model
+        critic = self.algorithm.critic_model if need_values else None
+        out = token_outputs(m, mb.input_ids, mb.attention_mask, mb.loss_mask, mb.allowed,
+                            self.temperature, need_entropy,
+                            need_hidden or (need_values and critic is None), entropy_grad,
+                            self.top_k, self.top_p)
         if need_values:
-            out.values = self.algorithm.value(out.hidden)
+            if critic is not None:
+                critic.train(m.training)  # the critic follows the policy's mode
+            out.values = self.algorithm.value(out.hidden if critic is None
+                                              else critic_hidden(critic, mb))
         return out
 
     @torch.no_grad()
@@ -288,6 +316,7 @@ class LocalLearner:
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}
         grad_norms: list[float] = []
+        algo_norms: list[float] = []
         for _ in range(c.epochs):
             order = list(range(N))
             rng.shuffle(order)
@@ -315,16 +344,24 @@ class LocalLearner:
                     # Terms are partial sums over micro-batches; count minibatches once below.
                 for name in terms:
                     counts[name] = counts.get(name, 0) + 1
-                params = [p for g in self.optimizer.param_groups for p in g["params"]]
-                gn = torch.nn.utils.clip_grad_norm_(params, c.grad_clip if c.grad_clip > 0
-                                                    else float("inf"))
+                # The policy and the algorithm's own parameters (a critic) are clipped apart, as
+                # separate actor/critic optimizers are: a large value-loss gradient must not
+                # shrink the policy's step.
+                groups = self.optimizer.param_groups
+                clip = c.grad_clip if c.grad_clip > 0 else float("inf")
+                gn = torch.nn.utils.clip_grad_norm_(groups[0]["params"], clip)
                 grad_norms.append(float(gn))
+                own = [p for g in groups[1:] for p in g["params"]]
+                if own:
+                    algo_norms.append(float(torch.nn.utils.clip_grad_norm_(own, clip)))
                 self.optimizer.step()
                 if self.progress is not None:
                     self.progress.update(1)
         self.scheduler.step()
         metrics = {f"train/{k}": sums[k] / max(1, counts[k]) for k in sums}
         metrics["train/grad_norm"] = sum(grad_norms) / max(1, len(grad_norms))
+        if algo_norms:
+            metrics["train/grad_norm_algorithm"] = sum(algo_norms) / len(algo_norms)
         metrics["train/lr"] = self.optimizer.param_groups[0]["lr"]
         return metrics
 

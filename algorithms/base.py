@@ -114,6 +114,13 @@ class Algorithm:
         (``agentrl.learner.LOSS_NAMES``). Base: ``entropy`` (with gradient) for the bonus."""
         return frozenset({"entropy"}) if self.cfg.entropy_coef != 0 else frozenset()
 
+    @property
+    def critic_model(self) -> torch.nn.Module | None:
+        """A model of the algorithm's own whose last hidden states `value` reads (a separate
+        critic); the learner runs it on the same rows as the policy in both passes. None: the
+        policy's own hidden states."""
+        return None
+
     def value(self, hidden: torch.Tensor) -> torch.Tensor:
         """The value head: last hidden states (n, L, H) -> values (n, L). Only for algorithms
         that require ``values``."""

@@ -170,6 +170,10 @@ class EPO(Algorithm):
     def loss_requires(self) -> frozenset[str]:
         return self.inner.loss_requires | {"entropy"}  # the hinge carries gradient
 
+    @property
+    def critic_model(self) -> nn.Module | None:
+        return self.inner.critic_model
+
     def value(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.inner.value(hidden)
 

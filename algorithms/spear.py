@@ -11,7 +11,10 @@ What differs from GRPO:
    replay_size`` stored samples beat P50, a power-of-two subset (≤ ``replay_size``) whose
    recalibrated advantage Ã = S − P50 is positive is replayed and the buffer is cleared.
    Replayed samples are extra rows of this iteration's batch (`build_batch`, flagged in
-   ``batch.traj["is_replay"]``); their ratio is π_θ / π_collect (stored old_logprobs).
+   ``batch.traj["is_replay"]`` and `Batch.replayed`); their ratio is π_θ / π_collect against
+   the stored collection-time logprobs, also under ``policy.recompute_old_logprobs`` and
+   ``train.tis_cap`` (which recompute old logprobs for on-policy rows only; a replayed row's
+   truncated-IS weight is 1), and they stay out of the sampler/trainer mismatch metric.
 2. **Loss**: J = J_GRPO(on-policy rows) + γ(t)·J_replay(replay rows), γ(t) a cosine warm-up to
    ``replay_coef`` over ``replay_warmup_steps``; Clip-Cov on both parts with separate
    settings (``clip_cov_*`` on-policy, ``replay_clip_cov_*`` replay); no KL on replay rows.
@@ -202,7 +205,9 @@ class SPEAR(Algorithm):
         batch.traj["is_replay"] = traj_rep  # (K,)
         batch.traj["replay_advantage"] = adv  # (K,)
         row_rep = traj_rep[batch.row_traj]  # (N,)
-        batch.row["is_replay"] = row_rep[:, None].expand_as(batch.loss_mask).clone()  # (N, L)
+        # Replayed rows keep their collection-time logprobs as old_logprobs even when the
+        # scoring pass recomputes them, and stay out of the sampler/trainer mismatch metric.
+        batch.replayed = row_rep > 0
 
         masked = torch.tensor([self._masked(batch.trajectories[i].turns[k])
                                for i, k in zip(batch.turn_traj.tolist(), batch.turn_step.tolist())],
@@ -295,11 +300,9 @@ class SPEAR(Algorithm):
     def loss(self, out: ModelOutputs, mb: Batch) -> dict[str, torch.Tensor]:
         c = self.cfg
         dev = out.logprobs.device
-        rep = mb.row.get("is_replay")
-        if rep is None:
-            rep = torch.zeros_like(mb.loss_mask)
-        rep = rep.to(dev)
         lm = mb.loss_mask.to(dev)
+        rep = (torch.zeros_like(lm) if mb.replayed is None
+               else mb.replayed.to(dev, lm.dtype)[:, None].expand_as(lm))
         on_mask, rep_mask = lm * (1 - rep), lm * rep
         terms = self.pg_loss(out, mb, mb.advantages, mask=on_mask)
         cov = ((c.replay_clip_cov_ratio, c.replay_clip_cov_lb, c.replay_clip_cov_ub)

@@ -95,7 +95,9 @@ def table(results: list[dict[str, Any]], names: list[str]) -> str:
     return "\n".join(lines)
 
 
-def plot(results: list[dict[str, Any]], names: list[str], path: str) -> bool:
+def two_panels(figsize: tuple[float, float]) -> tuple[Any, Any, Any] | None:
+    """(pyplot, figure, two side-by-side axes) on the Agg backend, or None (with a hint) when
+    matplotlib is not installed."""
     try:
         import matplotlib
 
@@ -103,12 +105,24 @@ def plot(results: list[dict[str, Any]], names: list[str], path: str) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         print("matplotlib is not installed (pip install 'agentrl[report]'): no plot")
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=figsize)
+    return plt, fig, axes
+
+
+def by_algorithm(results: list[dict[str, Any]], names: list[str]
+                 ) -> list[tuple[str, list[dict[str, Any]]]]:
+    """(name, its runs) for each name with at least one run, in ``names`` order."""
+    groups = [(n, [r for r in results if r["algorithm"] == n]) for n in names]
+    return [(n, rs) for n, rs in groups if rs]
+
+
+def plot(results: list[dict[str, Any]], names: list[str], path: str) -> bool:
+    made = two_panels((11, 4))
+    if made is None:
         return False
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for n in names:
-        rs = [r for r in results if r["algorithm"] == n]
-        if not rs:
-            continue
+    plt, fig, axes = made
+    for n, rs in by_algorithm(results, names):
         for ax, key in zip(axes, ("train_success", "entropy")):
             T = min(len(r[key]) for r in rs)
             ys = [statistics.mean(r[key][i] for r in rs) for i in range(T)]

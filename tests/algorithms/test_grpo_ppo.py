@@ -96,3 +96,100 @@ def test_ppo_gae_spans_turns(mode: str) -> None:
     assert got == pytest.approx([0.485, 0.385, 0.7, 0.6], abs=1e-6)
     assert [b.returns[r, c].item() for r, c in order] == pytest.approx([0.585, 0.585, 1.0, 1.0],
                                                                        abs=1e-6)
+
+
+def _critic_setup(model, critic: str):  # noqa: ANN001, ANN202
+    from agentrl.config import TrainConfig
+    from agentrl.learner import LocalLearner
+
+    algo = PPO(PPOConfig(name="ppo", critic=critic, value_clip=0.0, vf_coef=0.5))
+    algo.setup(model)
+    learner = LocalLearner(model, TrainConfig(), 1.0, algo)
+    b = make_batch([traj("g", [turn(0.0), turn(1.0)])])  # 2 turns x 2 action tokens
+    mask = b.loss_mask > 0
+    b.values = torch.zeros_like(b.old_logprobs)  # the zero-initialised head's old values
+    b.returns = 2.0 * mask
+    b.advantages = b.per_turn(torch.tensor([1.0, -1.0]))
+    return algo, learner, b
+
+
+def _grads(model, algo, learner, b, vf_coef: float):  # noqa: ANN001, ANN202
+    algo.cfg.vf_coef = vf_coef
+    model.zero_grad(set_to_none=True)
+    for g in algo.param_groups():
+        for p in g["params"]:
+            p.grad = None
+    terms = algo.loss(learner.forward(b, need_values=True), b)
+    terms["loss"].backward()
+    policy = [p.grad.clone() if p.grad is not None else torch.zeros_like(p)
+              for p in model.parameters()]
+    return terms, policy
+
+
+@pytest.mark.parametrize("critic", ["detached", "separate", "shared"])
+def test_value_loss_reaches_the_policy_only_with_a_shared_critic(tiny_model, critic: str) -> None:
+    # Value head zero-initialised: V = 0 on the 4 action tokens, returns R = 2, value_clip off:
+    # value_loss = token-mean 0.5·(0 − 2)^2 = 2; d(vf·value_loss)/d(head bias) =
+    # .5·mean(V − R) = .5·(−2) = −1.
+    algo, learner, b = _critic_setup(tiny_model, critic)
+    terms, _ = _grads(tiny_model, algo, learner, b, 0.5)
+    assert float(terms["value_loss"]) == pytest.approx(2.0)
+    assert algo.value_head.bias.grad.item() == pytest.approx(-1.0, abs=1e-6)
+    # A zero head passes no gradient back to any hidden state; give it weights, then compare
+    # the policy's gradient with and without the value loss.
+    with torch.no_grad():
+        algo.value_head.weight.fill_(0.05)
+    _, with_vl = _grads(tiny_model, algo, learner, b, 0.5)
+    _, without = _grads(tiny_model, algo, learner, b, 0.0)
+    same = all(torch.equal(a, c) for a, c in zip(with_vl, without))
+    # detached / separate: the policy's gradient is exactly the policy-gradient term's
+    assert same == (critic != "shared")
+    if critic == "separate":  # its own backbone learns instead
+        assert algo.critic_model is not None and algo.critic_model is not tiny_model
+        _grads(tiny_model, algo, learner, b, 0.5)
+        assert any(p.grad is not None and p.grad.abs().sum() > 0
+                   for p in algo.critic_model.parameters())
+
+
+def test_separate_critic_scores_values_and_round_trips(tiny_model) -> None:
+    algo, learner, b = _critic_setup(tiny_model, "separate")
+    with torch.no_grad():
+        algo.value_head.bias.fill_(0.25)  # V = .25 wherever the critic looks
+    s = learner.score(b, {"values"})
+    mask = b.loss_mask > 0
+    assert torch.allclose(s.values[mask], torch.full_like(s.values[mask], 0.25))
+    assert torch.all(s.values[~mask] == 0)
+    state = algo.state_dict()
+    again, _, _ = _critic_setup(tiny_model, "separate")
+    with torch.no_grad():  # the fresh copy drifts from the saved critic
+        next(again.critic_model.parameters()).add_(1.0)
+    again.load_state_dict(state)
+    assert all(torch.equal(p, q) for p, q in zip(again.critic_model.parameters(),
+                                                 algo.critic_model.parameters()))
+    assert again.value_head.bias.item() == pytest.approx(0.25)
+
+
+def test_separate_critic_can_be_a_smaller_model(tiny_model, tiny_tok, tmp_path) -> None:
+    from agentrl.models import build_tiny_model
+
+    small = build_tiny_model(len(tiny_tok), hidden=16, layers=1, heads=2, seed=1,
+                             pad_token_id=tiny_tok.pad_token_id, eos_token_id=tiny_tok.eos_token_id)
+    small.save_pretrained(tmp_path / "critic")
+    tiny_tok.save_pretrained(tmp_path / "critic")
+    from agentrl.config import TrainConfig
+    from agentrl.learner import LocalLearner
+
+    algo = PPO(PPOConfig(name="ppo", critic_model=str(tmp_path / "critic")))
+    algo.setup(tiny_model)
+    assert algo.value_head.in_features == 16  # the critic's width, not the policy's (32)
+    learner = LocalLearner(tiny_model, TrainConfig(), 1.0, algo)
+    b = make_batch([traj("g", [turn(0.0), turn(1.0)])])
+    assert learner.score(b, {"values"}).values.shape == b.loss_mask.shape
+    # a critic whose vocabulary misses the batch's ids (7 here) is refused with the fix
+    build_tiny_model(7, hidden=16, layers=1, heads=2, seed=1, pad_token_id=0,
+                     eos_token_id=1).save_pretrained(tmp_path / "narrow")
+    tiny_tok.save_pretrained(tmp_path / "narrow")
+    algo = PPO(PPOConfig(name="ppo", critic_model=str(tmp_path / "narrow")))
+    algo.setup(tiny_model)
+    with pytest.raises(ValueError, match="share the policy's tokenizer"):
+        LocalLearner(tiny_model, TrainConfig(), 1.0, algo).score(b, {"values"})

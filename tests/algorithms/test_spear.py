@@ -133,7 +133,7 @@ def test_replay_rows_join_the_batch_with_recalibrated_advantages() -> None:
     _fill(algo, [1.0])  # A~ = 1 - .5 = .5
     on = [traj("g", [1.0]), traj("g", [0.0]), traj("solo", [1.0])]
     b = algo.build_batch(on, 0)
-    assert b.num_rows == 4 and b.row["is_replay"][:, 0].tolist() == [0, 0, 0, 1]
+    assert b.num_rows == 4 and b.replayed.tolist() == [False, False, False, True]
     algo.advantages(b)
     first = [b.advantages[r][b.loss_mask[r] > 0][0].item() for r in range(4)]
     # on-policy, no std: g mean .5 -> +-.5 ; one-member group -> 0 ; replay row -> .5.
@@ -162,10 +162,48 @@ def test_loss_weights_replay_rows_by_gamma() -> None:
     assert g == pytest.approx([-1 / 12] * 2 + [1 / 12] * 2 + [-1 / 24] * 2, abs=1e-6)
 
 
+def test_replay_keeps_its_behaviour_logprobs_under_recompute_and_tis() -> None:
+    # On-policy rows g (returns 1, 0) sampled now at logprob −.5 per token; the replayed row
+    # was collected earlier at −1.0 per token. The learner's recomputed logprob is −.3 on every
+    # token. After attach(recompute): on-policy old = −.3 (ratio 1), replayed old stays −1.0:
+    # replay ratio = exp(−.3 − (−1.0)) = exp(.7) = 2.013753 (π_θ / π_collect; overwriting it
+    # would have made it 1). Mismatch metric over on-policy rows only: |−.3 − (−.5)| = .2
+    # (the replayed rows' .7 would have raised the mean to (4·.2 + 2·.7)/6 = .36667).
+    # TIS (cap 2): on-policy weight exp(−.3 + .5) = exp(.2) = 1.221403; replayed exp(0) = 1.
+    from agentrl.alarms import logprob_mismatch
+    from agentrl.batch import Scores
+    from agentrl.learner import apply_tis
+
+    algo = spear(replay_size=1, replay_trigger=0.0)
+    algo.baseline.extend([0.0, 1.0])
+    algo.buffer = [{"trajectory": traj("old", [1.0]), "score": 1.0, "advantage": .3, "step": 0}]
+    for t in algo.buffer[0]["trajectory"].turns:
+        t.logprobs = [-1.0] * len(t.logprobs)
+    b = algo.build_batch([traj("g", [1.0]), traj("g", [0.0])], 0)
+    assert b.replayed.tolist() == [False, False, True]
+    mask = b.loss_mask > 0
+    learner_lp = torch.where(mask, torch.full_like(b.old_logprobs, -0.3), torch.zeros_like(
+        b.old_logprobs))
+    scores = Scores(logprobs=learner_lp, rows=torch.ones(b.num_rows, dtype=torch.bool))
+    m = logprob_mismatch(scores, b)
+    assert m["train/logprob_mismatch"] == pytest.approx(0.2, abs=1e-6)
+    assert m["train/logprob_mismatch_max"] == pytest.approx(0.2, abs=1e-6)
+    b.attach(scores, recompute_old_logprobs=True)
+    ratio = torch.exp(learner_lp - b.old_logprobs)
+    assert ratio[:2][mask[:2]].tolist() == pytest.approx([1.0] * 4)
+    assert ratio[2][mask[2]].tolist() == pytest.approx([2.013753] * 2, abs=1e-6)
+    algo.advantages(b)
+    adv = b.advantages.clone()
+    tis = apply_tis(b, 2.0)
+    w = (b.advantages[mask] / adv[mask]).tolist()
+    assert w == pytest.approx([1.221403] * 4 + [1.0] * 2, abs=1e-6)
+    assert tis["train/tis_weight_mean"] == pytest.approx((4 * 1.221403 + 2) / 6, abs=1e-6)
+
+
 def test_no_replay_rows_gives_plain_grpo_loss() -> None:
     algo = spear()
     b = algo.build_batch([traj("g", [1.0]), traj("g", [0.0])], 0)  # empty buffer
-    assert b.row["is_replay"].sum() == 0
+    assert not b.replayed.any()
     algo.advantages(b)
     lp = b.old_logprobs.clone().requires_grad_(True)
     terms = algo.loss(ModelOutputs(logprobs=lp), b)
