@@ -70,3 +70,60 @@ def test_rank_algorithms_runs_and_resumes(tmp_path) -> None:
     # a rerun skips finished runs; asking for a seed more reports PARTIAL without running it
     assert "PARTIAL" in rank.main(args[:4] + ["0", "1", "--report-only"] + args[5:])
     assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 2
+
+
+EVAL_SMALL = ["policy.tiny_corpus_episodes=4", "eval.episodes=12",
+              "env.eval_kwargs={split: eval, num_games: 4}"]
+
+
+def test_custom_policy_is_an_eval_baseline(tmp_path) -> None:
+    """A random-admissible backend from outside agentrl, as an `agentrl eval` baseline: every
+    action admissible, logprobs that are its own (log 1/#actions per reply), reproducible per
+    sampler seed."""
+    import math
+
+    from agentrl.types import read_jsonl
+    from examples import custom_policy
+
+    (name, s), = custom_policy.main(EVAL_SMALL, out=str(tmp_path / "a"))
+    assert name == "untrained:quickstart" and s["episodes"] == 12
+    assert s["invalid_action_rate"] == 0.0 and 0.0 <= s["success_rate"] <= 1.0
+    trajs = read_jsonl(str(tmp_path / "a" / "untrained_quickstart_trajectories.jsonl"))
+    checked = 0
+    for t in trajs:
+        for prev, turn in zip(t.turns, t.turns[1:]):  # a turn's actions: the previous info's
+            n = len(set(prev.info["admissible_actions"]))
+            assert math.isclose(sum(turn.logprobs), -math.log(n), abs_tol=1e-9)
+            checked += 1
+    assert checked > 10
+    (_, again), = custom_policy.main(EVAL_SMALL, out=str(tmp_path / "b"))
+    assert again == s
+    other = read_jsonl(str(tmp_path / "b" / "untrained_quickstart_trajectories.jsonl"))
+    assert [[u.action for u in t.turns] for t in other] == [[u.action for u in t.turns]
+                                                            for t in trajs]
+
+
+def test_custom_pool_trains_like_the_inprocess_pool(tmp_path) -> None:
+    """A thread-pool EnvPool from outside agentrl plays exactly the episodes the built-in
+    in-process pool plays (same seeds, same policy), and a whole training run uses it."""
+    from agentrl.config import load_config
+    from agentrl.trainer import Trainer
+    from examples import custom_pool
+
+    small = ["env.kwargs={level: 3, split: train, num_games: 2}", "env.train_seeds=2",
+             "env.eval_kwargs={split: eval, num_games: 2}", "rollout.groups=2",
+             "rollout.group_size=2", "rollout.max_turns=4", "eval.episodes=2", "eval.every=0",
+             "policy.tiny_corpus_episodes=2", "log.tensorboard=false", f"output_dir={tmp_path}"]
+    runs = []
+    for pool in ("examples.custom_pool:ThreadPool", "inprocess"):
+        tr = Trainer(load_config(None, small + [f"env.pool={pool}", f"run_name={pool[:8]}",
+                                                "eval.before_training=false"]))
+        assert type(tr.pool).__name__ == ("ThreadPool" if ":" in pool else "InProcessPool")
+        tr.engine.policy.seed(0)
+        trajs = tr.engine.run([0, 1, 0, 1])
+        runs.append([(t.seed, [u.observation for u in t.turns], [u.action for u in t.turns])
+                     for t in trajs])
+        tr.close()
+    assert runs[0] == runs[1]
+    out = custom_pool.main(small + ["train.iterations=1", "run_name=tp"])
+    assert 0.0 <= out["final"]["success_rate"] <= 1.0
