@@ -146,6 +146,31 @@ def test_sampled_logprobs_equal_learner_scores(engine) -> None:
 
 
 @pytest.mark.vllm
+@pytest.mark.parametrize("top_k,top_p", [(0, 0.9), (20, 1.0)])
+def test_truncated_sampling_logprobs_are_the_truncated_distribution(engine, top_k, top_p) -> None:
+    # vLLM's processed logprobs under top-k/top-p are those of the truncated, renormalised
+    # distribution it sampled from: the learner's truncated score, not the full one.
+    from agentrl.policies.base import truncate_logits
+
+    pol, _, model = engine
+    prompts = _prompts(pol.tokenizer) * 2
+    gens = pol.generate(prompts, SamplingParams(max_new_tokens=16, temperature=1.3,
+                                                top_k=top_k, top_p=top_p, seed=5))
+    worst, moved = 0.0, 0.0
+    for p, g in zip(prompts, gens):
+        ids = torch.tensor([p + g.token_ids])
+        with torch.no_grad():
+            z = model(input_ids=ids).logits[0, len(p) - 1:-1].float() / 1.3
+        tok = torch.tensor(g.token_ids)[:, None]
+        trunc = torch.log_softmax(truncate_logits(z, top_k, top_p, keep=tok[:, 0]), -1)
+        trunc, full = trunc.gather(-1, tok)[:, 0], torch.log_softmax(z, -1).gather(-1, tok)[:, 0]
+        worst = max(worst, (trunc - torch.tensor(g.logprobs)).abs().max().item())
+        moved = max(moved, (trunc - full).abs().max().item())
+    assert worst < LOGPROB_TOL, worst
+    assert moved > 1e-3
+
+
+@pytest.mark.vllm
 def test_constrained_decoding_matches_hf(engine) -> None:
     pol, hf, _ = engine
     tok = pol.tokenizer
