@@ -8,7 +8,7 @@ import os
 from collections import Counter
 from typing import Any
 
-from agentrl.types import Trajectory
+from agentrl.types import Trajectory, read_json_lines
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -98,8 +98,7 @@ def read_metrics(run_dir: str) -> list[dict[str, Any]]:
     path = os.path.join(run_dir, "metrics.jsonl")
     if not os.path.exists(path):
         return []
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return read_json_lines(path)
 
 
 def console_line(it: int, total: int, m: dict[str, float]) -> str:
