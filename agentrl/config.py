@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass
@@ -206,13 +207,14 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
+        try:
+            number = float(value) if isinstance(value, (int, float, str)) else None
+        except (ValueError, OverflowError):
+            number = None
+        if number is not None and not math.isfinite(number):
+            raise ConfigError(f"{key}: {value!r} is not a finite number")
+        if number is not None:
+            return number
         raise ConfigError(f"{key}: expected a number such as 1e-3, got {value!r} "
                           f"({type(value).__name__})")
     if tp is str:
@@ -316,13 +318,13 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     from agentrl.registry import ALGORITHMS, get_algorithm
 
     data = dict(data or {})
-    algo = dict(data.pop("algorithm", None) or {})
+    algo = _section(data, "algorithm", "{name: grpo}")
     name = str(algo.pop("name", "grpo"))
     try:
         algo_cls = get_algorithm(name)
     except KeyError as e:
         raise ConfigError(f"algorithm.name: {e.args[0]}") from e
-    pol = dict(data.pop("policy", None) or {})
+    pol = _section(data, "policy", "{backend: hf}")
     backend = str(pol.get("backend", "hf"))
     try:
         pol_cls = policies.backend_config(backend)
@@ -336,6 +338,14 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     cfg.algorithm.name = name
     _cross_checks(cfg)
     return cfg
+
+
+def _section(data: dict[str, Any], key: str, example: str) -> dict[str, Any]:
+    """``data.pop(key)`` as a dict (absent: empty); anything else is a ConfigError."""
+    value = data.pop(key, None) or {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key}: expected a section (mapping) like {example}, got {value!r}")
+    return dict(value)
 
 
 def _named_section(section: str, data: dict[str, Any], cls: type, label: str, switch: str,

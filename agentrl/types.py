@@ -152,7 +152,10 @@ def write_jsonl(path: str, trajectories: Iterable[Trajectory], append: bool = Fa
     n = 0
     with open(path, "a" if append else "w", encoding="utf-8") as f:
         for t in trajectories:
-            f.write(json.dumps(t.to_dict(), ensure_ascii=False) + "\n")
+            try:
+                f.write(json.dumps(t.to_dict(), ensure_ascii=False) + "\n")
+            except UnicodeEncodeError:  # a lone surrogate: \u-escapes keep the file UTF-8
+                f.write(json.dumps(t.to_dict()) + "\n")
             n += 1
     return n
 
