@@ -80,6 +80,7 @@ def _assert_finite_numbers(d) -> None:
 @example([("train.lr", ".inf")])
 @example([("algorithm", "grpo")])
 @example([("rollout", "[1, 2]")])
+@example([("env.eval_kwargs", "\x1b")])  # found by a deep run (AGENTRL_FUZZ_EXAMPLES=3000)
 def test_config_overrides_load_or_fail_clearly(pairs) -> None:
     overrides = [f"{k}={v}" for k, v in pairs]
     try:
@@ -104,6 +105,7 @@ yaml_value = st.recursive(yaml_scalar, lambda kids: st.one_of(
     yaml_value))
 @example("a: &a [*a, *a]\nb: *a\n")
 @example("seed: !!python/object/apply:os.getcwd []\n")
+@example("\ud800")  # invalid UTF-8 on disk; found by a deep run
 def test_config_files_load_or_fail_clearly(tmp_path_factory, doc) -> None:
     path = tmp_path_factory.mktemp("cfg") / "c.yaml"
     text = doc if isinstance(doc, str) else yaml.safe_dump(doc, allow_unicode=True)
