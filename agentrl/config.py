@@ -93,6 +93,8 @@ class TrainConfig:
     micro_batch_tokens: int = F(16384, "token budget per forward/backward (grad accumulation)", ge=1)
     grad_clip: float = F(1.0, "max grad norm of the policy, and apart of the algorithm's own "
                          "parameters (a critic) (0 = off)", ge=0)
+    max_nonfinite_updates: int = F(5, "optimizer steps in a row with a non-finite loss or "
+                                   "gradient (each skipped) before the run stops", ge=1)
     checkpoint_every: int = F(10, "iterations between checkpoints (0 = only at the end)", ge=0)
     keep_checkpoints: int = F(2, "checkpoints kept on disk", ge=1)
     tis_cap: float = F(0.0, "truncated importance sampling: weight each token's advantage by "

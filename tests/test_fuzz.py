@@ -165,7 +165,7 @@ def turns(draw, floats=finite) -> Turn:
                 logprobs=draw(st.lists(floats, min_size=n, max_size=n)),
                 response=draw(hostile_text), action=draw(hostile_text),
                 action_valid=draw(st.booleans()), reward=draw(floats),
-                env_reward=draw(floats), finish_reason=draw(st.sampled_from(["stop", "length"])),
+                shaping=draw(floats), finish_reason=draw(st.sampled_from(["stop", "length"])),
                 state_key=draw(st.none() | hostile_text),
                 info=draw(st.dictionaries(st.text(any_char, max_size=8), json_value,
                                           max_size=3)))
