@@ -222,3 +222,39 @@ def load_state(path: str) -> dict[str, Any]:
 def checkpoint_iteration(path: str) -> int:
     with open(os.path.join(path, "trainer_state.json"), encoding="utf-8") as f:
         return int(json.load(f)["iteration"])
+
+
+def discard_after(run_dir: str, iteration: int) -> list[str]:
+    """Make a run's outputs agree with its checkpoint at ``iteration`` before it is resumed:
+    metrics rows of later iterations, their trajectory dumps and evaluation files (and a
+    final evaluation, which the resumed run redoes) are removed; a metrics line cut short by a
+    kill is dropped. Returns what was removed (paths, and ``metrics.jsonl:N`` for rows)."""
+    from agentrl.types import read_json_lines
+
+    removed = []
+    mpath = os.path.join(run_dir, "metrics.jsonl")
+    if os.path.exists(mpath):
+        rows = read_json_lines(mpath)
+        keep = [r for r in rows if r.get("iteration", 0) <= iteration]
+        tmp = mpath + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r) + "\n" for r in keep)
+        os.replace(tmp, mpath)
+        removed += [f"metrics.jsonl:{r.get('iteration')}" for r in rows if r not in keep]
+    dumps = os.path.join(run_dir, "trajectories")
+    for name in sorted(os.listdir(dumps)) if os.path.isdir(dumps) else []:
+        m = re.match(r"^iter_(\d+)\.jsonl$", name)
+        if m and int(m.group(1)) > iteration:
+            os.remove(os.path.join(dumps, name))
+            removed.append(os.path.join(dumps, name))
+    evals = os.path.join(run_dir, "eval")
+    for name in sorted(os.listdir(evals)) if os.path.isdir(evals) else []:
+        m = re.match(r"^(.+?)(_trajectories\.jsonl|\.json)$", name)
+        if not m:
+            continue
+        tag = m.group(1)
+        it = re.match(r"^iter_(\d+)$", tag)
+        if tag == "final" or (it and int(it.group(1)) > iteration):
+            os.remove(os.path.join(evals, name))
+            removed.append(os.path.join(evals, name))
+    return removed
