@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import random
 import signal
@@ -40,7 +41,7 @@ EXIT_PREEMPTED = 75  # agentrl train's exit code after a SIGTERM/SIGINT checkpoi
 
 class FaultyEnv(TextEnv):
     """Another env with random faults: per step, ``p_error`` raise, ``p_hang`` sleep past the
-    pool's step timeout, ``p_exit`` kill the worker process. Rewards and text are the inner
+    pool's step timeout, ``p_exit`` kill the worker process (in env worker processes only). Rewards and text are the inner
     env's, so learning still works between faults."""
 
     def __init__(self, inner: str = "agentrl/TextWorld-CoinCollector-v0", p_error: float = 0.004,
@@ -58,6 +59,8 @@ class FaultyEnv(TextEnv):
         return self.env.reset(seed=seed, options=options)
 
     def step(self, action: str):
+        if multiprocessing.parent_process() is None:
+            return self.env.step(action)  # in the trainer itself (tokenizer corpus): no faults
         r = self.rng.random()
         if r < self.p_exit:
             os._exit(3)  # the worker dies mid-step
@@ -120,7 +123,8 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
               "kill_in_update": 0, "kill_in_eval": 0}
     segments, t0 = [], time.time()
     while True:
-        resume = os.path.isdir(run_dir)  # with no checkpoint yet, --resume starts at 0 there
+        # Once the run has its config, always --resume (with no checkpoint yet it starts at 0).
+        resume = os.path.exists(os.path.join(run_dir, "config.yaml"))
         cmd = [sys.executable, "-m", "examples.soak", "--child", "--", "train",
                *(["--resume", run_dir] if resume else []), *_overrides(args, run_name)]
         env = dict(os.environ)
@@ -128,31 +132,30 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
         kill_after = None
         plan = rng.choice(["none", "sigkill", "sigterm", "point"]) if len(segments) < args.kills \
             else "none"
+        if len(segments) == args.kills - 1:
+            plan = "point"  # the last planned kill: during the final evaluation
         if plan == "point":
-            point = rng.choice(["checkpoint_write", "rollout", "update", "eval"])
-            env["AGENTRL_FAULT"] = f"{point}@{rng.randint(1, 3)}:kill"
+            point = ("eval" if len(segments) == args.kills - 1
+                     else rng.choice(["checkpoint_write", "rollout", "update"]))
+            nth = {"eval": 1, "checkpoint_write": rng.randint(1, 2)}.get(point, rng.randint(2, 12))
+            env["AGENTRL_FAULT"] = f"{point}@{nth}:kill"
             faults[f"kill_in_{point}"] += 1
         elif plan in ("sigkill", "sigterm"):
             kill_after = rng.uniform(args.min_kill_seconds, args.max_kill_seconds)
             faults[plan] += 1
         start_it = _latest_iteration(run_dir)
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, start_new_session=True)
         log_path = os.path.join(args.out, f"segment_{len(segments)}.log")
         os.makedirs(args.out, exist_ok=True)
         rss, started = [], time.time()
         with open(log_path, "w") as log:
-            os.set_blocking(proc.stdout.fileno(), False)
+            proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
             while proc.poll() is None:
-                chunk = proc.stdout.read()
-                if chunk:
-                    log.write(chunk)
                 rss.append(_rss_mb(proc.pid))
                 if kill_after is not None and time.time() - started > kill_after:
                     proc.send_signal(signal.SIGKILL if plan == "sigkill" else signal.SIGTERM)
                     kill_after = None
                 time.sleep(1.0)
-            log.write(proc.stdout.read() or "")
         rc = proc.returncode
         if plan in ("sigkill", "sigterm") and kill_after is not None:
             faults[plan] -= 1  # the run ended before the kill was due
