@@ -237,14 +237,6 @@ webshop_action = st.one_of(
                      "click[description]", "search[]", "click[]", "[]", "search[[x]]"]))
 
 
-@bounded(150, seconds=20)
-@given(st.lists(webshop_action, min_size=1, max_size=6), st.integers(0, 50))
-def test_webshop_never_raises(webshop, actions, seed) -> None:
-    webshop.reset(seed=seed)
-    for a in actions:
-        _check_step(webshop.step(a))
-
-
 @pytest.fixture(scope="module")
 def tooluse():
     env = agentrl.make_env("agentrl/ToolUse-v0", python_timeout=2.0)
@@ -264,12 +256,17 @@ tool_action = st.one_of(
                      "calculate[log(0)]", "calculate[max()]", "python[]", "answer[ ]"]))
 
 
-@bounded(200, seconds=20)
-@given(st.lists(tool_action, min_size=1, max_size=5), st.integers(0, 50))
-def test_tooluse_never_raises(tooluse, actions, seed) -> None:
-    tooluse.reset(seed=seed)
-    for a in actions:
-        _check_step(tooluse.step(a))
+GRAMMARS = {"webshop": webshop_action, "tooluse": tool_action}
+
+
+@pytest.mark.parametrize("name", sorted(GRAMMARS))
+@bounded(150, seconds=20)
+@given(data=st.data())
+def test_env_action_grammars_never_raise(request, name: str, data) -> None:
+    env = request.getfixturevalue(name)  # the module-scoped env of that name
+    env.reset(seed=data.draw(st.integers(0, 50)))
+    for a in data.draw(st.lists(GRAMMARS[name], min_size=1, max_size=6)):
+        _check_step(env.step(a))
 
 
 @bounded(8, seconds=30)
