@@ -39,6 +39,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("agentrl: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        # Errors that end a run on purpose carry their exit code (documented in the README:
+        # 3 non-finite updates, 75 stopped by SIGTERM/SIGINT with a checkpoint).
+        code = getattr(e, "exit_code", None)
+        if code is None:
+            raise
+        print(f"agentrl: {e}", file=sys.stderr)
+        return code
 
 
 def _kwargs(pairs: list[str]) -> dict:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass
@@ -92,6 +93,8 @@ class TrainConfig:
     micro_batch_tokens: int = F(16384, "token budget per forward/backward (grad accumulation)", ge=1)
     grad_clip: float = F(1.0, "max grad norm of the policy, and apart of the algorithm's own "
                          "parameters (a critic) (0 = off)", ge=0)
+    max_nonfinite_updates: int = F(5, "optimizer steps in a row with a non-finite loss or "
+                                   "gradient (each skipped) before the run stops", ge=1)
     checkpoint_every: int = F(10, "iterations between checkpoints (0 = only at the end)", ge=0)
     keep_checkpoints: int = F(2, "checkpoints kept on disk", ge=1)
     tis_cap: float = F(0.0, "truncated importance sampling: weight each token's advantage by "
@@ -160,6 +163,14 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+def _yaml_value(text: str, key: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{key}: {text!r} is not valid YAML ({str(e).splitlines()[0]})"
+                          ) from None
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Convert ``value`` to annotation ``tp`` or raise a ConfigError naming the key."""
     origin = typing.get_origin(tp)
@@ -206,13 +217,14 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
+        try:
+            number = float(value) if isinstance(value, (int, float, str)) else None
+        except (ValueError, OverflowError):
+            number = None
+        if number is not None and not math.isfinite(number):
+            raise ConfigError(f"{key}: {value!r} is not a finite number")
+        if number is not None:
+            return number
         raise ConfigError(f"{key}: expected a number such as 1e-3, got {value!r} "
                           f"({type(value).__name__})")
     if tp is str:
@@ -221,14 +233,14 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         raise ConfigError(f"{key}: expected a string, got {value!r}")
     if origin is list:
         if isinstance(value, str):
-            value = yaml.safe_load(value) if value.strip().startswith("[") else [value]
+            value = _yaml_value(value, key) if value.strip().startswith("[") else [value]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         inner = args[0] if args else Any
         return [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if isinstance(value, str):
-            value = yaml.safe_load(value)
+            value = _yaml_value(value, key)
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping like {{a: 1}}, got {value!r}")
         return dict(value)
@@ -316,13 +328,13 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     from agentrl.registry import ALGORITHMS, get_algorithm
 
     data = dict(data or {})
-    algo = dict(data.pop("algorithm", None) or {})
+    algo = _section(data, "algorithm", "{name: grpo}")
     name = str(algo.pop("name", "grpo"))
     try:
         algo_cls = get_algorithm(name)
     except KeyError as e:
         raise ConfigError(f"algorithm.name: {e.args[0]}") from e
-    pol = dict(data.pop("policy", None) or {})
+    pol = _section(data, "policy", "{backend: hf}")
     backend = str(pol.get("backend", "hf"))
     try:
         pol_cls = policies.backend_config(backend)
@@ -336,6 +348,14 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     cfg.algorithm.name = name
     _cross_checks(cfg)
     return cfg
+
+
+def _section(data: dict[str, Any], key: str, example: str) -> dict[str, Any]:
+    """``data.pop(key)`` as a dict (absent: empty); anything else is a ConfigError."""
+    value = data.pop(key, None) or {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key}: expected a section (mapping) like {example}, got {value!r}")
+    return dict(value)
 
 
 def _named_section(section: str, data: dict[str, Any], cls: type, label: str, switch: str,
@@ -391,6 +411,8 @@ def load_config(path: str | None = None, overrides: list[str] | None = None) -> 
             raise ConfigError(f"config file {path!r} not found") from None
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML: {e}") from e
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path}: not UTF-8 text ({e}); save it as UTF-8") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
     return config_from_dict(apply_overrides(data, overrides or []))

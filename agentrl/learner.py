@@ -169,6 +169,20 @@ def spread_rows(n: int, k: int = MISMATCH_ROWS) -> list[int]:
     return list(range(0, n, max(1, n // k)))[:k]
 
 
+class NonFiniteUpdates(RuntimeError):
+    """Too many optimizer steps in a row had a non-finite loss or gradient."""
+
+    exit_code = 3  # of `agentrl train`
+
+    def __init__(self, streak: int) -> None:
+        super().__init__(
+            f"{streak} optimizer steps in a row had a non-finite loss or gradient (each was "
+            "skipped; weights and optimizer state are as before them). Try a lower train.lr, "
+            "train.grad_clip > 0, policy.dtype=float32 instead of bf16/fp16, smaller rewards "
+            "or advantages (check the env's reward scale), then continue with "
+            "`agentrl train --resume RUN_DIR` (or raise train.max_nonfinite_updates)")
+
+
 class Learner(Protocol):
     """What the trainer needs from a learner. `LocalLearner` is the one-process implementation;
     a distributed learner implements the same methods (global statistics reduced across
@@ -220,6 +234,7 @@ class LocalLearner:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.reference: nn.Module | None = None
         self.progress: Any = None  # progress bar advanced once per optimizer step
+        self.nonfinite_streak = 0  # optimizer steps skipped in a row (non-finite loss/grad)
         if "ref_logprobs" in algorithm.requires:
             self.reference = copy.deepcopy(model).eval()
             for p in self.reference.parameters():
@@ -317,6 +332,7 @@ class LocalLearner:
         counts: dict[str, int] = {}
         grad_norms: list[float] = []
         algo_norms: list[float] = []
+        skipped = 0
         for _ in range(c.epochs):
             order = list(range(N))
             rng.shuffle(order)
@@ -330,6 +346,7 @@ class LocalLearner:
                 agg_seqs = float((lm.sum(-1) > 0).sum().clamp(min=1))
                 agg_len = self.response_budget  # a constant, never the padded length
                 self.optimizer.zero_grad(set_to_none=True)
+                step_sums: dict[str, float] = {}  # this minibatch's terms (micro-batch sums)
                 for mrows in micro_batches(batch, rows, c.micro_batch_tokens):
                     mb = batch.select(mrows)
                     mb.agg_tokens, mb.agg_seqs, mb.agg_len = agg_tokens, agg_seqs, agg_len
@@ -339,21 +356,31 @@ class LocalLearner:
                     terms = algo.loss(out, mb)
                     terms["loss"].backward()
                     for name, v in terms.items():
-                        sums[name] = sums.get(name, 0.0) + float(v.detach())
-                        counts[name] = counts.get(name, 0) + 0
-                    # Terms are partial sums over micro-batches; count minibatches once below.
-                for name in terms:
-                    counts[name] = counts.get(name, 0) + 1
+                        step_sums[name] = step_sums.get(name, 0.0) + float(v.detach())
                 # The policy and the algorithm's own parameters (a critic) are clipped apart, as
                 # separate actor/critic optimizers are: a large value-loss gradient must not
                 # shrink the policy's step.
                 groups = self.optimizer.param_groups
                 clip = c.grad_clip if c.grad_clip > 0 else float("inf")
                 gn = torch.nn.utils.clip_grad_norm_(groups[0]["params"], clip)
-                grad_norms.append(float(gn))
                 own = [p for g in groups[1:] for p in g["params"]]
-                if own:
-                    algo_norms.append(float(torch.nn.utils.clip_grad_norm_(own, clip)))
+                an = torch.nn.utils.clip_grad_norm_(own, clip) if own else None
+                if not all(math.isfinite(float(x)) for x in (step_sums["loss"], gn, an or 0.0)):
+                    # Skip the step: no weight moves and AdamW's moments and step count stay
+                    # as they were, so one bad batch cannot poison the run.
+                    self.optimizer.zero_grad(set_to_none=True)
+                    skipped += 1
+                    self.nonfinite_streak += 1
+                    if self.nonfinite_streak >= c.max_nonfinite_updates:
+                        raise NonFiniteUpdates(self.nonfinite_streak)
+                    continue
+                self.nonfinite_streak = 0
+                for name, v in step_sums.items():  # each minibatch counts once
+                    sums[name] = sums.get(name, 0.0) + v
+                    counts[name] = counts.get(name, 0) + 1
+                grad_norms.append(float(gn))
+                if an is not None:
+                    algo_norms.append(float(an))
                 self.optimizer.step()
                 if self.progress is not None:
                     self.progress.update(1)
@@ -363,6 +390,7 @@ class LocalLearner:
         if algo_norms:
             metrics["train/grad_norm_algorithm"] = sum(algo_norms) / len(algo_norms)
         metrics["train/lr"] = self.optimizer.param_groups[0]["lr"]
+        metrics["train/nonfinite_skipped"] = float(skipped)
         return metrics
 
     # -- weights and state ---------------------------------------------------------------

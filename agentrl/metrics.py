@@ -8,7 +8,7 @@ import os
 from collections import Counter
 from typing import Any
 
-from agentrl.types import Trajectory
+from agentrl.types import Trajectory, read_json_lines
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -54,7 +54,10 @@ class MetricsLogger:
     """Appends metrics to ``metrics.jsonl`` and TensorBoard; prints a one-line summary."""
 
     def __init__(self, run_dir: str, tensorboard: bool = True,
-                 wandb_config: dict[str, Any] | None = None) -> None:
+                 wandb_config: dict[str, Any] | None = None,
+                 purge_step: int | None = None) -> None:
+        """``purge_step``: a resumed run's first iteration; TensorBoard hides the events at or
+        after it that the killed run had written (they are redone)."""
         self.path = os.path.join(run_dir, "metrics.jsonl")
         self.tb: Any = None
         self.wandb: Any = None
@@ -71,7 +74,8 @@ class MetricsLogger:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.tb = SummaryWriter(os.path.join(run_dir, "tensorboard"))
+                self.tb = SummaryWriter(os.path.join(run_dir, "tensorboard"),
+                                        purge_step=purge_step)
             except Exception as e:  # tensorboard missing or broken: keep the JSONL
                 print(f"[agentrl] TensorBoard disabled: {e}")
 
@@ -98,8 +102,7 @@ def read_metrics(run_dir: str) -> list[dict[str, Any]]:
     path = os.path.join(run_dir, "metrics.jsonl")
     if not os.path.exists(path):
         return []
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return read_json_lines(path)
 
 
 def console_line(it: int, total: int, m: dict[str, float]) -> str:

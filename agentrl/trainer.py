@@ -25,6 +25,7 @@ from agentrl.checkpoint import seed_everything
 from agentrl.config import Config, config_to_dict
 from agentrl.envpool import make_pool
 from agentrl.evaluate import EVAL_SAMPLER_SEED, evaluate
+from agentrl.faults import Interrupted, StopOnSignal, fault_point
 from agentrl.learner import LocalLearner, apply_tis
 from agentrl.metrics import MetricsLogger, console_line, rollout_metrics
 from agentrl.models import build_policy_model, load_pretrained, resolve_device
@@ -69,8 +70,12 @@ class Trainer:
                                    {**cfg.env.kwargs, **cfg.env.eval_kwargs})
         self.eval_engine = RolloutEngine(self.policy, self.eval_pool, self.builder, cfg.rollout,
                                          cfg.env.id)
+        start = checkpoint.checkpoint_iteration(self.resume_from) if self.resume_from else 0
+        if resume:  # metrics rows, dumps and eval files past the checkpoint are redone
+            checkpoint.discard_after(self.run_dir, start)
         self.logger = MetricsLogger(self.run_dir, cfg.log.tensorboard,
-                                    config_to_dict(cfg) if cfg.log.wandb else None)
+                                    config_to_dict(cfg) if cfg.log.wandb else None,
+                                    purge_step=start + 1 if resume else None)
         self.rng = random.Random(cfg.seed)
         self.iteration = 0
         self.eval_history: list[dict[str, Any]] = []
@@ -106,13 +111,6 @@ class Trainer:
         self.policy.load_state_dict(st["policy"])
         self.eval_history = st.get("eval_history", [])
         self.iteration = checkpoint.checkpoint_iteration(path)
-        # Iterations logged after the checkpoint are redone; drop their stale metric rows.
-        mpath = os.path.join(self.run_dir, "metrics.jsonl")
-        if os.path.exists(mpath):
-            with open(mpath, encoding="utf-8") as f:
-                rows = [r for r in f if r.strip() and json.loads(r)["iteration"] <= self.iteration]
-            with open(mpath, "w", encoding="utf-8") as f:
-                f.writelines(rows)
         print(f"[agentrl] resumed from {path} at iteration {self.iteration}")
 
     # -- evaluation ---------------------------------------------------------------------
@@ -125,10 +123,12 @@ class Trainer:
         summary, trajs = evaluate(self.eval_engine, seeds, greedy=e.greedy)
         self.policy.load_state_dict(state)
         summary["iteration"], summary["tag"] = self.iteration, tag
-        self.eval_history.append(summary)
+        # A resumed run redoes an evaluation that the checkpoint may already hold (the final).
+        self.eval_history = [h for h in self.eval_history if h["tag"] != tag] + [summary]
         os.makedirs(os.path.join(self.run_dir, "eval"), exist_ok=True)
         with open(os.path.join(self.run_dir, "eval", f"{tag}.json"), "w", encoding="utf-8") as f:
             json.dump(summary, f, indent=2)
+        fault_point("eval")
         write_jsonl(os.path.join(self.run_dir, "eval", f"{tag}_trajectories.jsonl"), trajs)
         lo, hi = summary["ci95"]
         print(f"[agentrl] eval ({tag}, iteration {self.iteration}): success "
@@ -184,6 +184,7 @@ class Trainer:
             s = self.rng.randrange(c.env.train_seeds)
             seeds += [s] * c.rollout.group_size
             gids += [f"it{self.iteration}-g{g}"] * c.rollout.group_size
+        fault_point("rollout")
         bar = self._bar("rollout", None, "turn")
         self.engine.progress = bar
         try:
@@ -211,6 +212,7 @@ class Trainer:
     def _update(self, batch: Batch) -> dict[str, float]:
         c = self.cfg
         self.learner.progress = self._bar("update", c.train.epochs * c.train.minibatches, "step")
+        fault_point("update")
         try:
             return self.learner.update(batch, self.rng)
         finally:
@@ -252,27 +254,39 @@ class Trainer:
 
             bar = tqdm(total=total, initial=self.iteration, desc="training", unit="it",
                        dynamic_ncols=True, leave=False)
-        while self.iteration < total:
-            m = self.train_iteration()
-            self.iteration += 1
-            if c.eval.every and self.iteration % c.eval.every == 0 and self.iteration < total:
-                s = self.run_eval(f"iter_{self.iteration}")
-                m["eval/success_rate"] = s["success_rate"]
-            m.update(alarm_metrics(m, c.alarms))
-            self.logger.log(self.iteration, m)
-            line = console_line(self.iteration, total, m)
-            if bar is not None:
-                bar.update(1)
-                bar.write(line)
-            else:
-                print(line, flush=True)
-            if c.train.checkpoint_every and self.iteration % c.train.checkpoint_every == 0:
-                self.save_checkpoint()
+        stop = StopOnSignal()  # SIGTERM/SIGINT: finish the iteration, checkpoint, exit 75
+        try:
+            while self.iteration < total:
+                m = self.train_iteration()
+                self.iteration += 1
+                if c.eval.every and self.iteration % c.eval.every == 0 and self.iteration < total:
+                    s = self.run_eval(f"iter_{self.iteration}")
+                    m["eval/success_rate"] = s["success_rate"]
+                m.update(alarm_metrics(m, c.alarms))
+                self.logger.log(self.iteration, m)
+                line = console_line(self.iteration, total, m)
+                if bar is not None:
+                    bar.update(1)
+                    bar.write(line)
+                else:
+                    print(line, flush=True)
+                due = c.train.checkpoint_every and self.iteration % c.train.checkpoint_every == 0
+                cp = self.save_checkpoint() if due else None
+                fault_point("iteration_end")
+                if stop.signum is not None:
+                    cp = cp or self.save_checkpoint()
+                    self.logger.close()
+                    self.close()
+                    raise Interrupted(stop.signum, self.iteration, cp, self.run_dir)
+        finally:
+            stop.restore()
         if bar is not None:
             bar.close()
         final = self.run_eval("final")
-        self.logger.log(self.iteration, {"eval/success_rate": final["success_rate"]})
+        # The row goes after the checkpoint: killed in between, a resume redoes the evaluation
+        # and logs it once (logged before, it would be there twice).
         cp = self.save_checkpoint()
+        self.logger.log(self.iteration, {"eval/success_rate": final["success_rate"]})
         self.logger.close()
         curve = write_curve(self.run_dir, self.eval_history)
         before = next((e for e in self.eval_history if e["tag"] == "before"), None)

@@ -13,6 +13,7 @@ before the turn's action, and the mode says which turns form one training sample
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -151,15 +152,54 @@ def write_jsonl(path: str, trajectories: Iterable[Trajectory], append: bool = Fa
     n = 0
     with open(path, "a" if append else "w", encoding="utf-8") as f:
         for t in trajectories:
-            f.write(json.dumps(t.to_dict(), ensure_ascii=False) + "\n")
+            try:
+                f.write(json.dumps(t.to_dict(), ensure_ascii=False) + "\n")
+            except UnicodeEncodeError:  # a lone surrogate: \u-escapes keep the file UTF-8
+                f.write(json.dumps(t.to_dict()) + "\n")
             n += 1
     return n
 
 
+def read_json_lines(path: str) -> list[dict[str, Any]]:
+    """The JSON objects of a JSONL file. A last line cut short (no newline after it: the writer
+    was killed mid-line) is dropped with a warning.
+
+    Raises:
+        ValueError: a line that is not a JSON object (the message names the file and line).
+    """
+    with open(path, "rb") as f:
+        lines = f.read().split(b"\n")
+    rows = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line.decode("utf-8"))
+        except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+            if n == len(lines):
+                print(f"[agentrl] warning: {path} line {n} was cut short (a killed writer); "
+                      "ignoring it", file=sys.stderr)
+                continue
+            raise ValueError(f"{path} line {n}: not a line of JSON ({e})") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path} line {n}: expected a JSON object, got {type(row).__name__}")
+        rows.append(row)
+    return rows
+
+
 def read_jsonl(path: str) -> list[Trajectory]:
-    """Read trajectories written by `write_jsonl`."""
-    with open(path, encoding="utf-8") as f:
-        return [Trajectory.from_dict(json.loads(line)) for line in f if line.strip()]
+    """Read trajectories written by `write_jsonl`.
+
+    Raises:
+        ValueError: a line that is not a trajectory (the message names the file and record).
+    """
+    out = []
+    for i, row in enumerate(read_json_lines(path), 1):
+        try:
+            out.append(Trajectory.from_dict(row))
+        except (TypeError, ValueError, AttributeError) as e:
+            raise ValueError(f"{path}: record {i} is not a trajectory ({e})") from None
+    return out
 
 
 @dataclass

@@ -21,6 +21,7 @@ from __future__ import annotations
 import glob
 import html
 import json
+import math
 import os
 import re
 from typing import TYPE_CHECKING, Any
@@ -108,10 +109,26 @@ def collect_episodes(run_dir: str, max_episodes: int = 3000) -> list[dict[str, A
 
 def render_html(episodes: list[dict[str, Any]], title: str) -> str:
     """The complete page: data embedded as JSON, rendered by inline JS."""
-    # "</" inside a <script> would end it early; JSON allows the escaped "<\/".
-    data = json.dumps(episodes, ensure_ascii=False).replace("</", "<\\/")
-    return (_PAGE.replace("__TITLE__", html.escape(title))
-            .replace("__DATA__", data))
+    # Inside <script>, "</script" ends the block early and "<!--<script" makes the HTML
+    # tokenizer skip the real end tag; JSON can spell every <, > and & as a \u escape, so the
+    # block holds none. Lone surrogates become "?" (browsers cannot serialise them); NaN/inf
+    # (not JSON: the browser's JSON.parse rejects them) become null.
+    data = (json.dumps(_json_safe(episodes), allow_nan=False).replace("<", "\\u003c")
+            .replace(">", "\\u003e").replace("&", "\\u0026"))
+    title = html.escape(title.encode("utf-8", "replace").decode("utf-8"))
+    return _PAGE.replace("__TITLE__", title).replace("__DATA__", data)
+
+
+def _json_safe(x: Any) -> Any:
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, str) and not x.isascii():  # a lone surrogate becomes "?"
+        return x.encode("utf-8", "replace").decode("utf-8")
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    return x
 
 
 def write_viewer(run_dir: str, out_path: str | None = None, max_episodes: int = 3000) -> str:

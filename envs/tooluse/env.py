@@ -36,7 +36,7 @@ from agentrl.envs.tooluse.kb import (
     make_arithmetic,
     make_multihop,
 )
-from agentrl.envs.tooluse.sandbox import run_python
+from agentrl.envs.tooluse.sandbox import check_sandbox, run_python
 from agentrl.envs.tooluse.tools import BM25Search, CalculatorError, calculate, format_number
 
 TASK_TYPES = ("multihop", "arithmetic")
@@ -69,6 +69,9 @@ class ToolUseEnv(TextEnv):
         max_tool_calls: tool-call budget per episode (None: unlimited).
         correct_reward, wrong_reward: reward for a right / wrong answer.
         python_timeout, python_cpu_seconds, python_memory_mb: sandbox limits.
+
+    Raises:
+        SandboxUnavailable: this machine's kernel cannot build the python tool's sandbox.
         max_output: characters of tool output shown.
         max_action_chars: longer actions are invalid steps (the tools never see them).
         instructions: prepend the tool list to the first observation.
@@ -88,6 +91,8 @@ class ToolUseEnv(TextEnv):
                              f"{list(task_types)!r}")
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        # Fail closed at construction: python[...] never runs outside the kernel boundary.
+        check_sandbox()
         self.task_types, self.split = tuple(task_types), split
         self.kb, self.search = _world(kb_seed + (split == "test"), kb_size, top_k)
         self.max_steps, self.max_tool_calls = max_steps, max_tool_calls

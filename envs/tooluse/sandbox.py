@@ -1,32 +1,36 @@
-"""A sandboxed Python executor for agent-written code.
+"""A sandboxed Python executor for agent-written code, behind kernel boundaries.
 
-Each call runs the code in a fresh interpreter (``python -I -S``: isolated mode, stdlib only, no
-user site, ``PYTHON*`` variables ignored) in a new temporary scratch directory, with:
+Each call runs the code in a fresh interpreter (``python -I -S``: isolated mode, stdlib only)
+started by `sandbox_init`, which puts it behind these mechanisms before the code is read:
 
-- resource limits, set by the child interpreter itself before the code is read (no
-  ``preexec_fn``, which can deadlock a multi-threaded parent such as a trainer): CPU seconds
-  (``RLIMIT_CPU``), address space (``RLIMIT_AS``: a memory bomb gets ``MemoryError``), file
-  size (``RLIMIT_FSIZE``: output and scratch files), no core dumps; raising them again is
-  refused (the hook below), which matters when the host runs as root;
-- a wall-clock timeout; the whole process group is killed when it expires;
-- no network: the interpreter runs in its own network namespace (``unshare -rn``, where user
-  namespaces are allowed) so even 127.0.0.1 is unreachable; in addition, and as the only barrier
-  where namespaces are unavailable, an audit hook refuses ``socket.*`` connect/bind/send events;
-- writes only inside the scratch directory: the audit hook refuses ``open`` in a write mode, and
-  remove/rename/mkdir/chmod-type events, for paths outside it; spawning processes
-  (``os.system``, ``subprocess``, ``fork``, ``exec``) and ``ctypes`` are refused too;
-- output (stdout and stderr together) goes to a file, not a pipe, so an output flood costs disk
-  bounded by ``RLIMIT_FSIZE`` rather than host memory, and is truncated to ``max_output`` chars.
+- **namespaces**: new user, mount, pid, network, IPC, UTS and cgroup namespaces. The file system
+  is a new root holding read-only bind mounts of the interpreter and shared libraries only, and
+  ``/work``, a private tmpfs with a size and inode limit, the only writable place. The host's
+  ``/home``, ``/root``, ``/tmp``, ``/proc`` and the run directory do not exist inside. The
+  network namespace has no interfaces but a down loopback; the pid namespace holds only the
+  code's own process, and everything in it dies with it;
+- **seccomp**: a BPF filter refuses new processes (fork, vfork, clone without CLONE_THREAD),
+  exec, sockets, mount/pivot_root/unshare/setns, ptrace, io_uring, bpf, keyrings, raising
+  rlimits and more (`sandbox_init.seccomp_program`); threads stay allowed;
+- **no capabilities**, ``no_new_privs``;
+- **rlimits**: CPU seconds (SIGKILL at the limit), address space (a memory bomb gets
+  ``MemoryError``), file size (output and scratch files), open files, no core dumps;
+- a **wall-clock timeout**: the relaying parent's process group and the namespace's pid 1 are
+  killed when it expires;
+- **output caps**: stdout and stderr go to a file, not a pipe, so a flood costs at most the
+  file-size limit of disk and is truncated to ``max_output`` characters.
 
-Audit hooks (PEP 578) are not a security boundary against a determined adversary inside
-CPython; the rlimits and the network namespace are enforced by the kernel. Run untrusted
-training jobs in a container as well.
+It fails closed: where the kernel refuses a mechanism (user namespaces disabled, no seccomp, an
+architecture without a syscall table here), `SandboxUnavailable` is raised with the fix, and no
+code runs. `sandbox_problem` says up front whether the sandbox works on this machine.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import os
+import platform
 import shutil
 import signal
 import subprocess
@@ -34,67 +38,16 @@ import sys
 import tempfile
 from dataclasses import dataclass
 
-# Installed before the agent's code runs. It reads the code from a file in the parent
-# directory (so the code file is not writable from the sandbox), then executes it as __main__.
-_BOOTSTRAP = r'''
-import os, resource, sys
-_cpu, _mem, _fsize = (int(v) for v in sys.argv[2:5])
-# Hard CPU limit one second above the soft one: SIGXCPU first, then SIGKILL.
-resource.setrlimit(resource.RLIMIT_CPU, (_cpu, _cpu + 1))
-resource.setrlimit(resource.RLIMIT_AS, (_mem, _mem))
-resource.setrlimit(resource.RLIMIT_FSIZE, (_fsize, _fsize))
-resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-_SCRATCH = os.path.realpath(os.getcwd())
-_CODE = open(sys.argv[1], encoding="utf-8").read()
-sys.argv = ["<python>"]
-_W = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
-_PATH_EVENTS = {"os.remove", "os.rename", "os.rmdir", "os.mkdir", "os.chmod", "os.chown",
-                "os.symlink", "os.link", "os.truncate", "os.utime", "shutil.rmtree",
-                "shutil.move", "shutil.copyfile", "os.mkfifo", "os.mknod"}
-_BLOCKED = {"os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork", "os.forkpty",
-            "subprocess.Popen", "os.kill", "os.killpg", "ctypes.dlopen", "ctypes.cdata",
-            "socket.connect", "socket.bind", "socket.sendto", "socket.sendmsg",
-            "socket.getaddrinfo", "socket.gethostbyname", "socket.gethostbyaddr",
-            "os.chdir", "sys.addaudithook", "os.chroot", "os.setuid", "resource.setrlimit",
-            "resource.prlimit"}
-def _inside(p):
-    if isinstance(p, int):
-        return True  # an already-open descriptor: its path was checked when it was opened
-    try:
-        real = os.path.realpath(os.fsdecode(p))
-    except Exception:
-        return False
-    return real == _SCRATCH or real.startswith(_SCRATCH + os.sep)
-def _hook(event, args):
-    if event == "open":
-        path, mode, flags = args
-        writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
-            isinstance(flags, int) and flags & _W)
-        if writing and path is not None and not _inside(path):
-            raise PermissionError(f"sandbox: writing outside the scratch directory is not allowed: {path}")
-    elif event in _PATH_EVENTS:
-        for p in args[:2]:
-            if isinstance(p, (str, bytes, os.PathLike)) and not _inside(p):
-                raise PermissionError(f"sandbox: {event} outside the scratch directory is not allowed")
-    elif event in _BLOCKED or event.startswith("socket.") and event != "socket.__new__":
-        raise PermissionError(f"sandbox: {event} is not allowed (no network, no processes)")
-    elif event == "import" and args[0] in ("ctypes", "_ctypes"):
-        raise ImportError("sandbox: ctypes is not available")
-sys.dont_write_bytecode = True  # stdlib imports must not try to write __pycache__
-sys.addaudithook(_hook)
-try:
-    exec(compile(_CODE, "<python>", "exec"), {"__name__": "__main__", "__builtins__": __builtins__})
-except SystemExit:
-    raise
-except BaseException as _e:
-    # The agent's traceback without this bootstrap's frames (they are all in "<string>").
-    import traceback
-    _tb = [f for f in traceback.extract_tb(_e.__traceback__) if f.filename != "<string>"]
-    sys.stdout.flush()
-    sys.stderr.write("Traceback (most recent call last):\n" + "".join(traceback.format_list(_tb))
-                     + "".join(traceback.format_exception_only(type(_e), _e)))
-    sys.exit(1)
-'''
+from agentrl.envs.tooluse import sandbox_init
+
+_INIT = os.path.abspath(sandbox_init.__file__)
+# What the interpreter needs to run (mounted read-only); the rest of the host stays invisible.
+_SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32",
+                 "/etc/ld.so.cache", "/etc/localtime")
+
+
+class SandboxUnavailable(RuntimeError):
+    """The kernel boundary cannot be built on this machine; the message says why and what to do."""
 
 
 @dataclass
@@ -127,60 +80,112 @@ class SandboxResult:
         return out + ("\n" if out and notes else "") + "".join(f"[{n}]" for n in notes)
 
 
+def _python() -> str:
+    # The real interpreter, not a venv's link to it: the sandbox mounts its prefix only.
+    return os.path.realpath(sys.executable)
+
+
+def _readonly_paths() -> list[str]:
+    exe = _python()
+    return [*_SYSTEM_PATHS, sys.base_prefix, sys.base_exec_prefix,
+            os.path.dirname(os.path.dirname(exe))]
+
+
 @functools.lru_cache(maxsize=1)
-def network_namespace_available() -> bool:
-    """Whether ``unshare -rn`` can run a process in a fresh user+network namespace here."""
-    exe = shutil.which("unshare")
-    if exe is None:
-        return False
+def sandbox_problem() -> str | None:
+    """None when the sandbox works here, else why not and what to do (cached per process)."""
+    arch = platform.machine()
+    if sys.platform != "linux":
+        return f"the python tool's sandbox needs Linux (namespaces, seccomp); this is {sys.platform}"
     try:
-        r = subprocess.run([exe, "-rn", sys.executable, "-I", "-S", "-c", "pass"],
-                           capture_output=True, timeout=20)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return r.returncode == 0
+        sandbox_init.seccomp_program(arch)
+    except ValueError as e:
+        return f"the python tool's sandbox has no seccomp syscall table for this CPU: {e}"
+    try:
+        res = _run(["print(6 * 7)"][0], timeout=30, cpu_seconds=10, memory_mb=256, max_output=100,
+                   file_limit_kb=64, disk_mb=1)
+    except SandboxUnavailable as e:
+        return str(e)
+    if res.output.strip() != "42":
+        return f"the python tool's sandbox started but did not run code: {res.output[:300]!r}"
+    return None
+
+
+def check_sandbox() -> None:
+    """Raise `SandboxUnavailable` (with the fix) unless the sandbox works on this machine."""
+    problem = sandbox_problem()
+    if problem is not None:
+        raise SandboxUnavailable(problem)
 
 
 def run_python(code: str, *, timeout: float = 5.0, cpu_seconds: int = 3, memory_mb: int = 256,
-               max_output: int = 2000, file_limit_kb: int = 1024,
-               use_namespace: bool | None = None) -> SandboxResult:
+               max_output: int = 2000, file_limit_kb: int = 1024, disk_mb: int = 16
+               ) -> SandboxResult:
     """Run ``code`` in a fresh sandboxed interpreter and return its output.
 
     Args:
         code: Python source (stdlib only); print() what should be seen.
-        timeout: wall-clock seconds before the process group is killed.
+        timeout: wall-clock seconds before the sandbox is killed.
         cpu_seconds: CPU-time limit (``RLIMIT_CPU``).
         memory_mb: address-space limit (``RLIMIT_AS``) in MiB.
         max_output: characters of output kept.
         file_limit_kb: largest file (including the output) the code may write, KiB.
-        use_namespace: run in a fresh network namespace; None = when available.
+        disk_mb: size of the private writable directory ``/work`` (a tmpfs), MiB.
+
+    Raises:
+        SandboxUnavailable: the kernel refused a mechanism (nothing ran).
     """
-    if use_namespace is None:
-        use_namespace = network_namespace_available()
+    check_sandbox()
+    return _run(code, timeout=timeout, cpu_seconds=cpu_seconds, memory_mb=memory_mb,
+                max_output=max_output, file_limit_kb=file_limit_kb, disk_mb=disk_mb)
+
+
+def _run(code: str, *, timeout: float, cpu_seconds: int, memory_mb: int, max_output: int,
+         file_limit_kb: int, disk_mb: int) -> SandboxResult:
     root = tempfile.mkdtemp(prefix="agentrl-sandbox-")
+    status_r, status_w = os.pipe()
     try:
-        scratch = os.path.join(root, "work")
-        os.mkdir(scratch)
+        newroot = os.path.join(root, "root")  # an empty mount point, filled in the namespace
+        os.mkdir(newroot)
         code_path = os.path.join(root, "code.py")
         with open(code_path, "w", encoding="utf-8", errors="replace") as f:
             f.write(code)
-        argv = [sys.executable, "-I", "-S", "-c", _BOOTSTRAP, code_path, str(cpu_seconds),
-                str(memory_mb << 20), str(file_limit_kb << 10)]
-        if use_namespace:
-            argv = [shutil.which("unshare") or "unshare", "-rn", *argv]  # as probed above
-        env = {"PATH": "/usr/bin:/bin", "HOME": scratch, "TMPDIR": scratch, "LANG": "C.UTF-8"}
+        spec = {"code": code_path, "root": newroot, "arch": platform.machine(),
+                "status_fd": status_w, "readonly": _readonly_paths(),
+                "cpu_seconds": int(cpu_seconds), "memory_bytes": int(memory_mb) << 20,
+                "file_bytes": int(file_limit_kb) << 10, "disk_bytes": int(disk_mb) << 20,
+                "inodes": 1024}
+        env = {"PATH": "/usr/bin:/bin", "HOME": "/work", "TMPDIR": "/work", "LANG": "C.UTF-8"}
         out_path = os.path.join(root, "output.txt")
         timed_out = False
         with open(out_path, "wb") as out:
             proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=scratch,
-                env=env, start_new_session=True, close_fds=True)
+                [_python(), "-I", "-S", _INIT, json.dumps(spec)], stdin=subprocess.DEVNULL,
+                stdout=out, stderr=subprocess.STDOUT, cwd="/", env=env, start_new_session=True,
+                pass_fds=(status_w,))
+            os.close(status_w)
+            status_w = -1
             try:
                 code_rc = proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 timed_out = True
-                _kill_group(proc)
+                code_rc = None
+            status = _read_all(status_r)
+            if timed_out:
+                _kill(proc, status)
                 code_rc = proc.wait()
+        if "ready" not in status.split("\n"):
+            err = next((ln[6:] for ln in status.split("\n") if ln.startswith("error ")),
+                       f"exit code {code_rc}")
+            with open(out_path, "rb") as f:
+                err_out = f.read(2000).decode("utf-8", "replace").strip()
+            raise SandboxUnavailable(
+                f"the python tool's sandbox could not be built ({err}"
+                + (f"; {err_out}" if err_out else "") + "). It needs Linux user namespaces "
+                "(as root, or with kernel.unprivileged_userns_clone=1, user.max_user_namespaces "
+                "> 0 and, on Ubuntu, kernel.apparmor_restrict_unprivileged_userns=0) and "
+                "seccomp; in a container, allow unshare/mount (e.g. docker --security-opt "
+                "seccomp=unconfined --cap-add SYS_ADMIN) or run the env on the host")
         with open(out_path, "rb") as f:  # at most file_limit_kb, enforced by RLIMIT_FSIZE
             data = f.read()
         limit_hit = len(data) >= file_limit_kb << 10
@@ -193,11 +198,37 @@ def run_python(code: str, *, timeout: float = 5.0, cpu_seconds: int = 3, memory_
         return SandboxResult(output=text, exit_code=code_rc, timed_out=timed_out,
                              truncated=truncated, output_limit_hit=limit_hit)
     finally:
+        os.close(status_r)
+        if status_w >= 0:
+            os.close(status_w)
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
+def _read_all(fd: int) -> str:
+    """What the status pipe holds now (non-blocking: pid 1 may still be running)."""
+    os.set_blocking(fd, False)
+    chunks = []
+    while True:
+        try:
+            b = os.read(fd, 4096)
+        except BlockingIOError:
+            break
+        if not b:
+            break
+        chunks.append(b)
+    return b"".join(chunks).decode("utf-8", "replace")
+
+
+def _kill(proc: subprocess.Popen, status: str) -> None:
+    # The relaying parent's group, then pid 1 of the namespace by its host pid: its death takes
+    # every process in the namespace with it, even one that left the process group.
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+    for line in status.split("\n"):
+        if line.startswith("pid "):
+            try:
+                os.kill(int(line[4:]), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import re
-import resource
-import socket
 import subprocess
 import sys
 import time
@@ -21,105 +19,31 @@ from agentrl.envs.tooluse import (  # noqa: E402
     run_python,
 )
 from agentrl.envs.tooluse.kb import FACT_TEMPLATES  # noqa: E402
-from agentrl.envs.tooluse.sandbox import network_namespace_available  # noqa: E402
 from agentrl.envs.tooluse.tools import format_number  # noqa: E402
 
-NAMESPACE_MODES = [False] + ([True] if network_namespace_available() else [])
-
 # ----------------------------------------------------------------------------- sandbox
+# Escape attempts are in test_sandbox.py; here, what an honest agent sees.
 
 
-@pytest.mark.parametrize("use_namespace", NAMESPACE_MODES)
-def test_sandbox_refuses_network(use_namespace: bool) -> None:
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(1)
-    server.settimeout(0.5)
-    port = server.getsockname()[1]
-    code = ("import socket\ns = socket.socket()\ns.settimeout(2)\n"
-            f"s.connect(('127.0.0.1', {port}))\nprint('CONNECTED')")
-    try:
-        res = run_python(code, use_namespace=use_namespace)
-        with pytest.raises(socket.timeout):
-            server.accept()  # nothing ever reached the host's listener
-    finally:
-        server.close()
-    assert "CONNECTED" not in res.output and res.exit_code != 0
-    assert "PermissionError" in res.output and "socket.connect is not allowed" in res.output
-
-
-def test_sandbox_refuses_writes_outside_its_directory(tmp_path) -> None:
-    victim = tmp_path / "keep.txt"
-    victim.write_text("original")
-    target = tmp_path / "evil.txt"
-    for code in (f"open({str(target)!r}, 'w').write('x')",
-                 f"import os; os.remove({str(victim)!r})",
-                 f"import os; os.rename({str(victim)!r}, 'stolen.txt')",
-                 f"import pathlib; pathlib.Path({str(target)!r}).write_text('x')",
-                 f"open({str(victim)!r}, 'a').write('x')",
-                 f"import os; os.open({str(target)!r}, os.O_WRONLY | os.O_CREAT)",
-                 "import os; os.symlink('/etc', 'link'); open('link/evil', 'w')"):
-        res = run_python(code)
-        assert res.exit_code == 1 and "outside the scratch directory" in res.output, code
-    assert not target.exists() and victim.read_text() == "original"
-    # Inside its scratch directory the code may write and read back.
-    res = run_python("open('a.txt', 'w').write('hi'); import os; os.mkdir('d'); "
-                     "print(open('a.txt').read(), os.listdir('.'))")
-    assert res.exit_code == 0 and "hi" in res.output, res.output
-
-
-def test_sandbox_refuses_processes_and_ctypes() -> None:
-    for code, event in (("import os; os.system('echo hi')", "os.system"),
-                        ("import subprocess; subprocess.run(['echo', 'hi'])", "subprocess.Popen"),
-                        ("import os; os.fork()", "os.fork")):
-        res = run_python(code)
-        assert res.exit_code == 1 and f"{event} is not allowed" in res.output, res.output
-    assert "ctypes is not available" in run_python("import ctypes").output
-
-
-def test_sandbox_wall_clock_timeout() -> None:
-    t = time.monotonic()
-    res = run_python("import time\nwhile True: time.sleep(0.05)", timeout=1.0)
-    assert time.monotonic() - t < 5
-    assert res.timed_out and "timed out" in res.observation()
-
-
-def test_sandbox_cpu_limit() -> None:
-    res = run_python("while True: pass", timeout=30, cpu_seconds=1)
-    assert not res.timed_out and res.exit_code < 0
-    assert "CPU-time limit" in res.observation()
-
-
-def test_sandbox_memory_bomb_is_contained() -> None:
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    for code in ("x = bytearray(4 * 1024**3)", "x = [0] * 10**9", "s = 'a' * 10**10"):
-        res = run_python(code, memory_mb=256)
-        assert res.exit_code == 1 and "MemoryError" in res.output, (code, res.output)
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    assert after - before < 50_000  # KiB: the host process did not grow
-
-
-def test_sandbox_limits_cannot_be_raised() -> None:
-    for code in ("import resource; resource.setrlimit(resource.RLIMIT_AS, (-1, -1))",
-                 "import resource; resource.prlimit(0, resource.RLIMIT_CPU, (-1, -1))"):
-        res = run_python(code)
-        assert res.exit_code == 1 and "is not allowed" in res.output, res.output
+def test_sandbox_limits_are_visible_and_fixed() -> None:
     res = run_python("import resource; print(resource.getrlimit(resource.RLIMIT_AS))",
                      memory_mb=200)
     assert res.output.strip() == f"({200 << 20}, {200 << 20})"
+    res = run_python("import resource; resource.setrlimit(resource.RLIMIT_AS, (-1, -1))")
+    assert res.exit_code == 1 and "not allowed to raise" in res.output, res.output
 
 
-def test_sandbox_output_flood_is_bounded() -> None:
-    res = run_python("while True: print('x' * 1000)", timeout=10, max_output=500,
-                     file_limit_kb=64)
-    assert res.truncated and len(res.output) <= 520
-    assert "file-size limit" in res.observation() or res.timed_out
+def test_sandbox_scratch_directory_is_writable() -> None:
+    res = run_python("open('a.txt', 'w').write('hi'); import os; os.mkdir('d'); "
+                     "print(open('/tmp/a.txt').read(), sorted(os.listdir('.')), os.getcwd())")
+    assert res.exit_code == 0 and res.output.strip() == "hi ['a.txt', 'd'] /work", res.output
 
 
 def test_sandbox_shows_prints_and_errors() -> None:
     assert run_python("print(sum(range(10)))").observation() == "45"
     obs = run_python("print('before')\n1/0").observation()
-    assert obs.startswith("before") and "ZeroDivisionError" in obs and "<string>" not in obs
+    assert obs.startswith("before") and "ZeroDivisionError" in obs
+    assert "<string>" not in obs and "sandbox_init" not in obs, obs
     assert "no output" in run_python("x = 1").observation()
 
 

@@ -1,0 +1,357 @@
+"""Property-based fuzzing (hypothesis) of everything that parses untrusted text: the config
+loader and overrides, the action parsers, the trajectory JSONL reader, the WebShop and ToolUse
+action grammars and the HTML viewer. No uncaught exception; a clear error where input is bad.
+
+Bounded for the default suite (fixed seeds, a few hundred examples each); for a deeper run:
+``AGENTRL_FUZZ_EXAMPLES=20000 python -m pytest tests/test_fuzz.py`` (random seeds then).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+from datetime import timedelta
+from html.parser import HTMLParser
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+import agentrl
+from agentrl.config import Config, ConfigError, config_to_dict, load_config
+from agentrl.prompts import format_action, parse_action
+from agentrl.types import Trajectory, Turn, read_jsonl, write_jsonl
+from agentrl.viewer import episode_record, render_html
+
+_DEEP = int(os.environ.get("AGENTRL_FUZZ_EXAMPLES", "0"))
+
+
+def bounded(n: int, seconds: float = 5.0):
+    """``n`` examples (fixed seed) in the default suite; AGENTRL_FUZZ_EXAMPLES for deep runs."""
+    return settings(max_examples=_DEEP or n, deadline=timedelta(seconds=seconds),
+                    derandomize=not _DEEP, database=None,
+                    suppress_health_check=[HealthCheck.too_slow,
+                                           HealthCheck.function_scoped_fixture])
+
+
+# Every character, lone surrogates and control characters included.
+any_char = st.characters(codec=None, exclude_categories=())
+hostile_text = st.one_of(
+    st.text(any_char, max_size=60),
+    st.lists(st.sampled_from(["</script>", "<!--<script>", "</SCRIPT ", "<script>", "-->", '"',
+                              "'", "\\", "\x00", "\u2028", "\ud800", "&amp;", "<\\/", "\r\n",
+                              "]]>", "<action>", "</action>", "[", "]", "\x1b[31m", "NaN"]),
+             max_size=8).map("".join),
+    st.text(any_char, max_size=3).map(lambda s: s * 3000),  # very long lines
+)
+
+# ----------------------------------------------------------------------------- config
+
+_SECTIONS = {f.name: f.default_factory() for f in dataclasses.fields(Config)
+             if f.default_factory is not dataclasses.MISSING}
+_KEYS = sorted(f"{name}.{f.name}" for name, section in _SECTIONS.items()
+               if dataclasses.is_dataclass(section) for f in dataclasses.fields(section))
+yaml_scalar = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True, allow_infinity=True),
+    st.text(any_char, max_size=20),
+    st.sampled_from([".inf", "-.inf", ".nan", "1e400", "2020-01-01", "0x1f", "~", "[1, [2]]",
+                     "{a: {b: c}}", "!!binary aGk=", "&a [*a]", "[" * 50, "{", "'", "- - -"]),
+)
+
+
+def _assert_finite_numbers(d) -> None:
+    if isinstance(d, dict):
+        for v in d.values():
+            _assert_finite_numbers(v)
+    elif isinstance(d, list):
+        for v in d:
+            _assert_finite_numbers(v)
+    elif isinstance(d, float):
+        assert math.isfinite(d), d
+
+
+@bounded(400)
+@given(st.lists(st.tuples(st.one_of(st.sampled_from(_KEYS), st.text(any_char, max_size=15)),
+                          yaml_scalar), max_size=4))
+@example([("train.lr", ".inf")])
+@example([("algorithm", "grpo")])
+@example([("rollout", "[1, 2]")])
+@example([("env.eval_kwargs", "\x1b")])  # found by a deep run (AGENTRL_FUZZ_EXAMPLES=3000)
+def test_config_overrides_load_or_fail_clearly(pairs) -> None:
+    overrides = [f"{k}={v}" for k, v in pairs]
+    try:
+        cfg = load_config(None, overrides)
+    except ConfigError as e:
+        assert str(e) and "\n" not in str(e).strip()[:1] and len(str(e)) < 2000
+        return
+    d = config_to_dict(cfg)
+    _assert_finite_numbers({k: v for k, v in d.items() if k != "env"})
+    yaml.safe_load(yaml.safe_dump(d))  # the resolved config is saved as YAML: it must dump
+
+
+yaml_value = st.recursive(yaml_scalar, lambda kids: st.one_of(
+    st.lists(kids, max_size=3), st.dictionaries(st.text(max_size=10), kids, max_size=3)),
+    max_leaves=10)
+
+
+@bounded(300)
+@given(st.one_of(
+    st.dictionaries(st.sampled_from([*_SECTIONS, "algorithm", "x"]), yaml_value, max_size=4),
+    st.text(any_char, max_size=200),
+    yaml_value))
+@example("a: &a [*a, *a]\nb: *a\n")
+@example("seed: !!python/object/apply:os.getcwd []\n")
+@example("\ud800")  # invalid UTF-8 on disk; found by a deep run
+def test_config_files_load_or_fail_clearly(tmp_path_factory, doc) -> None:
+    path = tmp_path_factory.mktemp("cfg") / "c.yaml"
+    text = doc if isinstance(doc, str) else yaml.safe_dump(doc, allow_unicode=True)
+    path.write_text(text, encoding="utf-8", errors="surrogatepass")
+    try:
+        load_config(str(path))
+    except ConfigError as e:
+        assert str(e)
+
+
+# ----------------------------------------------------------------------------- action parsers
+
+
+@bounded(500)
+@given(hostile_text, st.sampled_from(["tags", "raw"]))
+def test_parse_action_never_raises(text: str, fmt: str) -> None:
+    action, ok = parse_action(text, fmt)
+    assert isinstance(action, str) and isinstance(ok, bool)
+    if fmt == "raw":
+        assert action == text.strip()
+    if ok and fmt == "tags":
+        assert "</action>" not in action.lower()
+
+
+@bounded(300)
+@given(st.text(any_char, max_size=40).filter(lambda a: "</action>" not in a.lower()),
+       st.text(any_char, max_size=20).filter(lambda s: "<action>" not in s.lower()),
+       st.text(any_char, max_size=20), st.sampled_from(["tags", "raw"]))
+def test_formatted_actions_parse_back(action: str, before: str, after: str, fmt: str) -> None:
+    reply = format_action(action, fmt)
+    if fmt == "tags":
+        reply = before + reply + after  # thinking before, anything after: the first tag wins
+    got, ok = parse_action(reply, fmt)
+    if fmt == "tags":
+        assert ok and got == action.strip()
+    else:
+        assert got == action.strip() and ok == bool(action.strip())
+
+
+# ----------------------------------------------------------------------------- trajectories
+
+finite = st.floats(allow_nan=False, allow_infinity=False, width=32)
+any_float = st.floats(width=32)
+json_leaf = st.one_of(st.none(), st.booleans(), st.integers(-2**53, 2**53), finite,
+                      st.text(any_char, max_size=20))
+json_value = st.recursive(json_leaf, lambda kids: st.one_of(
+    st.lists(kids, max_size=3), st.dictionaries(st.text(any_char, max_size=8), kids,
+                                                max_size=3)), max_leaves=8)
+
+
+@st.composite
+def turns(draw, floats=finite) -> Turn:
+    n = draw(st.integers(0, 4))
+    return Turn(observation=draw(hostile_text), context_ids=draw(st.lists(st.integers(0, 50000),
+                                                                           max_size=5)),
+                action_ids=draw(st.lists(st.integers(0, 50000), min_size=n, max_size=n)),
+                logprobs=draw(st.lists(floats, min_size=n, max_size=n)),
+                response=draw(hostile_text), action=draw(hostile_text),
+                action_valid=draw(st.booleans()), reward=draw(floats),
+                shaping=draw(floats), finish_reason=draw(st.sampled_from(["stop", "length"])),
+                state_key=draw(st.none() | hostile_text),
+                info=draw(st.dictionaries(st.text(any_char, max_size=8), json_value,
+                                          max_size=3)))
+
+
+@st.composite
+def trajectories(draw, floats=finite) -> Trajectory:
+    return Trajectory(trajectory_id=draw(hostile_text), group_id=draw(hostile_text),
+                      env_id="agentrl/X-v0", seed=draw(st.integers(-2**40, 2**40)),
+                      context_mode=draw(st.sampled_from(["full", "window"])),
+                      turns=draw(st.lists(turns(floats), max_size=3)), task=draw(hostile_text),
+                      task_type=draw(hostile_text),
+                      termination=draw(st.sampled_from(["success", "failure", "env_error", ""])),
+                      success=draw(st.booleans()), score=draw(st.none() | floats),
+                      extra=draw(st.dictionaries(st.text(any_char, max_size=8), json_value,
+                                                 max_size=3)))
+
+
+@bounded(200)
+@given(st.lists(trajectories(), max_size=3))
+def test_trajectory_jsonl_roundtrips(tmp_path_factory, trajs) -> None:
+    path = str(tmp_path_factory.mktemp("t") / "t.jsonl")
+    assert write_jsonl(path, trajs) == len(trajs)
+    back = read_jsonl(path)
+    assert [t.to_dict() for t in back] == [t.to_dict() for t in trajs]
+
+
+@bounded(400)
+@given(st.one_of(st.binary(max_size=300),
+                 st.lists(json_value.map(lambda v: json.dumps(v).encode()), max_size=3)
+                 .map(b"\n".join),
+                 st.dictionaries(st.sampled_from(["trajectory_id", "group_id", "env_id", "seed",
+                                                  "context_mode", "turns", "x"]), json_value,
+                                 max_size=6).map(lambda d: json.dumps(d).encode())))
+def test_trajectory_reader_rejects_garbage_clearly(tmp_path_factory, data: bytes) -> None:
+    path = tmp_path_factory.mktemp("g") / "t.jsonl"
+    path.write_bytes(data)
+    try:
+        out = read_jsonl(str(path))
+    except ValueError as e:
+        assert str(path) in str(e)
+        return
+    assert all(isinstance(t, Trajectory) for t in out)
+
+
+# ----------------------------------------------------------------------------- env grammars
+
+
+@pytest.fixture(scope="module")
+def webshop():
+    env = agentrl.make_env("agentrl/WebShop-v0", num_products=1000)
+    yield env
+    env.close()
+
+
+def _check_step(out) -> None:
+    obs, reward, terminated, truncated, info = out
+    assert isinstance(obs, str) and isinstance(reward, float) and math.isfinite(reward)
+    assert isinstance(terminated, bool) and isinstance(truncated, bool)
+    assert isinstance(info["action_valid"], bool)
+
+
+webshop_action = st.one_of(
+    hostile_text,
+    st.tuples(st.sampled_from(["search", "click", "SEARCH", " click ", "buy", ""]),
+              st.sampled_from(["[", "]", "[[", "", "(", "[ "]), hostile_text,
+              st.sampled_from(["]", "]]", "", " ]", "] x"])).map("".join),
+    st.sampled_from(["click[buy now]", "click[< prev]", "click[next >]", "click[back to search]",
+                     "click[description]", "search[]", "click[]", "[]", "search[[x]]"]))
+
+
+@pytest.fixture(scope="module")
+def tooluse():
+    env = agentrl.make_env("agentrl/ToolUse-v0", python_timeout=2.0)
+    yield env
+    env.close()
+
+
+tool_action = st.one_of(
+    hostile_text,
+    st.tuples(st.sampled_from(["search", "calculate", "answer", "SEARCH", " calculate ", "x"]),
+              st.sampled_from(["[", "", "[["]), hostile_text,
+              st.sampled_from(["]", "", "]]", "] tail"])).map("".join),
+    st.text("0123456789+-*/().,^e %", max_size=40).map(lambda s: f"calculate[{s}]"),
+    st.sampled_from(["calculate[9**9**9]", "calculate[factorial(10**6)]", "calculate[(" * 200,
+                     "calculate[1/0]", "calculate[sqrt(-1)]", "calculate[2**-10000]",
+                     "calculate[1e308*10]", "calculate[round(1e300, -400)]",
+                     "calculate[log(0)]", "calculate[max()]", "python[]", "answer[ ]"]))
+
+
+GRAMMARS = {"webshop": webshop_action, "tooluse": tool_action}
+
+
+@pytest.mark.parametrize("name", sorted(GRAMMARS))
+@bounded(150, seconds=20)
+@given(data=st.data())
+def test_env_action_grammars_never_raise(request, name: str, data) -> None:
+    env = request.getfixturevalue(name)  # the module-scoped env of that name
+    env.reset(seed=data.draw(st.integers(0, 50)))
+    for a in data.draw(st.lists(GRAMMARS[name], min_size=1, max_size=6)):
+        _check_step(env.step(a))
+
+
+@bounded(8, seconds=30)
+@given(hostile_text)
+def test_tooluse_python_tool_never_raises(tooluse, code) -> None:
+    tooluse.reset(seed=0)
+    _check_step(tooluse.step(f"python[{code}]"))
+
+
+# ----------------------------------------------------------------------------- viewer
+
+
+class _Scripts(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.scripts: list[tuple[dict, str]] = []
+        self._cur: dict | None = None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "script":
+            self._cur = dict(attrs)
+            self.scripts.append((self._cur, ""))
+
+    def handle_data(self, data):
+        if self._cur is not None:
+            attrs, text = self.scripts[-1]
+            self.scripts[-1] = (attrs, text + data)
+
+    def handle_endtag(self, tag):
+        if tag == "script":
+            self._cur = None
+
+
+def _finite_or_none(x):
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, str):
+        return x.encode("utf-8", "replace").decode("utf-8")
+    if isinstance(x, dict):
+        return {k: _finite_or_none(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_finite_or_none(v) for v in x]
+    return x
+
+
+@bounded(200, seconds=10)
+@given(st.lists(trajectories(floats=any_float), max_size=3), hostile_text)
+@example([Trajectory("a", "g", "e", 0, "full", task="<!--<script>", turns=[
+    Turn("</script><script>alert(1)</script>", [], [], [], response="<!--<script>")])],
+         "</title><script>x</script>")
+def test_viewer_page_is_well_formed_whatever_the_text(trajs, title: str) -> None:
+    episodes = [episode_record(t, "src") for t in trajs]
+    page = render_html(episodes, title)
+    page.encode("utf-8")  # writable as UTF-8, lone surrogates included
+    # The data block holds no "<" at all: no "</script" to end it early, no "<!--<script" to
+    # send the tokenizer into the double-escaped state that swallows the real end tag.
+    start = page.index('<script id="data" type="application/json">') + len(
+        '<script id="data" type="application/json">')
+    data = page[start:page.index("</script>", start)]
+    assert "<" not in data and ">" not in data
+    # Browsers' JSON.parse accepts no NaN/Infinity: the data is strict JSON.
+    parsed = json.loads(data, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
+    assert parsed == _finite_or_none(json.loads(json.dumps(episodes)))
+    parser = _Scripts()
+    parser.feed(page)
+    assert [a.get("id") for a, _ in parser.scripts] == ["data", None]  # exactly two scripts
+    assert "<script>x" not in page.split("<body>")[0] and re.search(
+        r"<title>[^<]*</title>", page)
+
+
+def test_hostile_viewer_page_runs_in_chromium(tmp_path) -> None:
+    """The cases the properties above stand for, in a real browser: before the fix, a task of
+    ``<!--<script>`` or a NaN reward left the page empty (the data block swallowed the script,
+    or JSON.parse threw)."""
+    from test_report import _browse
+
+    hostile = [Trajectory(f"t{i}", "g", "e", 0, "full", task=task, turns=[
+        Turn(obs, [], [1], [float("-inf")], response="<!--", action="</script>", reward=r)])
+        for i, (task, obs, r) in enumerate([
+            ("<!--<script>", "x", 0.0), ("plain", "</script><script>", float("nan")),
+            ("\ud800 \x00 \u2028", "<!--", float("inf")), ("'\"`${x}`", "&amp;<b>", 1.0)])]
+    page = tmp_path / "v.html"
+    page.write_text(render_html([episode_record(t, "s") for t in hostile], "<!--<script>"),
+                    encoding="utf-8")
+    r = _browse("file://" + str(page), "--dump-dom")
+    dom = r.stdout
+    assert re.search(r'id="episodes" data-count="4"', dom), (dom[-2000:], r.stderr[-2000:])
+    assert "&lt;!--&lt;script&gt;" in dom and "</script>&lt;" not in dom
