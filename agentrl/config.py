@@ -104,7 +104,10 @@ class EvalConfig:
     every: int = F(10, "iterations between evaluations (0 = only before and after)", ge=0)
     episodes: int = F(50, "held-out episodes per evaluation", ge=1)
     seed_start: int = F(0, "eval seeds are seed_start .. seed_start+episodes-1 of the eval envs", ge=0)
-    greedy: bool = F(False, "greedy decoding (else sampled at rollout.temperature)")
+    greedy: bool = F(False, "greedy decoding (else sampled at eval.temperature)")
+    temperature: float | None = F(None, "sampling temperature of evaluations (None: "
+                                  "rollout.temperature; the GiGPO/verl-agent papers validate "
+                                  "at 0.4)", gt=0)
     before_training: bool = F(True, "evaluate the initial policy too")
 
 

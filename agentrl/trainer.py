@@ -24,7 +24,7 @@ from agentrl.batch import Batch
 from agentrl.checkpoint import seed_everything
 from agentrl.config import Config, config_to_dict
 from agentrl.envpool import make_pool
-from agentrl.evaluate import EVAL_SAMPLER_SEED, evaluate
+from agentrl.evaluate import EVAL_SAMPLER_SEED, eval_rollout_config, evaluate
 from agentrl.learner import LocalLearner, apply_tis
 from agentrl.metrics import MetricsLogger, console_line, rollout_metrics
 from agentrl.models import build_policy_model, load_pretrained, resolve_device
@@ -67,8 +67,8 @@ class Trainer:
         self.engine = RolloutEngine(self.policy, self.pool, self.builder, cfg.rollout, cfg.env.id)
         self.eval_pool = make_pool(cfg.env, min(cfg.eval.episodes, 64),
                                    {**cfg.env.kwargs, **cfg.env.eval_kwargs})
-        self.eval_engine = RolloutEngine(self.policy, self.eval_pool, self.builder, cfg.rollout,
-                                         cfg.env.id)
+        self.eval_engine = RolloutEngine(self.policy, self.eval_pool, self.builder,
+                                         eval_rollout_config(cfg), cfg.env.id)
         self.logger = MetricsLogger(self.run_dir, cfg.log.tensorboard,
                                     config_to_dict(cfg) if cfg.log.wandb else None)
         self.rng = random.Random(cfg.seed)

