@@ -36,6 +36,7 @@ sampled in.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -97,7 +98,7 @@ class ChatTemplate:
     """
 
     def __init__(self, tokenizer: Any, tools: list[dict[str, Any]] | None = None,
-                 template_kwargs: dict[str, Any] | None = None) -> None:
+                 template_kwargs: dict[str, Any] | None = None, call_example: str = "") -> None:
         if not getattr(tokenizer, "chat_template", None):
             raise TemplateError("the tokenizer has no chat_template; set tokenizer.chat_template "
                                 "or use a chat (instruct) model")
@@ -105,16 +106,34 @@ class ChatTemplate:
         eos = tokenizer.eos_token_id
         self.eos_id: int | None = None if eos is None else int(eos)
         self.eos_text = self.decode([self.eos_id]) if self.eos_id is not None else ""
+        # A template without tool support (SmolLM2's) would drop the tools silently: describe
+        # them in the system message instead, with the call format the parser reads.
+        self.tools_note = ""
+        if self.tools:
+            probe = [{"role": "user", "content": "x"}]
+            if self._apply(probe, self.tools, False) == self._apply(probe, None, False):
+                self.tools_note = describe_tools(self.tools, call_example)
 
-    def render(self, messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:
+    def _apply(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
+               add_generation_prompt: bool) -> str:
         try:
             return self.tok.apply_chat_template(
-                messages, tools=self.tools, tokenize=False,
+                messages, tools=tools, tokenize=False,
                 add_generation_prompt=add_generation_prompt, **self.kwargs)
         except Exception as e:  # jinja raises TemplateError/TypeError/... from inside
             roles = ", ".join(str(m.get("role")) for m in messages)
             raise TemplateError(f"the chat template failed on messages [{roles}]: "
                                 f"{type(e).__name__}: {e}") from e
+
+    def render(self, messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:
+        if self.tools_note:
+            if messages and messages[0].get("role") == "system":
+                first = {**messages[0], "content": f"{messages[0]['content']}\n\n{self.tools_note}"}
+                messages = [first, *messages[1:]]
+            else:
+                messages = [{"role": "system", "content": self.tools_note}, *messages]
+            return self._apply(messages, None, add_generation_prompt)
+        return self._apply(messages, self.tools, add_generation_prompt)
 
     def encode(self, text: str) -> list[int]:
         # The template writes any BOS itself; the tokenizer must not add another.
@@ -142,6 +161,13 @@ class ChatTemplate:
         if reply_ended and self.eos_text and tail.startswith(self.eos_text):
             tail = tail[len(self.eos_text):]  # the sampled EOS already closed the reply
         return tail
+
+
+def describe_tools(tools: list[dict[str, Any]], call_example: str) -> str:
+    """System-message text listing ``tools`` for templates that do not render them."""
+    listed = "\n".join(json.dumps(t, ensure_ascii=False) for t in tools)
+    text = f"You can call these tools (JSON schemas):\n<tools>\n{listed}\n</tools>"
+    return text + (f"\nCall one as:\n{call_example}" if call_example else "")
 
 
 def truncate_to_tokens(tokenizer: Any, text: str, max_tokens: int,

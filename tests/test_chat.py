@@ -251,3 +251,15 @@ def test_truncate_to_tokens() -> None:
     assert len(tok.encode(cut.removesuffix(" ...[truncated]"))) <= 10
     assert truncate_to_tokens(tok, "short", 10) == ("short", 0)
     assert truncate_to_tokens(tok, text, 0) == (text, 0)
+
+
+def test_a_template_without_tool_support_gets_the_tools_in_its_system_message() -> None:
+    conv = Conversation(ChatTemplate(chatml_tokenizer(SMOLLM2), [CALC], call_example="<call>"),
+                        [{"role": "user", "content": "Q"}])
+    assert conv.text.startswith("<|im_start|>system\nYou can call these tools (JSON schemas):\n"
+                                '<tools>\n{"type": "function"')
+    assert "</tools>\nCall one as:\n<call><|im_end|>\n<|im_start|>user\nQ" in conv.text
+    # A template that renders tools itself is left alone.
+    qwen = Conversation(ChatTemplate(chatml_tokenizer(QWEN25), [CALC], call_example="<call>"),
+                        [{"role": "user", "content": "Q"}])
+    assert qwen.template.tools_note == "" and "# Tools" in qwen.text
