@@ -295,6 +295,23 @@ class Conversation:
             self._record(self._token_drift(rendered))
         return ids
 
+    # -- rebuilding from stored turns --------------------------------------------------------
+    def restore(self, prompt_ids: list[int]) -> None:
+        """Use the stored ``prompt_ids`` as the opening context (rebuilding a conversation)."""
+        ids = list(prompt_ids)
+        self.segments, self._ids, self._text = [], [], ""
+        self._append(Segment(ids, self.template.decode(ids), self.turn, False))
+
+    def add_stored_observation(self, messages: list[dict[str, Any]], ids: list[int]) -> None:
+        """`add_observation` with the appended ids already known (no render, no checks)."""
+        self.messages = self.messages + list(messages)
+        self.turn += 1
+        self._append(Segment(list(ids), self.template.decode(list(ids)), self.turn, False))
+
+    def mark_drifted(self) -> None:
+        """The stored tokens are known to differ from the template's rendering already."""
+        self._stable = False
+
     # -- drift --------------------------------------------------------------------------------
     def _record(self, drift: Drift | None) -> None:
         if drift is None:
@@ -359,15 +376,22 @@ class Conversation:
 
     # -- budgets --------------------------------------------------------------------------
     def summary_request(self, instruction: str) -> list[int]:
-        """Ids of the current context plus a user message asking for a summary and the
-        generation prompt (the conversation itself is not changed)."""
-        msg = [{"role": "user", "content": instruction}]
-        rendered = self.template.render(self.messages + msg, True)
-        if self._stable and rendered.startswith(self._text):
-            delta = rendered[len(self._text):]
+        """Ids of the context up to the last reply, a user message asking for a summary and the
+        generation prompt (the conversation itself is not changed). The pending observation is
+        left out: it stays in the restarted context word for word."""
+        last = self.segments[-1]
+        if last.sampled or len(self.segments) < 2 or not self._reply_at:
+            raise ValueError("summary_request() needs a completed turn and a pending observation")
+        base_ids = self._ids[:len(self._ids) - len(last.ids)]
+        base_text = self._text[:len(self._text) - len(last.text)]
+        ask = [{"role": "user", "content": instruction}]
+        rendered = self.template.render(
+            self.messages[:self._reply_at[max(self._reply_at)] + 1] + ask, True)
+        if self._stable and rendered.startswith(base_text):
+            delta = rendered[len(base_text):]
         else:
-            delta = self.template.suffix_after_reply(msg, self.reply_ended)
-        return self._ids + self.template.encode(delta)
+            delta = self.template.suffix_after_reply(ask, self.reply_ended)
+        return base_ids + self.template.encode(delta)
 
     def compact(self, keep_turns: int, summary: str | None = None,
                 summary_prefix: str = "Summary of the earlier turns: ") -> list[int]:

@@ -232,10 +232,16 @@ def test_compact_keeps_the_task_and_the_last_k_turns() -> None:
 
 def test_compact_with_a_summary_and_no_kept_turns() -> None:
     conv = _long_conversation(3)
+    pending = conv.segments[-1].ids  # the last observation's message + generation prompt
+    base = conv.ids[:len(conv.ids) - len(pending)]
     req = conv.summary_request("Summarize your progress in one sentence.")
-    assert req[:len(conv.ids)] == conv.ids
-    assert conv.template.decode(req[len(conv.ids):]).startswith(
-        "\n<|im_start|>user\nSummarize your progress")
+    assert req[:len(base)] == base
+    assert conv.template.decode(req[len(base):]) == (
+        "\n<|im_start|>user\nSummarize your progress in one sentence.<|im_end|>\n"
+        "<|im_start|>assistant\n")
+    assert req == conv.template.encode(conv.template.render(
+        conv.messages[:-1] + [{"role": "user", "content": "Summarize your progress in one "
+                                                          "sentence."}], True))
     ids = conv.compact(keep_turns=0, summary="I went east three times.")
     text = conv.template.decode(ids)
     assert "Summary of the earlier turns: I went east three times." in text

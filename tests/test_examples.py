@@ -70,3 +70,20 @@ def test_rank_algorithms_runs_and_resumes(tmp_path) -> None:
     # a rerun skips finished runs; asking for a seed more reports PARTIAL without running it
     assert "PARTIAL" in rank.main(args[:4] + ["0", "1", "--report-only"] + args[5:])
     assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 2
+
+
+def test_real_model_example_runs_its_config_end_to_end(tmp_path) -> None:
+    """The SmolLM2 example's own config (full chat context, constrained tags, eval at its own
+    temperature) with the tiny model in place of SmolLM2 and a tiny budget."""
+    import json
+
+    from examples import real_model
+
+    out = real_model.main([
+        f"output_dir={tmp_path}", "policy.model=tiny", "policy.tiny_corpus_episodes=2",
+        "train.iterations=1", "env.kwargs={level: 3, split: train, num_games: 2}",
+        "env.eval_kwargs={split: eval, num_games: 2}", "env.train_seeds=2", "rollout.groups=1",
+        "rollout.group_size=2", "eval.episodes=2", "eval.every=0", "log.tensorboard=false"])
+    assert 0.0 <= out["after"]["success_rate"] <= 1.0 and out["peak_rss_gib"] > 0
+    saved = json.load(open(os.path.join(out["run_dir"], "result.json")))
+    assert saved["after"]["episodes"] == 2
