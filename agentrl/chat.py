@@ -86,6 +86,7 @@ class Segment:
     text: str
     turn: int
     sampled: bool
+    canonical: list[int] | None = None  # a reply's text as the tokenizer encodes it
 
 
 class ChatTemplate:
@@ -258,9 +259,10 @@ class Conversation:
         content without the closing EOS; the template adds that)."""
         ids = list(ids)
         text = self.template.decode(ids)
-        if self.template.encode(text) != ids:
+        canonical = self.template.encode(text)
+        if canonical != ids:
             self.noncanonical_replies += 1
-        self._append(Segment(ids, text, self.turn, True))
+        self._append(Segment(ids, text, self.turn, True, canonical))
         self._reply_at[self.turn] = len(self.messages)
         self.messages = self.messages + [message]
         self.reply_ended = bool(ids) and ids[-1] == self.template.eos_id
@@ -356,7 +358,7 @@ class Conversation:
         canonical: list[int] = []
         owner: list[Segment] = []
         for seg in self.segments:
-            ids = self.template.encode(seg.text) if seg.sampled else seg.ids
+            ids = seg.canonical if seg.canonical is not None else seg.ids
             canonical += ids
             owner += [seg] * len(ids)
         full = self.template.encode(rendered)
