@@ -34,21 +34,30 @@ TINY_CHAT_TEMPLATE = (
 TINY_SPECIALS = ["<|pad|>", "<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>"]
 
 
-def build_tiny_tokenizer(corpus: list[str], vocab_size: int = 600) -> Any:
-    """Train a byte-level BPE tokenizer on ``corpus`` (any string stays encodable)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+def build_tiny_tokenizer(corpus: list[str], vocab_size: int = 600,
+                         specials: list[str] = TINY_SPECIALS, eos: str = "<|endoftext|>",
+                         chat_template: str = TINY_CHAT_TEMPLATE,
+                         added: tuple[str, ...] = ()) -> Any:
+    """Train a byte-level BPE tokenizer on ``corpus`` (any string stays encodable).
+
+    ``specials`` must include ``eos`` and ``<|pad|>``; ``added`` are extra tokens kept whole
+    but not special (they survive ``skip_special_tokens``, like Qwen's ``<tool_call>``).
+    """
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=TINY_SPECIALS,
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(specials),
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=False)
     tok.train_from_iterator(corpus, trainer=trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>",
+    if added:
+        tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in added])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos,
                                    pad_token="<|pad|>", bos_token=None)
-    fast.chat_template = TINY_CHAT_TEMPLATE
+    fast.chat_template = chat_template
     return fast
 
 

@@ -127,18 +127,7 @@ CORPUS = [
 
 def chatml_tokenizer(template: str, vocab_size: int = 700) -> Any:
     """A byte-level BPE with ChatML specials (EOS = ``<|im_end|>``) and ``template``."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from agentrl.models import build_tiny_tokenizer
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
-    tok.train_from_iterator(CORPUS, trainer=trainer)
-    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in MARKUP])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>",
-                                   pad_token="<|pad|>", bos_token=None)
-    fast.chat_template = template
-    return fast
+    return build_tiny_tokenizer(CORPUS, vocab_size, SPECIALS, "<|im_end|>", template,
+                                tuple(MARKUP))
