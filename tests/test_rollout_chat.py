@@ -14,11 +14,11 @@ from chatml import QWEN3, QWEN25, SMOLLM2, chatml_tokenizer
 from agentrl.batch import make_batch
 from agentrl.chat import TemplateDriftError
 from agentrl.config import RolloutConfig
-from agentrl.envpool import EnvPool
+from agentrl.envpool import InProcessPool
 from agentrl.envs.tooluse.env import ToolUseEnv
 from agentrl.learner import token_outputs
 from agentrl.models import build_tiny_model
-from agentrl.policies.base import Generation, SamplingParams
+from agentrl.policies.base import Generation, Policy, SamplingParams
 from agentrl.policies.hf import HFPolicy
 from agentrl.prompts import PromptBuilder
 from agentrl.rollout import RolloutEngine
@@ -43,8 +43,8 @@ def _engine(policy: Any, env: str = "test/Corridor-v0", kwargs: dict | None = No
             n: int = 4, **cfg: Any) -> RolloutEngine:
     c = RolloutConfig(**{"context": "full", "max_turns": 4, "max_new_tokens": 8,
                          "template": "{observation} Actions: {actions}", **cfg})
-    return RolloutEngine(policy, EnvPool(env, kwargs or {}, n), PromptBuilder(policy.tokenizer, c),
-                         c, env)
+    return RolloutEngine(policy, InProcessPool(env, kwargs or {}, n),
+                         PromptBuilder(policy.tokenizer, c), c, env)
 
 
 def _hf(tok: Any, model: Any) -> HFPolicy:
@@ -154,7 +154,7 @@ def test_a_replayed_prefix_rebuilds_the_conversation() -> None:
 
 # --------------------------------------------------------------------------- native tool calls
 
-class ScriptedToolPolicy:
+class ScriptedToolPolicy(Policy):
     """Plays ToolUse arithmetic with Qwen-format calls: calculator, then the answer read from
     the tool result; optionally a malformed call first. Logprobs are placeholders (0)."""
 
@@ -162,13 +162,6 @@ class ScriptedToolPolicy:
         self.tokenizer, self.broken_first = tok, broken_first
         self.expr = {env.task_for_seed(s).question: env.task_for_seed(s).expression for s in seeds}
         self.calls: list[str] = []
-
-    @property
-    def eos_token_id(self) -> int:
-        return int(self.tokenizer.eos_token_id)
-
-    def update_weights(self, source: Any) -> None:
-        pass
 
     def _reply(self, prompt: str) -> str:
         results = re.findall(r"<tool_response>\n.* = (\S+)\n</tool_response>", prompt)
