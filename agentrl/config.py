@@ -65,7 +65,21 @@ class RolloutConfig:
     template: str = F(DEFAULT_TEMPLATE, "user-message template: {task} {history} {observation} "
                       "{actions} {last_actions} {step}")
     system_prompt: str = F("", "system message ('' for none)")
-    action_format: Literal["tags", "raw"] = F("tags", "'tags': <action>..</action>; 'raw': the whole reply")
+    action_format: Literal["tags", "raw", "tool_call"] = F(
+        "tags", "'tags': <action>..</action>; 'raw': the whole reply; 'tool_call': one native "
+        "tool call in the chat template's format (envs that list info['tools']: ToolUse, "
+        "WebShop); results come back as tool messages")
+    tool_parser: str = F("hermes", "action_format=tool_call: how calls are written ('hermes': "
+                         "<tool_call>{json}</tool_call> as Qwen2.5/Qwen3/Hermes; 'json': a bare "
+                         "JSON object as Llama 3.1; more via agentrl.toolcalls."
+                         "register_tool_parser)")
+    chat_template_kwargs: dict[str, Any] = F(default_factory=dict, help="extra chat template "
+                                             "variables, e.g. {enable_thinking: false} (Qwen3)")
+    template_drift: Literal["keep_prefix", "error"] = F(
+        "keep_prefix", "full mode, when the chat template renders an earlier turn differently "
+        "from the stored tokens (Qwen3 dropping past <think> blocks, re-serialised tool calls, "
+        "whitespace, tokenisation): 'keep_prefix' trains on the stored tokens and records the "
+        "turn (extra['template_drift']); 'error' stops with the turn")
     constrained: bool = F(False, "decode only admissible actions (needs envs that list them)")
     max_new_tokens: int = F(64, "token limit per reply", ge=1)
     temperature: float = F(1.0, "sampling temperature (also used by the learner)", gt=0)
@@ -74,8 +88,28 @@ class RolloutConfig:
     stop: list[str] = F(default_factory=list, help="extra stop strings")
     invalid_penalty: float = F(0.1, "reward subtracted on a turn whose action is invalid", ge=0)
     step_penalty: float = F(0.0, "reward subtracted on every turn (favours short episodes)", ge=0)
-    max_context_tokens: int = F(4096, "prompt + reply token budget; episodes past it end", ge=16)
+    max_context_tokens: int = F(4096, "prompt + reply token budget; past it the episode ends, "
+                                "or full mode applies history_policy", ge=16)
     max_observation_chars: int = F(2000, "observations are cut to this many characters", ge=16)
+    max_observation_tokens: int = F(0, "env observations are cut to this many tokens before "
+                                    "the agent sees them (0 = no limit); the cut is recorded in "
+                                    "extra['observation_tokens_dropped']", ge=0)
+    max_episode_tokens: int = F(0, "reply tokens an episode may generate over all its turns; "
+                                "past it the episode ends with token_budget (0 = no limit)", ge=0)
+    history_policy: Literal["all", "last_k", "summary"] = F(
+        "all", "full mode, when the context would outgrow max_context_tokens: 'all' ends the "
+        "episode (context_limit); 'last_k' restarts the context from the task and the last "
+        "keep_turns turns; 'summary' does the same after the policy summarises the earlier "
+        "turns. Dropped turns are recorded (extra['context_events']); training starts a new "
+        "sample at the restart, so each token is trained in the context it was sampled in")
+    keep_turns: int = F(2, "history_policy last_k/summary: completed turns kept after a "
+                        "restart (fewer if they do not fit)", ge=0)
+    summary_prompt: str = F("Summarize the progress so far in a few sentences: what you did, "
+                            "what you found, what is left to do.",
+                            "history_policy=summary: the request for the summary")
+    max_summary_tokens: int = F(128, "history_policy=summary: token limit of the summary (the "
+                                "context restarts early enough for the request and the summary "
+                                "to fit)", ge=1)
     batch_size: int = F(64, "max sequences per generate call", ge=1)
 
 
@@ -107,7 +141,10 @@ class EvalConfig:
     every: int = F(10, "iterations between evaluations (0 = only before and after)", ge=0)
     episodes: int = F(50, "held-out episodes per evaluation", ge=1)
     seed_start: int = F(0, "eval seeds are seed_start .. seed_start+episodes-1 of the eval envs", ge=0)
-    greedy: bool = F(False, "greedy decoding (else sampled at rollout.temperature)")
+    greedy: bool = F(False, "greedy decoding (else sampled at eval.temperature)")
+    temperature: float | None = F(None, "sampling temperature of evaluations (None: "
+                                  "rollout.temperature; the GiGPO/verl-agent papers validate "
+                                  "at 0.4)", gt=0)
     before_training: bool = F(True, "evaluate the initial policy too")
 
 
@@ -390,8 +427,21 @@ def _cross_checks(cfg: Config) -> None:
         raise ConfigError(f"env.pool: {pool!r} is not allowed; choose one of {list(POOLS)} or "
                           "'pkg.module:Class' (an EnvPool of your own)"
                           + (f" (did you mean {hint[0]!r}?)" if hint else ""))
-    if cfg.rollout.max_new_tokens >= cfg.rollout.max_context_tokens:
+    r = cfg.rollout
+    if r.max_new_tokens >= r.max_context_tokens:
         raise ConfigError("rollout.max_new_tokens must be smaller than rollout.max_context_tokens")
+    if r.action_format == "tool_call" and r.constrained:
+        raise ConfigError("rollout.constrained=true needs admissible action strings; with "
+                          "action_format=tool_call set rollout.constrained=false")
+    if r.history_policy != "all" and r.context != "full":
+        raise ConfigError(f"rollout.history_policy={r.history_policy} applies to "
+                          "rollout.context=full (window mode keeps rollout.history turns)")
+    if r.action_format == "tool_call":
+        from agentrl.toolcalls import TOOL_PARSERS
+
+        if r.tool_parser not in TOOL_PARSERS:
+            raise ConfigError(f"rollout.tool_parser: {r.tool_parser!r} is not a parser; choose "
+                              f"one of {sorted(TOOL_PARSERS)}")
     n = cfg.rollout.groups * cfg.rollout.group_size
     if cfg.train.minibatches > n and cfg.rollout.context == "full":
         raise ConfigError(f"train.minibatches={cfg.train.minibatches} exceeds the {n} trajectories "

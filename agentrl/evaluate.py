@@ -27,7 +27,14 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from agentrl.config import Config, ConfigError, apply_overrides, config_from_dict, load_config
+from agentrl.config import (
+    Config,
+    ConfigError,
+    RolloutConfig,
+    apply_overrides,
+    config_from_dict,
+    load_config,
+)
 from agentrl.metrics import rollout_metrics, wilson_interval
 from agentrl.policies import OpenAIConfig, Policy, PolicyConfig, make_policy
 from agentrl.rollout import RolloutEngine
@@ -105,6 +112,13 @@ def summarize(trajs: list[Trajectory], repeats: int = 1) -> dict[str, Any]:
         summary["score"] = m["eval/score"]
         summary["score_std"] = _std(_repeat_means(trajs, repeats, lambda t: t.score))
     return summary
+
+
+def eval_rollout_config(cfg: Config) -> RolloutConfig:
+    """``cfg.rollout`` with the evaluation temperature (``eval.temperature``, if set)."""
+    if cfg.eval.temperature is None:
+        return cfg.rollout
+    return dataclasses.replace(cfg.rollout, temperature=cfg.eval.temperature)
 
 
 def evaluate(engine: RolloutEngine, seeds: list[int], greedy: bool = False, repeats: int = 1,
@@ -285,7 +299,7 @@ def evaluate_target(target: EvalTarget, s: EvalSettings, progress: bool = False,
         bar = tqdm(desc=f"eval {target.name}", unit="turn", leave=False, dynamic_ncols=True)
     try:
         engine = RolloutEngine(policy, pool, PromptBuilder(policy.tokenizer, cfg.rollout),
-                               cfg.rollout, env_id)
+                               eval_rollout_config(cfg), env_id)
         summary, trajs = evaluate(engine, seeds, greedy=greedy, repeats=s.repeats, progress=bar)
     finally:
         pool.close()
@@ -294,6 +308,7 @@ def evaluate_target(target: EvalTarget, s: EvalSettings, progress: bool = False,
             bar.close()
     summary.update({"target": target.spec, "kind": target.kind, "env_id": env_id,
                     "env_kwargs": env_kwargs, "seeds": seeds, "greedy": greedy,
+                    "temperature": None if greedy else eval_rollout_config(cfg).temperature,
                     "sampler_seed": None if greedy else sampler_seed})
     return summary, trajs
 
@@ -466,7 +481,7 @@ def add_eval_arguments(p: Any) -> None:
     dec.add_argument("--greedy", dest="greedy", action="store_true", default=None,
                      help="greedy decoding")
     dec.add_argument("--sampled", dest="greedy", action="store_false",
-                     help="sample at rollout.temperature (default: the config's eval.greedy)")
+                     help="sample at eval.temperature (default: the config's eval.greedy)")
     p.add_argument("--sampler-seed", type=int,
                    help=f"sampling seed (default: {EVAL_SAMPLER_SEED} + eval.seed_start, as "
                         "the trainer's own evaluation)")

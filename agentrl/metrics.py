@@ -23,7 +23,9 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
 
 
 def rollout_metrics(trajs: list[Trajectory], prefix: str = "rollout") -> dict[str, float]:
-    """Success rate, return, turns, invalid-action rate, truncation and termination shares."""
+    """Success rate, return, turns, invalid-action rate, truncation and termination shares;
+    in full mode the share of episodes with chat-template drift, and per episode the context
+    restarts (history policy) and observation tokens cut, when there are any."""
     n = max(1, len(trajs))
     turns = [t for tr in trajs for t in tr.turns]
     m: dict[str, float] = {
@@ -36,6 +38,14 @@ def rollout_metrics(trajs: list[Trajectory], prefix: str = "rollout") -> dict[st
         f"{prefix}/response_tokens": sum(len(t.action_ids) for t in turns) / max(1, len(turns)),
         f"{prefix}/episodes": float(len(trajs)),
     }
+    if any(t.context_mode == "full" for t in trajs):  # real-model context bookkeeping
+        m[f"{prefix}/template_drift"] = sum("template_drift" in t.extra for t in trajs) / n
+    resets = sum(len(t.extra.get("context_events", ())) for t in trajs)
+    if resets:
+        m[f"{prefix}/context_restarts"] = resets / n
+    cut = sum(d for t in trajs for _, d in t.extra.get("observation_tokens_dropped", ()))
+    if cut:
+        m[f"{prefix}/observation_tokens_dropped"] = cut / n
     scores = [t.score for t in trajs if t.score is not None]
     if scores:
         m[f"{prefix}/score"] = sum(scores) / len(scores)

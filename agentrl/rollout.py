@@ -19,6 +19,13 @@ hands the new observation / per-agent rewards (``info["rewards"]``) to the other
 
 Which info keys are stored per turn: JSON-safe values, minus the keys the env registered as
 unrecorded (``register_env(..., unrecorded_info=...)``, e.g. a large expert walkthrough).
+
+Real-model settings (`agentrl.config.RolloutConfig`): ``action_format=tool_call`` parses the
+reply's native tool call (the env's ``info["tools"]``, kept in ``extra["tools"]``); a reply that
+is not exactly one valid call is an invalid step (the env gets ``""``) whose next observation
+says what was wrong. Budgets: observations cut to ``max_observation_tokens``, episodes ended
+after ``max_episode_tokens`` reply tokens, and in full mode ``history_policy`` restarts a
+context that would outgrow ``max_context_tokens`` (`_fit`), recording what it dropped.
 """
 
 from __future__ import annotations
@@ -30,12 +37,14 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
+from agentrl.chat import truncate_to_tokens
 from agentrl.config import RolloutConfig
 from agentrl.context import ContextMode, context_mode
 from agentrl.envpool import EnvPool, EnvResult
 from agentrl.policies.base import Generation, Policy, SamplingParams
 from agentrl.prompts import PromptBuilder, parse_action
 from agentrl.registry import unrecorded_info
+from agentrl.toolcalls import call_to_action, check_tools, invalid_call_text
 from agentrl.types import Trajectory, Turn
 
 #: The agent name of single-agent envs.
@@ -79,6 +88,8 @@ class _Ready:
     prompt: list[int]
     context_ids: list[int]  # what the prompt adds to the context (Turn.context_ids)
     candidates: list[list[int]] | None
+    context_reset: bool = False  # context_ids replaced the context (history policy)
+    call_error: str | None = None  # tool_call: why the reply was not one valid call
 
 
 class RolloutEngine:
@@ -97,6 +108,13 @@ class RolloutEngine:
         self.policy, self.pool, self.builder, self.cfg, self.env_id = policy, pool, builder, cfg, env_id
         self.mode: ContextMode = context_mode(cfg.context)
         self.skip_info = unrecorded_info(env_id)
+        # Room a prompt needs after it: the reply; with history_policy=summary also what the
+        # summary request adds after that reply, and the summary (32 tokens allowed for the
+        # chat wrapping), so that the request always fits when the next turn overflows.
+        self._reserve = cfg.max_new_tokens
+        if cfg.history_policy == "summary":
+            self._reserve += 32 + cfg.max_summary_tokens + len(
+                policy.tokenizer.encode(cfg.summary_prompt, add_special_tokens=False))
         self.progress: Any = None  # default progress bar for `run` (anything with .update(n))
 
     def sampling(self, greedy: bool = False) -> SamplingParams:
@@ -126,20 +144,23 @@ class RolloutEngine:
                                 progress, prefixes[i:j] if prefixes else None)
             return out
         trajs, live = self._start(seeds, group_ids or [str(s) for s in seeds])
-        if prefixes and any(prefixes):
-            self._replay(live, prefixes)
-        sampling = self.sampling(greedy)
-        while live:
-            ready = self._prompt(self._acting(live))  # ends the episodes that cannot act
-            if ready:
-                gens, seconds = self._generate(ready, sampling)
-                replies = [self._parse(g) for g in gens]
-                results = self._step(ready, [action for action, _, _ in replies])
-                for r, g, reply, res in zip(ready, gens, replies, results):
-                    self._record(r, g, reply, res, seconds)
-                if progress is not None:
-                    progress.update(len(ready))
-            live = {k: ep for k, ep in live.items() if not ep.traj.termination}
+        try:
+            if prefixes and any(prefixes):
+                self._replay(live, prefixes)
+            sampling = self.sampling(greedy)
+            while live:
+                ready = self._prompt(self._acting(live))  # ends the episodes that cannot act
+                if ready:
+                    gens, seconds = self._generate(ready, sampling)
+                    replies = [self._parse(r, g) for r, g in zip(ready, gens)]
+                    results = self._step(ready, [action for action, _, _ in replies])
+                    for r, g, reply, res in zip(ready, gens, replies, results):
+                        self._record(r, g, reply, res, seconds)
+                    if progress is not None:
+                        progress.update(len(ready))
+                live = {k: ep for k, ep in live.items() if not ep.traj.termination}
+        finally:
+            self.builder.release(trajs)
         return trajs
 
     # -- the stages of one turn ------------------------------------------------------------
@@ -159,9 +180,29 @@ class RolloutEngine:
                 continue
             traj.task = str(res.info.get("task", ""))
             traj.task_type = str(res.info.get("task_type", ""))
-            ep = LiveEpisode(slot, SINGLE_AGENT, traj, res.observation, res.info)
+            if self.cfg.action_format == "tool_call":
+                try:
+                    check_tools(res.info.get("tools"))
+                except (ValueError, TypeError, AttributeError) as e:
+                    traj.termination = "env_error"
+                    traj.extra["error"] = (f"rollout.action_format=tool_call needs an env that "
+                                           f"lists its actions in info['tools'] (ToolUse, "
+                                           f"WebShop): {e}")
+                    continue
+                traj.extra["tools"] = res.info["tools"]
+            ep = LiveEpisode(slot, SINGLE_AGENT, traj, self._observe(traj, res.observation),
+                             res.info)
             live[ep.key] = ep
         return trajs, live
+
+    def _observe(self, traj: Trajectory, text: str, record: bool = True) -> str:
+        """The observation as the agent sees it: cut to ``max_observation_tokens`` (recorded)."""
+        cut, dropped = truncate_to_tokens(self.policy.tokenizer, text,
+                                          self.cfg.max_observation_tokens)
+        if dropped and record:
+            traj.extra.setdefault("observation_tokens_dropped", []).append(
+                [len(traj.turns), dropped])
+        return cut
 
     def _acting(self, live: dict[tuple[int, str], LiveEpisode]) -> list[LiveEpisode]:
         """The live episodes that act this turn (at least one while any is live): with one
@@ -173,24 +214,62 @@ class RolloutEngine:
         budget, constrained decoding without admissible actions)."""
         c = self.cfg
         ready: list[_Ready] = []
+        overflow: list[_Ready] = []
         for ep in acting:
             if len(ep.traj.turns) >= c.max_turns:  # replayed prefixes start later
                 ep.traj.termination = "max_turns"
                 _finish(ep.traj, ep.info)
                 continue
-            actions = ep.info.get("admissible_actions")
-            prompt, new_ctx = self.mode.prompt(self.builder, ep.traj, ep.observation, actions,
-                                               self.policy.eos_token_id)
-            if len(prompt) + c.max_new_tokens > c.max_context_tokens:
-                ep.traj.termination = "context_limit"
+            if c.max_episode_tokens and ep.traj.num_action_tokens >= c.max_episode_tokens:
+                ep.traj.termination = "token_budget"
                 continue
+            actions = ep.info.get("admissible_actions")
             if c.constrained and not actions:
                 ep.traj.termination = "env_error"
                 ep.traj.extra["error"] = "constrained decoding needs info['admissible_actions']"
                 continue
+            prompt, new_ctx = self.mode.prompt(self.builder, ep.traj, ep.observation, actions,
+                                               self.policy.eos_token_id)
             cands = self.builder.candidates(actions) if c.constrained else None
-            ready.append(_Ready(ep, prompt, new_ctx, cands))
-        return ready
+            r = _Ready(ep, prompt, new_ctx, cands)
+            if len(prompt) + self._reserve <= c.max_context_tokens:
+                ready.append(r)
+            elif c.history_policy == "all" or not ep.traj.turns:
+                ep.traj.termination = "context_limit"
+            else:
+                overflow.append(r)
+        return ready + self._fit(overflow)
+
+    def _fit(self, overflow: list[_Ready]) -> list[_Ready]:
+        """Full mode, ``history_policy`` last_k / summary: restart each overflowing context
+        from the task, [a summary the policy writes of the turns so far] and the last
+        ``keep_turns`` turns (fewer until it fits). Episodes that still do not fit end with
+        ``context_limit``."""
+        c = self.cfg
+        if not overflow:
+            return []
+        summaries: list[str | None] = [None] * len(overflow)
+        if c.history_policy == "summary":
+            asks = [(i, self.builder.summary_request(r.ep.traj)) for i, r in enumerate(overflow)]
+            asks = [(i, ids) for i, ids in asks
+                    if len(ids) + c.max_summary_tokens <= c.max_context_tokens]
+            if asks:  # one batched call; the summary tokens are context later, not trained
+                sp = SamplingParams(max_new_tokens=c.max_summary_tokens,
+                                    temperature=c.temperature, top_p=c.top_p, top_k=c.top_k)
+                gens = self.policy.generate([ids for _, ids in asks], sp, None)
+                for (i, _), g in zip(asks, gens):
+                    summaries[i] = self.policy.tokenizer.decode(
+                        g.token_ids, skip_special_tokens=True).strip()
+        fitted: list[_Ready] = []
+        for r, summary in zip(overflow, summaries):
+            for keep in range(min(c.keep_turns, len(r.ep.traj.turns)), -1, -1):
+                prompt = self.builder.compact(r.ep.traj, keep, summary)
+                if len(prompt) + self._reserve <= c.max_context_tokens:
+                    fitted.append(_Ready(r.ep, prompt, prompt, r.candidates, True))
+                    break
+            else:
+                r.ep.traj.termination = "context_limit"
+        return fitted
 
     def _generate(self, ready: list[_Ready], sampling: SamplingParams
                   ) -> tuple[list[Generation], float]:
@@ -200,11 +279,16 @@ class RolloutEngine:
         gens = self.policy.generate([r.prompt for r in ready], sampling, cands)
         return gens, (time.perf_counter() - t0) / len(gens)
 
-    def _parse(self, gen: Generation) -> tuple[str, str, bool]:
-        """(action, decoded reply, parsed ok)."""
+    def _parse(self, r: _Ready, gen: Generation) -> tuple[str, str, bool]:
+        """(action, decoded reply, parsed ok). A ``tool_call`` reply that is not one valid call
+        gives the action ``""`` (an invalid step for every env) and sets ``r.call_error``."""
         reply = self.policy.tokenizer.decode(gen.token_ids, skip_special_tokens=True)
-        action, ok = parse_action(reply, self.cfg.action_format)
-        return action, reply, ok
+        parser = self.builder.parser
+        if parser is None:
+            action, ok = parse_action(reply, self.cfg.action_format)
+            return action, reply, ok
+        action, r.call_error = call_to_action(parser.parse(reply), r.ep.traj.extra["tools"])
+        return action, reply, r.call_error is None
 
     def _step(self, ready: list[_Ready], actions: list[str]) -> list[EnvResult]:
         """Step the acting episodes' env slots as one batch."""
@@ -222,7 +306,8 @@ class RolloutEngine:
             action=action, action_valid=valid, reward=float(res.reward),
             shaping=-(0.0 if valid else c.invalid_penalty) - c.step_penalty,
             finish_reason=gen.finish_reason, allowed_ids=gen.allowed_ids,
-            state_key=_state_key(ep.info), info=json_info(res.info, self.skip_info),
+            state_key=_state_key(ep.info), context_reset=r.context_reset,
+            info=json_info(res.info, self.skip_info),
             seconds_generate=seconds, seconds_env=res.seconds))
         if res.error:
             ep.traj.termination = res.error
@@ -234,13 +319,21 @@ class RolloutEngine:
                 else "truncated"
             _finish(ep.traj, res.info)
         else:
-            ep.observation, ep.info = res.observation, res.info
+            obs = res.observation
+            if r.call_error is not None:  # the env saw no action: say what was wrong instead
+                assert self.builder.parser is not None
+                obs = invalid_call_text(r.call_error, self.builder.parser.example)
+            ep.observation, ep.info = self._observe(ep.traj, obs), res.info
 
     def _replay(self, live: dict[tuple[int, str], LiveEpisode],
                 prefixes: list[list[Turn] | None]) -> None:
         """Step each episode through its prefix's actions (batched by depth) and copy the
         prefix turns in; an episode whose replay fails is ended and leaves ``live``."""
         todo = [(ep, list(prefixes[ep.slot] or [])) for ep in live.values()]
+        for ep, p in todo:
+            if p and self.mode.name == "full":  # the opening messages, before stepping on
+                self.builder.head_messages(ep.traj, ep.observation,
+                                           ep.info.get("admissible_actions"))
         depth = max((len(p) for _, p in todo), default=0)  # every reset may have failed
         for d in range(depth):
             act = [(ep, p) for ep, p in todo if len(p) > d and not ep.traj.termination]
@@ -249,7 +342,10 @@ class RolloutEngine:
             results = self.pool.step([ep.slot for ep, _ in act], [p[d].action for _, p in act])
             for (ep, p), res in zip(act, results):
                 ep.traj.turns.append(copy.deepcopy(p[d]))
-                diverged = d + 1 < len(p) and res.observation != p[d + 1].observation
+                # compare what the agent saw (cut; replaced after a broken tool call)
+                seen = None if self.builder.parser and not p[d].action else \
+                    self._observe(ep.traj, res.observation, record=False)
+                diverged = d + 1 < len(p) and seen is not None and seen != p[d + 1].observation
                 if res.error or res.terminated or res.truncated or diverged:
                     ep.traj.termination = res.error or "env_error"
                     ep.traj.extra["error"] = res.message or (
@@ -257,7 +353,10 @@ class RolloutEngine:
                         "under a same-seed reset" if diverged else
                         f"prefix replay ended the episode at turn {d}; branch earlier")
                 else:
-                    ep.observation, ep.info = res.observation, res.info
+                    # the prefix's next turn holds what the agent saw there
+                    ep.observation = p[d + 1].observation if d + 1 < len(p) else \
+                        self._observe(ep.traj, res.observation)
+                    ep.info = res.info
         for ep, p in todo:
             ep.traj.extra["prefix_turns"] = len(p)
         for k in [k for k, ep in live.items() if ep.traj.termination]:

@@ -24,7 +24,7 @@ from agentrl.batch import Batch
 from agentrl.checkpoint import seed_everything
 from agentrl.config import Config, config_to_dict
 from agentrl.envpool import make_pool
-from agentrl.evaluate import EVAL_SAMPLER_SEED, evaluate
+from agentrl.evaluate import EVAL_SAMPLER_SEED, eval_rollout_config, evaluate
 from agentrl.faults import Interrupted, StopOnSignal, fault_point
 from agentrl.learner import LocalLearner, apply_tis
 from agentrl.metrics import MetricsLogger, console_line, rollout_metrics
@@ -68,8 +68,8 @@ class Trainer:
         self.engine = RolloutEngine(self.policy, self.pool, self.builder, cfg.rollout, cfg.env.id)
         self.eval_pool = make_pool(cfg.env, min(cfg.eval.episodes, 64),
                                    {**cfg.env.kwargs, **cfg.env.eval_kwargs})
-        self.eval_engine = RolloutEngine(self.policy, self.eval_pool, self.builder, cfg.rollout,
-                                         cfg.env.id)
+        self.eval_engine = RolloutEngine(self.policy, self.eval_pool, self.builder,
+                                         eval_rollout_config(cfg), cfg.env.id)
         start = checkpoint.checkpoint_iteration(self.resume_from) if self.resume_from else 0
         if resume:  # metrics rows, dumps and eval files past the checkpoint are redone
             checkpoint.discard_after(self.run_dir, start)

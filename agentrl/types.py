@@ -27,6 +27,7 @@ TERMINATION_REASONS = (
     "max_turns",  # the rollout's turn limit was reached
     "truncated",  # the env itself truncated (its own step limit)
     "context_limit",  # the prompt outgrew the context budget
+    "token_budget",  # the episode generated rollout.max_episode_tokens reply tokens
     "env_error",  # the env raised or its worker died
     "env_timeout",  # the env step exceeded its time limit
 )
@@ -51,6 +52,9 @@ class Turn:
         allowed_ids: for constrained decoding, the allowed token ids at each action position
             (same length as ``action_ids``); ``None`` when decoding was unconstrained.
         state_key: history-free key of the state the action was taken in (turn-level grouping).
+        context_reset: full mode: ``context_ids`` is a new whole prompt (the history policy
+            dropped or summarised earlier turns), not an extension; a new training sample
+            starts here.
         info: JSON-safe subset of the env's info after the step.
         seconds_generate / seconds_env: time spent producing this turn.
     """
@@ -67,6 +71,7 @@ class Turn:
     finish_reason: str = "stop"
     allowed_ids: list[list[int]] | None = None
     state_key: str | None = None
+    context_reset: bool = False
     info: dict[str, Any] = field(default_factory=dict)
     seconds_generate: float = 0.0
     seconds_env: float = 0.0
@@ -225,7 +230,8 @@ def to_samples(trajectories: Sequence[Trajectory]) -> list[Sample]:
     are used exactly as sampled."""
     samples: list[Sample] = []
     for ti, traj in enumerate(trajectories):
-        for turns in context_mode(traj.context_mode).samples(traj.num_turns):
+        restarts = [k for k, t in enumerate(traj.turns) if t.context_reset]
+        for turns in context_mode(traj.context_mode).samples(traj.num_turns, restarts):
             cur = _new_sample(ti)
             for k in turns:
                 _append_turn(cur, traj.turns[k], k)

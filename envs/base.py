@@ -25,6 +25,9 @@ INFO_KEYS = {
     "state_key": "hashable, history-free view of the current state (turn-level grouping)",
     "score": "float: raw env score when it differs from reward",
     "tool_calls": "int: tool calls made so far (tool-use envs)",
+    "tools": "list[dict], at reset (for rollout.action_format=tool_call): the actions as "
+             "JSON-schema function tools with one parameter each; a call name(p=value) is the "
+             "action name[value]",
 }
 
 

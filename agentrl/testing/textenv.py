@@ -37,7 +37,8 @@ def check_env(env: gym.Env, seed: int = 0, max_steps: int | None = None,
       4. an episode ends (terminated or truncated) within ``max_steps`` steps (default: the
          registered ``max_episode_steps``, else 200) of admissible actions, with a boolean
          ``success`` in the final info;
-      5. observations and infos pickle (they cross process boundaries in the env pool).
+      5. observations and infos pickle (they cross process boundaries in the env pool);
+      6. ``info["tools"]``, where given, are function schemas with one parameter each.
 
     Raises:
         EnvCheckError: naming the failed check.
@@ -131,6 +132,13 @@ def _check_info_types(info: dict[str, Any], where: str) -> None:
             raise EnvCheckError(f"{where}() info 'state_key' is not hashable") from e
     if "success" in info:
         _expect(isinstance(info["success"], bool), f"{where}() info 'success' is not bool")
+    if "tools" in info:
+        from agentrl.toolcalls import check_tools
+
+        try:
+            check_tools(info["tools"])
+        except (ValueError, TypeError) as e:
+            raise EnvCheckError(f"{where}() info 'tools': {e}") from e
 
 
 def _expect(cond: bool, msg: str) -> None:

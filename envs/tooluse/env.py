@@ -6,6 +6,10 @@ Actions (one per step): ``search[query]`` (BM25 over the knowledge-base document
 (``action_valid=False``, nothing happens). Tool results come back as the observation; the
 trainer never trains on observation tokens.
 
+With ``rollout.action_format=tool_call`` the same actions are native tool calls: the reset
+info lists them as JSON-schema tools (``info["tools"]``), and ``instructions=False`` leaves the
+bracket syntax out of the first observation.
+
 Reward: ``correct_reward`` (1) for an answer that matches exactly after normalisation, else
 ``wrong_reward`` (0); ``info["tool_calls"]`` counts search/calculate/python calls (AEPO's call
 limit, SPEAR's tool-call reward). ``max_tool_calls`` refuses calls beyond a budget.
@@ -45,6 +49,25 @@ TOOLS = ("search", "calculate", "python")
 _ACTION = re.compile(r"^\s*(search|calculate|python|answer)\s*\[(.*)\]\s*$", re.S | re.I)
 HELP = ("Use exactly one of: search[query], calculate[expression], python[code], "
         "answer[text].")
+# The same actions as function tools (``rollout.action_format=tool_call``): a call
+# ``name(param=value)`` is the action ``name[value]``.
+_PARAMS = {"search": ("query", "Search the knowledge base; returns the best-matching documents."),
+           "calculate": ("expression", "Evaluate an arithmetic expression (+ - * / ** and "
+                         "parentheses, sqrt, log, ...)."),
+           "python": ("code", "Run Python code (standard library) in a sandbox; print the "
+                      "result."),
+           "answer": ("text", "Give your final answer; ends the episode.")}
+
+
+def tool_schemas() -> list[dict[str, Any]]:
+    """The env's actions as JSON-schema function tools (``info["tools"]`` at reset)."""
+    return [{"type": "function", "function": {
+        "name": name, "description": desc,
+        "parameters": {"type": "object", "properties": {param: {"type": "string"}},
+                       "required": [param]}}}
+        for name, (param, desc) in _PARAMS.items()]
+
+
 INSTRUCTIONS = ("Tools: search[query] searches a knowledge base; calculate[expression] "
                 "evaluates arithmetic; python[code] runs Python (standard library, print the "
                 "result); answer[text] gives your final answer and ends the episode.")
@@ -152,7 +175,7 @@ class ToolUseEnv(TextEnv):
         if self.instructions:
             obs = f"{obs}\n{INSTRUCTIONS}"
         self._last_obs = obs
-        return obs, self._info(True)
+        return obs, {**self._info(True), "tools": tool_schemas()}
 
     def step(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
         if self.task is None or self._done:

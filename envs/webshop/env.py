@@ -43,6 +43,20 @@ DEFAULT_NUM_PRODUCTS = 3000
 
 _STORES: dict[tuple[Any, ...], Store] = {}
 
+#: The actions as JSON-schema function tools (``info["tools"]`` at reset, for
+#: ``rollout.action_format=tool_call``): a call ``name(param=value)`` is ``name[value]``.
+TOOLS: list[dict[str, Any]] = [
+    {"type": "function", "function": {
+        "name": "search", "description": "Search the store (only on the search page).",
+        "parameters": {"type": "object", "properties": {"query": {
+            "type": "string", "description": "search keywords"}}, "required": ["query"]}}},
+    {"type": "function", "function": {
+        "name": "click", "description": "Click a button, product or option on the page.",
+        "parameters": {"type": "object", "properties": {"button": {
+            "type": "string", "description": "the clickable text, e.g. 'Buy Now' or a product "
+            "id"}}, "required": ["button"]}}},
+]
+
 
 def get_store(data_path: str | None = None, num_products: int | None = None,
               catalog_seed: int = 0, human_goals: bool = True,
@@ -129,7 +143,7 @@ class WebShopEnv(TextEnv):
         self.done, self.score, self.score_details = False, 0.0, {}
         obs = self._observation()
         self._last_obs = obs
-        return obs, self._info(True)
+        return obs, {**self._info(True), "tools": json.loads(json.dumps(TOOLS))}
 
     def step(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
         """Apply ``search[...]`` or ``click[...]``; anything else is a no-op invalid step."""
