@@ -83,7 +83,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         if bad:
             print(f"agentrl eval: {bad}", file=sys.stderr)
             return 2
-        return eval_main(args)
+        try:
+            return eval_main(args)
+        except OSError as e:  # a TARGET that is neither on disk nor on a reachable hub
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            print(f"agentrl eval: could not load a model: {first} (a TARGET is a checkpoint, "
+                  "a run directory, a model directory or a hub model name)", file=sys.stderr)
+            return 2
     if args.cmd == "report":
         from agentrl.report import report_main
 
@@ -184,13 +190,17 @@ def _missing_eval_target(targets: list[str]) -> str | None:
 
     A target that is not on disk is otherwise taken as a hub model name; that is right for
     ``Qwen/Qwen2.5-1.5B-Instruct`` but not for ``runs/typo``: a target whose first path
-    component is a local folder, or that starts with ``.``, ``/`` or ``~``, must exist.
+    component is a local folder or the default run folder ``runs``, that has more than two
+    components, or that starts with ``.``, ``/`` or ``~``, must exist.
     """
+    from agentrl.config import Config
+
     for t in targets:
         if os.path.exists(t):
             continue
         first = t.split("/", 1)[0]
-        if t.startswith((".", "/", "~")) or (first and "/" in t and os.path.isdir(first)):
+        local = first and "/" in t and (os.path.isdir(first) or first == Config().output_dir)
+        if t.startswith((".", "/", "~")) or t.count("/") > 1 or local:
             parent = os.path.dirname(os.path.normpath(t)) or "."
             near = sorted(os.listdir(parent))[:8] if os.path.isdir(parent) else []
             return (f"{t}: no such checkpoint, run directory or model directory"

@@ -16,6 +16,8 @@ from agentrl.registry import register_env
 # Every env whose admissible actions the tiny model picks from: the reply is the action itself,
 # decoded under the constraint; no penalty for invalid actions (there are none), a small cost
 # per turn so shorter successes score higher.
+# (Under constrained decoding a reply ends when it completes an action, so max_new_tokens only
+# needs to fit the longest action.)
 _CHOOSE = {"context": "window", "history": 2, "action_format": "raw", "constrained": True,
            "invalid_penalty": 0.0, "step_penalty": 0.01}
 _WITH_TASK = "{task}\nPrevious actions: {last_actions}\n{observation}"
@@ -54,7 +56,7 @@ register_env(
     recommended={
         "env": {"kwargs": {"level": 5, "split": "train", "num_games": 100},
                 "eval_kwargs": {"split": "eval", "num_games": 50}, "train_seeds": 100},
-        "rollout": {**_CHOOSE, "max_turns": 10, "max_new_tokens": 12, "template": _WITH_TASK},
+        "rollout": {**_CHOOSE, "max_turns": 10, "max_new_tokens": 16, "template": _WITH_TASK},
     },
     family="treasure_hunter",
     level=5,
@@ -73,7 +75,7 @@ register_env(
     recommended={
         "env": {"kwargs": {"level": 1, "split": "train", "num_games": 100},
                 "eval_kwargs": {"split": "eval", "num_games": 50}, "train_seeds": 100},
-        "rollout": {**_CHOOSE, "max_turns": 10, "max_new_tokens": 16, "template": _WITH_TASK},
+        "rollout": {**_CHOOSE, "max_turns": 10, "max_new_tokens": 24, "template": _WITH_TASK},
     },
     family="cooking",
     level=3,
@@ -97,7 +99,7 @@ register_env(
         "env": {"kwargs": {"split": "train", "num_games": 24,
                            "task_types": ["pick_and_place_simple"], "subgoal_reward": 1.0},
                 "eval_kwargs": {"split": "valid_seen", "num_games": 24}, "train_seeds": 24},
-        "rollout": {**_CHOOSE, "max_turns": 20, "max_new_tokens": 16, "template": _WITH_TASK},
+        "rollout": {**_CHOOSE, "max_turns": 20, "max_new_tokens": 32, "template": _WITH_TASK},
         "policy": {"tiny_corpus_episodes": 40},
     },
     split="train",
@@ -120,7 +122,7 @@ register_env(
         "env": {"kwargs": {"task": "find-living-thing", "split": "train", "valid_actions": True,
                            "step_limit": 12},
                 "eval_kwargs": {"split": "dev"}},
-        "rollout": {**_CHOOSE, "max_turns": 12, "max_new_tokens": 16, "template": _WITH_TASK},
+        "rollout": {**_CHOOSE, "max_turns": 12, "max_new_tokens": 48, "template": _WITH_TASK},
         "policy": {"tiny_corpus_episodes": 12},
     },
     step_limit=100,
@@ -140,7 +142,7 @@ register_env(
         "env": {"kwargs": {"num_products": 1000, "split": "train", "concrete_search": True,
                            "reward_mode": "score"},
                 "eval_kwargs": {"split": "test"}},
-        "rollout": {**_CHOOSE, "max_turns": 15, "max_new_tokens": 64,
+        "rollout": {**_CHOOSE, "max_turns": 15, "max_new_tokens": 96,
                     "template": "Previous actions: {last_actions}\n{observation}"},
         "policy": {"tiny_corpus_episodes": 100},
     },
@@ -161,7 +163,7 @@ register_env(
         "env": {"kwargs": {"split": "train", "action_choices": True, "top_k": 1,
                            "max_steps": 6},
                 "eval_kwargs": {"split": "test"}},
-        "rollout": {**_CHOOSE, "max_turns": 6, "max_new_tokens": 32, "template": _WITH_TASK},
+        "rollout": {**_CHOOSE, "max_turns": 6, "max_new_tokens": 48, "template": _WITH_TASK},
     },
     max_steps=10,
 )

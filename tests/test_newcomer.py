@@ -69,18 +69,35 @@ def test_alarms_fire_on_a_zero_gradient_and_on_lost_episodes() -> None:
     assert alarm_metrics({"train/skipped": 1.0}, cfg)["alarm/lost_episodes"] == 1.0
 
 
-def test_a_run_with_identical_returns_logs_the_zero_gradient_alarm(tmp_path: Any) -> None:
-    # Corridor of length 50 within 3 turns: nobody ever wins, every return is 0.
-    cfg = load_config(None, ["env.id=test/Corridor-v0", "env.kwargs={length: 50}",
-                             "rollout.groups=2", "rollout.group_size=2", "rollout.max_turns=3",
-                             "algorithm.name=grpo", "train.iterations=1",
-                             "policy.tiny_corpus_episodes=2", f"output_dir={tmp_path}", *QUIET])
+# ---------------------------------------------------------------- 5. alarms for every algorithm
+
+def _algorithms() -> list[str]:
+    import agentrl.algorithms  # noqa: F401
+    from agentrl.registry import ALGORITHMS
+
+    return sorted(ALGORITHMS)
+
+
+@pytest.mark.parametrize("algo", _algorithms())
+def test_identical_returns_raise_the_alarms_for_every_algorithm(algo: str, tmp_path: Any) -> None:
+    """A corridor of 50 rooms walked for 3 turns: nobody wins, every return is the same, so no
+    group has a learning signal; every algorithm logs it and the alarm fires (GiGPO, the
+    quickstart's algorithm, used to log nothing: "None fired" on a dead run)."""
     from agentrl.trainer import Trainer
 
+    cfg = load_config(None, ["env.id=test/Corridor-v0", "env.kwargs={length: 50}",
+                             "rollout.groups=2", "rollout.group_size=2", "rollout.max_turns=3",
+                             f"algorithm.name={algo}", "train.iterations=1",
+                             "policy.tiny_corpus_episodes=2", f"output_dir={tmp_path}", *QUIET])
     out = Trainer(cfg).train()
-    rows = [json.loads(r) for r in open(os.path.join(out["run_dir"], "metrics.jsonl"))]
-    assert rows[0]["train/grad_norm"] == 0.0
-    assert rows[0]["alarm/zero_grad_norm"] == 1.0
+    row = [json.loads(r) for r in open(os.path.join(out["run_dir"], "metrics.jsonl"))][0]
+    assert row["algo/zero_variance_groups"] == 1.0
+    assert row["alarm/zero_variance_groups"] == 1.0
+    # Whether the update was empty depends on the algorithm (a critic or an entropy term still
+    # moves the weights); the alarm says so exactly when it was.
+    assert row["alarm/zero_grad_norm"] == float(row["train/grad_norm"] < 1e-12)
+    if algo == "grpo":
+        assert row["train/grad_norm"] == 0.0
 
 
 # ---------------------------------------------------------------- 2. switching env.id
@@ -206,6 +223,31 @@ def test_resume_of_a_run_without_checkpoint_refuses_instead_of_restarting(
     line = _one_line_error(capsys.readouterr().err)
     assert rc == 2 and "no complete checkpoint" in line
     assert (run / "metrics.jsonl").read_text() == '{"iteration": 1}\n'  # nothing restarted
+
+
+def test_ctrl_c_during_training_names_the_iteration_and_the_checkpoint_kept(
+        tmp_path: Any, capsys: Any, monkeypatch: Any) -> None:
+    from agentrl.trainer import Trainer
+
+    calls = {"n": 0}
+    real = Trainer.train_iteration
+
+    def stop_at_third(self: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(self)
+
+    monkeypatch.setattr(Trainer, "train_iteration", stop_at_third)
+    rc = main(["train", "env.id=test/Corridor-v0", "rollout.groups=1", "rollout.group_size=2",
+               "train.iterations=5", "policy.tiny_corpus_episodes=2", f"output_dir={tmp_path}",
+               *[q for q in QUIET if not q.startswith("train.checkpoint")],
+               "train.checkpoint_every=1"])
+    assert rc == 130
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    run = os.path.join(str(tmp_path), "quickstart")
+    assert last == (f"agentrl: interrupted at iteration 2 of 5 in {run}; kept: checkpoint step_2 "
+                    f"(continue with: agentrl train --resume {run})")
 
 
 # ---------------------------------------------------------------- 7. game generation
@@ -398,19 +440,29 @@ def test_report_x_axes_are_whole_iterations(tmp_path: Any) -> None:
 # ---------------------------------------------------------------- every env trains out of the box
 
 # Small groups, two iterations, no evaluation worth the name: a loop and signal check.
-SWEEP = ["train.iterations=2", "rollout.groups=3", "rollout.group_size=4",
-         "policy.tiny_corpus_episodes=4", "eval.episodes=1", *QUIET]
-# Fewer generated games than a real run (generating 100 takes minutes).
+SWEEP = ["train.iterations=2", "rollout.groups=3", "rollout.group_size=4", "eval.episodes=1",
+         *QUIET]
+# Fewer generated games than a real run (generating 100 takes minutes) and, for ALFWorld's slow
+# engine, fewer random episodes of text for the tokenizer.
 FEW_GAMES = {"TextWorld": ["env.kwargs.num_games=4", "env.train_seeds=4"],
              "ALFWorld": ["env.kwargs.num_games=6", "env.eval_kwargs.num_games=1",
-                          "env.train_seeds=6"]}
+                          "env.train_seeds=6", "policy.tiny_corpus_episodes=8"]}
+
+
+# TextArena games have no scripted opponent, so the trainer plays both seats; the rollout engine
+# does not split an episode per agent yet (agentrl/rollout.py: "today every env has one
+# agent"), so the one trajectory holds both seats' moves and "succeeds" whenever either seat
+# wins: random tic-tac-toe almost always ends in a win, every group has the same return.
+_SELF_PLAY_NOT_SPLIT = pytest.mark.xfail(
+    strict=True, reason="self-play episodes are one trajectory until the engine splits agents")
 
 
 def _builtin_ids() -> list[Any]:
     agentrl.registry.load_builtin_envs()
     ids = sorted(k for k in ENVS if k.startswith("agentrl/"))
-    return [pytest.param(i, marks=[pytest.mark.java] if "Science" in i else [],
-                         id=i.split("/")[1]) for i in ids]
+    marks = {"agentrl/ScienceWorld-v0": [pytest.mark.java],
+             "agentrl/TextArena-TicTacToe-v0": [_SELF_PLAY_NOT_SPLIT]}
+    return [pytest.param(i, marks=marks.get(i, []), id=i.split("/")[1]) for i in ids]
 
 
 @pytest.mark.parametrize("env_id", _builtin_ids())
@@ -429,4 +481,5 @@ def test_every_registered_env_trains_with_a_live_learning_signal(env_id: str,
     for r in train_rows:
         assert r["train/grad_norm"] > 0, r
         assert not any(k.startswith("rollout/termination/env_") for k in r), r
-        assert r["rollout/invalid_action_rate"] == 0.0
+        # the recommended max_new_tokens fits every admissible action (none cut off)
+        assert r["rollout/response_length_hit_rate"] == 0.0
