@@ -440,13 +440,17 @@ def test_report_x_axes_are_whole_iterations(tmp_path: Any) -> None:
 # ---------------------------------------------------------------- every env trains out of the box
 
 # Small groups, two iterations, no evaluation worth the name: a loop and signal check.
-SWEEP = ["train.iterations=2", "rollout.groups=3", "rollout.group_size=4", "eval.episodes=1",
+SWEEP = ["train.iterations=2", "rollout.groups=4", "rollout.group_size=4", "eval.episodes=1",
          *QUIET]
-# Fewer generated games than a real run (generating 100 takes minutes) and, for ALFWorld's slow
-# engine, fewer random episodes of text for the tokenizer.
-FEW_GAMES = {"TextWorld": ["env.kwargs.num_games=4", "env.train_seeds=4"],
-             "ALFWorld": ["env.kwargs.num_games=6", "env.eval_kwargs.num_games=1",
-                          "env.train_seeds=6", "policy.tiny_corpus_episodes=8"]}
+# Per family: fewer generated games than a real run (generating 100 takes minutes); for
+# ALFWorld's slow engine fewer random episodes of text for the tokenizer; for ToolUse, whose
+# only reward is a right answer, bigger groups.
+SMALLER = {"TextWorld": ["env.kwargs.num_games=4", "env.train_seeds=4"],
+           "ALFWorld": ["env.kwargs.num_games=6", "env.eval_kwargs.num_games=1",
+                        "env.train_seeds=6", "policy.tiny_corpus_episodes=8",
+                        "rollout.groups=3"],
+           "ScienceWorld": ["rollout.groups=3"],
+           "ToolUse": ["rollout.group_size=8"]}
 
 
 # TextArena games have no scripted opponent, so the trainer plays both seats; the rollout engine
@@ -472,8 +476,8 @@ def test_every_registered_env_trains_with_a_live_learning_signal(env_id: str,
     every update has a non-zero gradient and no episode is lost to the env."""
     from agentrl.trainer import Trainer
 
-    few = next((v for k, v in FEW_GAMES.items() if k in env_id), [])
-    cfg = load_config(None, [f"env.id={env_id}", f"output_dir={tmp_path}", *SWEEP, *few])
+    small = next((v for k, v in SMALLER.items() if k in env_id), [])
+    cfg = load_config(None, [f"env.id={env_id}", f"output_dir={tmp_path}", *SWEEP, *small])
     out = Trainer(cfg).train()
     rows = [json.loads(r) for r in open(os.path.join(out["run_dir"], "metrics.jsonl"))]
     train_rows = [r for r in rows if "train/grad_norm" in r]
