@@ -120,9 +120,8 @@ def resolve_device(device: str) -> torch.device:
 def env_corpus(env_id: str, kwargs: dict[str, Any], episodes: int, max_turns: int,
                seed: int = 0) -> list[str]:
     """Text an env produces under random admissible play (for training a tiny tokenizer)."""
-    from agentrl.registry import make_env
-
     from agentrl.progress import Progress
+    from agentrl.registry import make_env
 
     env = make_env(env_id, **kwargs)
     rng = random.Random(seed)
