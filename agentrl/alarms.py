@@ -25,8 +25,12 @@ if TYPE_CHECKING:
     from agentrl.batch import Batch, Scores
 
 #: Every alarm `check_alarms` knows, in the order they are reported.
-ALARM_NAMES = ("zero_variance_groups", "response_length_hit_rate", "invalid_action_rate",
-               "logprob_mismatch", "host_memory_fraction", "nonfinite_loss")
+ALARM_NAMES = ("zero_variance_groups", "zero_grad_norm", "lost_episodes",
+               "response_length_hit_rate", "invalid_action_rate", "logprob_mismatch",
+               "host_memory_fraction", "nonfinite_loss")
+#: Episode endings that say nothing about the policy (the env crashed or hung); such episodes
+#: are left out of the loss.
+LOST = ("env_error", "env_timeout")
 
 _GB = 1024**3
 
@@ -52,6 +56,20 @@ def firing_alarms(metrics: dict[str, Any], cfg: AlarmConfig) -> dict[str, str]:
             f"{v:.0%} of groups have zero reward variance, so their advantages are all 0 and "
             "there is no learning signal; raise rollout.group_size or rollout.temperature, or "
             "train on tasks the policy sometimes solves")
+    gn = metrics.get("train/grad_norm")
+    if isinstance(gn, (int, float)) and math.isfinite(gn) and gn < cfg.min_grad_norm:
+        out["zero_grad_norm"] = (
+            f"the gradient norm is {gn:.3g}: this update changed nothing. Usually every "
+            "advantage is 0 (identical returns in every group); see the zero_variance_groups "
+            "and lost_episodes alarms, and check that the env pays rewards the policy can reach")
+    lost = sum(float(metrics.get(f"rollout/termination/{r}", 0.0)) for r in LOST)
+    if metrics.get("train/skipped"):
+        lost = 1.0
+    if cfg.lost_episodes > 0 and lost >= cfg.lost_episodes:
+        out["lost_episodes"] = (
+            f"{lost:.0%} of episodes ended because the env failed (env_error/env_timeout) and "
+            "were left out of the loss; the run's trajectories/ and the env/* metrics say why "
+            "(`agentrl play ENV` reproduces an env by hand; raise env.step_timeout for slow envs)")
     v = over("rollout/response_length_hit_rate", cfg.response_length_hit_rate)
     if v is not None:
         out["response_length_hit_rate"] = (

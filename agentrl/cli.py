@@ -1,15 +1,22 @@
-"""The ``agentrl`` command line: train, eval, envs, algorithms, check-env, play."""
+"""The ``agentrl`` command line: train, eval, report, envs, algorithms, check-env, play.
+
+Every user mistake ends in one line naming the fix and exit status 2 (config errors, start-up
+refusals, missing runs); Ctrl-C says what was interrupted and what was kept (status 130).
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from collections.abc import Callable
+from typing import Any
 
 
 def main(argv: list[str] | None = None) -> int:
     from agentrl.config import ConfigError
 
-    ap = argparse.ArgumentParser(prog="agentrl", description=__doc__)
+    ap = argparse.ArgumentParser(prog="agentrl", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train", help="train (no CONFIG = the embedded quickstart)")
     t.add_argument("config", nargs="?", help="YAML config file")
@@ -31,13 +38,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("kwargs", nargs="*", help="constructor key=value arguments")
     p.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
+    from agentrl.preflight import PreflightError
+    from agentrl.progress import interrupted, reset_phases
+
     try:
         return _dispatch(args)
+    except PreflightError as e:
+        print(f"agentrl: cannot start: {e}", file=sys.stderr)
+        return 2
     except ConfigError as e:
         print(f"agentrl: config error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("agentrl: interrupted", file=sys.stderr)
+        what = interrupted()
+        reset_phases()
+        print("agentrl: interrupted" + (f" while {what}" if what else ""), file=sys.stderr)
         return 130
     except Exception as e:
         # Errors that end a run on purpose carry their exit code (documented in the README:
@@ -64,30 +79,39 @@ def _dispatch(args: argparse.Namespace) -> int:
         if config and "=" in config and not config.endswith((".yaml", ".yml")):
             config, overrides = None, [config] + overrides
         if args.resume:
-            import os
-
-            cfg_path = os.path.join(args.resume, "config.yaml")
-            cfg = load_config(config or cfg_path, overrides)
-            Trainer(cfg, resume=True, run_dir=args.resume).train()
-        else:
-            Trainer(load_config(config, overrides)).train()
-        return 0
+            _check_resumable(args.resume)
+            cfg = load_config(config or os.path.join(args.resume, "config.yaml"), overrides)
+            return _train(lambda: Trainer(cfg, resume=True, run_dir=args.resume))
+        cfg = load_config(config, overrides)
+        return _train(lambda: Trainer(cfg))
     if args.cmd == "eval":
         from agentrl.evaluate import eval_main
 
-        return eval_main(args)
+        bad = _missing_eval_target(args.targets)
+        if bad:
+            print(f"agentrl eval: {bad}", file=sys.stderr)
+            return 2
+        try:
+            return eval_main(args)
+        except OSError as e:  # a TARGET that is neither on disk nor on a reachable hub
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            print(f"agentrl eval: could not load a model: {first} (a TARGET is a checkpoint, "
+                  "a run directory, a model directory or a hub model name)", file=sys.stderr)
+            return 2
     if args.cmd == "report":
         from agentrl.report import report_main
 
         return report_main(args.run_dir)
     if args.cmd == "envs":
-        from agentrl.registry import ENVS, load_builtin_envs
+        from agentrl.registry import ENVS, load_builtin_envs, missing_requirement
 
         load_builtin_envs()
         w = max(len(k) for k in ENVS)
         for k in sorted(ENVS):
             tag = "[multi-agent] " if ENVS[k].multiagent else ""
-            print(f"{k:<{w}}  {tag}{ENVS[k].description}")
+            missing = missing_requirement(k)
+            print(f"{k:<{w}}  {tag}{ENVS[k].description}"
+                  + (f" [not installed: pip install 'agentrl[{ENVS[k].extra}]']" if missing else ""))
         return 0
     if args.cmd == "algorithms":
         import agentrl.algorithms  # noqa: F401
@@ -104,16 +128,92 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         env = make_env(args.env_id, **_kwargs(args.kwargs))
         entry = ENVS.get(args.env_id)
-        if entry is not None and entry.multiagent:
-            check_multiagent_env(env)
-            print(f"{args.env_id}: passes check_multiagent_env")
-        else:
-            check_env(env)
-            print(f"{args.env_id}: passes check_env")
+        try:
+            if entry is not None and entry.multiagent:
+                check_multiagent_env(env)
+                print(f"{args.env_id}: passes check_multiagent_env")
+            else:
+                check_env(env)  # prints its own line when the env passes
+        finally:
+            env.close()
         return 0
     if args.cmd == "play":
         return _play(args)
     return 1
+
+
+def _train(build: Callable[[], Any]) -> int:
+    """Build a trainer and train; on Ctrl-C say where the run stopped and what it kept."""
+    from agentrl import checkpoint
+    from agentrl.progress import interrupted, reset_phases
+
+    trainer = None
+    try:
+        trainer = build()
+        trainer.train()
+        return 0
+    except KeyboardInterrupt:
+        what = interrupted()
+        reset_phases()
+        if trainer is None:  # still setting up: generating games, collecting text, ...
+            print("agentrl: interrupted" + (f" while {what}" if what else " during set-up"),
+                  file=sys.stderr)
+            return 130
+        try:
+            trainer.close()  # env workers, engines
+        except Exception:
+            pass  # best effort after an interrupt; the message below matters more
+        run = trainer.run_dir
+        cp = checkpoint.latest(run)
+        kept = (f"checkpoint {os.path.basename(cp)} (continue with: agentrl train --resume "
+                f"{run})" if cp else "no checkpoint yet (train.checkpoint_every="
+                f"{trainer.cfg.train.checkpoint_every}); metrics so far in "
+                f"{os.path.join(run, 'metrics.jsonl')}")
+        print(f"agentrl: interrupted at iteration {trainer.iteration} of "
+              f"{trainer.cfg.train.iterations} in {run}" + (f" while {what}" if what else "")
+              + f"; kept: {kept}", file=sys.stderr)
+        return 130
+
+
+def _check_resumable(run_dir: str) -> None:
+    """``--resume`` needs an existing run directory with a complete checkpoint."""
+    from agentrl import checkpoint
+    from agentrl.config import ConfigError
+
+    if not os.path.isdir(run_dir):
+        parent = os.path.dirname(os.path.normpath(run_dir)) or "."
+        runs = sorted(d for d in os.listdir(parent) if os.path.isdir(os.path.join(parent, d))
+                      ) if os.path.isdir(parent) else []
+        raise ConfigError(f"--resume {run_dir}: no such run directory"
+                          + (f" (in {parent}: {', '.join(runs[:8])})" if runs else "")
+                          + "; drop --resume to start a new run")
+    if checkpoint.latest(run_dir) is None:
+        raise ConfigError(f"--resume {run_dir}: the run has no complete checkpoint to resume "
+                          "from (one is written every train.checkpoint_every iterations); "
+                          "drop --resume to start it again from iteration 0")
+
+
+def _missing_eval_target(targets: list[str]) -> str | None:
+    """A one-line error for a target that names a local path that does not exist.
+
+    A target that is not on disk is otherwise taken as a hub model name; that is right for
+    ``Qwen/Qwen2.5-1.5B-Instruct`` but not for ``runs/typo``: a target whose first path
+    component is a local folder or the default run folder ``runs``, that has more than two
+    components, or that starts with ``.``, ``/`` or ``~``, must exist.
+    """
+    from agentrl.config import Config
+
+    for t in targets:
+        if os.path.exists(t):
+            continue
+        first = t.split("/", 1)[0]
+        local = first and "/" in t and (os.path.isdir(first) or first == Config().output_dir)
+        if t.startswith((".", "/", "~")) or t.count("/") > 1 or local:
+            parent = os.path.dirname(os.path.normpath(t)) or "."
+            near = sorted(os.listdir(parent))[:8] if os.path.isdir(parent) else []
+            return (f"{t}: no such checkpoint, run directory or model directory"
+                    + (f" ({parent} holds: {', '.join(near)})" if near else ""))
+    return None
 
 
 def _play(args: argparse.Namespace) -> int:
@@ -140,7 +240,8 @@ def _play(args: argparse.Namespace) -> int:
             print("(invalid action)")
         if term or trunc:
             print("\n" + obs)
-            print(f"episode over: success={info.get('success')} return={total:.2f}")
+            score = f" score={info['score']:g}" if isinstance(info.get("score"), (int, float)) else ""
+            print(f"episode over: success={info.get('success')} return={total:.2f}{score}")
             break
     env.close()
     return 0

@@ -33,9 +33,12 @@ DEFAULT_TEMPLATE = (
 )
 
 
+_DEFAULT_ENV_ID = "agentrl/TextWorld-CoinCollector-v0"
+
+
 @dataclass
 class EnvConfig:
-    id: str = F("agentrl/TextWorld-CoinCollector-v0", "registered env id (`agentrl envs` lists them)")
+    id: str = F(_DEFAULT_ENV_ID, "registered env id (`agentrl envs` lists them)")
     kwargs: dict[str, Any] = F(default_factory=dict, help="constructor kwargs for training envs")
     eval_kwargs: dict[str, Any] = F(default_factory=dict,
                                     help="kwargs merged over `kwargs` for evaluation envs")
@@ -166,6 +169,10 @@ class AlarmConfig:
     enabled: bool = F(True, "check the alarms every iteration")
     zero_variance_groups: float = F(1.0, "alarm when this share of groups has zero reward "
                                     "variance (1.0 = all: no learning signal)", ge=0, le=1)
+    min_grad_norm: float = F(1e-12, "alarm when train/grad_norm is below this (an update "
+                             "that changes nothing; 0 = off)", ge=0)
+    lost_episodes: float = F(0.25, "alarm when this share of episodes ended env_error or "
+                             "env_timeout (left out of the loss)", ge=0, le=1)
     response_length_hit_rate: float = F(0.5, "alarm when this share of replies hit "
                                         "rollout.max_new_tokens", ge=0, le=1)
     invalid_action_rate: float = F(0.5, "alarm when this share of actions is invalid", ge=0, le=1)
@@ -427,6 +434,12 @@ def _cross_checks(cfg: Config) -> None:
         raise ConfigError(f"env.pool: {pool!r} is not allowed; choose one of {list(POOLS)} or "
                           "'pkg.module:Class' (an EnvPool of your own)"
                           + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+    from agentrl.registry import UnknownEnvError, check_env_id
+
+    try:
+        check_env_id(cfg.env.id)
+    except UnknownEnvError as e:
+        raise ConfigError(f"env.id: {e}") from None
     r = cfg.rollout
     if r.max_new_tokens >= r.max_context_tokens:
         raise ConfigError("rollout.max_new_tokens must be smaller than rollout.max_context_tokens")
@@ -448,8 +461,66 @@ def _cross_checks(cfg: Config) -> None:
                           "of an iteration; lower it")
 
 
+#: Keys of the ``env`` section that describe one particular env: a config file's values for
+#: them are dropped when ``env.id`` is switched to another env (see `layer_config`).
+ENV_SPECIFIC_KEYS = ("kwargs", "eval_kwargs", "train_seeds")
+
+
+def layer_config(file_data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Merge a config file, its ``key=value`` overrides and the env's recommended settings.
+
+    Precedence, lowest first: dataclass defaults < the env's recommended settings < the
+    config file < the overrides. The recommended settings (`agentrl.registry.register_env`)
+    only take part when the file does not speak for the env being run:
+
+    - the file names ``env.id`` and no override changes it: the file is taken as written;
+    - an override picks another env (``agentrl train env.id=X``, e.g. on the quickstart):
+      X's recommended settings replace the file's settings for its own env, namely
+      ``env.kwargs``, ``env.eval_kwargs``, ``env.train_seeds`` and every key X recommends
+      (decoding, action format, turn limit, prompt...); the file's other settings
+      (algorithm, training budget, model) are kept;
+    - the file names no env: the default env's recommended settings sit under the file.
+
+    Sections merge key by key; a value, including a mapping such as ``env.kwargs``, replaces
+    the lower layer's value whole (``env.kwargs.level=3`` sets one key inside it).
+    """
+    from agentrl.registry import UnknownEnvError, check_env_id, recommended_settings
+
+    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in file_data.items()}
+    pairs = parse_overrides(overrides)
+    named = isinstance(data.get("env"), dict) and "id" in data["env"]
+    file_env = str(data["env"]["id"]) if named else _DEFAULT_ENV_ID
+    env_id = file_env
+    for k, v in pairs:  # the last override of env.id (or of the whole env section) wins
+        if k == "env.id":
+            env_id = str(v)
+        elif k == "env" and isinstance(v, dict) and "id" in v:
+            env_id = str(v["id"])
+    try:
+        check_env_id(env_id)
+    except UnknownEnvError as e:
+        raise ConfigError(f"env.id: {e}") from None
+    merged: dict[str, Any] = {}
+    if env_id != file_env or not named:
+        merged = recommended_settings(env_id)
+        if env_id != file_env:
+            for sec, keys in [("env", ENV_SPECIFIC_KEYS), *merged.items()]:
+                if isinstance(data.get(sec), dict):
+                    for k in keys:
+                        data[sec].pop(k, None)
+    for k, v in data.items():
+        if isinstance(v, dict) and isinstance(merged.get(k), dict):
+            merged[k].update(v)
+        else:
+            merged[k] = v
+    for k, v in pairs:
+        _set_dotted(merged, k, v)
+    return merged
+
+
 def load_config(path: str | None = None, overrides: list[str] | None = None) -> Config:
-    """Load a YAML config (``None`` = the embedded quickstart) and apply ``key=value`` overrides."""
+    """Load a YAML config (``None`` = the embedded quickstart) and apply ``key=value``
+    overrides, over the recommended settings of the chosen env (`layer_config`)."""
     if path is None:
         text = _quickstart_text()
         data = yaml.safe_load(text) or {}
@@ -465,7 +536,7 @@ def load_config(path: str | None = None, overrides: list[str] | None = None) -> 
             raise ConfigError(f"{path}: not UTF-8 text ({e}); save it as UTF-8") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
-    return config_from_dict(apply_overrides(data, overrides or []))
+    return config_from_dict(layer_config(data, overrides or []))
 
 
 def _quickstart_text() -> str:

@@ -142,6 +142,7 @@ def resolve_device(device: str) -> torch.device:
 def env_corpus(env_id: str, kwargs: dict[str, Any], episodes: int, max_turns: int,
                seed: int = 0) -> list[str]:
     """Text an env produces under random admissible play (for training a tiny tokenizer)."""
+    from agentrl.progress import Progress
     from agentrl.registry import make_env
 
     env = make_env(env_id, **kwargs)
@@ -149,23 +150,26 @@ def env_corpus(env_id: str, kwargs: dict[str, Any], episodes: int, max_turns: in
     texts: list[str] = []
     failures = 0
     try:
-        for ep in range(episodes):
-            try:
-                obs, info = env.reset(seed=ep)
-                texts += [obs, str(info.get("task", ""))]
-                for _ in range(max_turns):
-                    adm = info.get("admissible_actions") or []
-                    texts += adm
-                    if not adm:
-                        break
-                    obs, _, term, trunc, info = env.step(rng.choice(adm))
-                    texts.append(obs)
-                    if term or trunc:
-                        break
-            except Exception:  # a broken episode costs its text, not the run
-                failures += 1
-                env.close()
-                env = make_env(env_id, **kwargs)
+        with Progress(episodes, f"collecting {env_id} text from {episodes} random episodes "
+                      "for the tiny model's tokenizer", "episode") as bar:
+            for ep in range(episodes):
+                try:
+                    obs, info = env.reset(seed=ep)
+                    texts += [obs, str(info.get("task", ""))]
+                    for _ in range(max_turns):
+                        adm = info.get("admissible_actions") or []
+                        texts += adm
+                        if not adm:
+                            break
+                        obs, _, term, trunc, info = env.step(rng.choice(adm))
+                        texts.append(obs)
+                        if term or trunc:
+                            break
+                except Exception:  # a broken episode costs its text, not the run
+                    failures += 1
+                    env.close()
+                    env = make_env(env_id, **kwargs)
+                bar.update(1)
     finally:
         env.close()
     if failures:

@@ -1,15 +1,24 @@
 """Registries: environments (on top of gymnasium's) and algorithms.
 
-Environments are registered with `register_env`, which calls `gymnasium.register` and records a
-one-line description for `agentrl envs`. Entry points are ``"module:Class"`` strings (or
-callables), so heavy dependencies load only when an env is made.
+Environments are registered with `register_env`, which calls `gymnasium.register` and records
+what `agentrl` needs beyond gymnasium: a one-line description for `agentrl envs`, the pip extra
+that installs the env's packages, and the env's recommended run settings. Entry points are
+``"module:Class"`` strings (or callables), so heavy dependencies load only when an env is made.
+
+Recommended settings are a partial config (``{"rollout": {...}, "env": {"kwargs": ...}}``) that
+`agentrl.config.load_config` puts under the config file, so ``agentrl train env.id=X`` starts
+from settings that make sense for X (constrained or free decoding, action format, turn limit,
+context mode, its own kwargs) instead of another env's.
 """
 
 from __future__ import annotations
 
+import copy
+import difflib
 import importlib
+import importlib.util
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import gymnasium as gym
@@ -19,14 +28,26 @@ import gymnasium as gym
 class EnvEntry:
     id: str
     description: str
-    requires: tuple[str, ...]  # pip extras / modules it needs, for the error message
+    requires: tuple[str, ...]  # importable modules it needs, for the error message
+    extra: str  # the `pip install 'agentrl[<extra>]'` that provides `requires`
     test_kwargs: dict[str, Any]  # small, fast settings used by the registered-env test sweep
     multiagent: bool = False  # a turn-based game whose info["agent"] names who moves
     unrecorded_info: tuple[str, ...] = ()  # info keys not stored in trajectories
     isolate: bool = False  # run in worker processes under env.pool=auto (JVM, planner, leaks)
+    recommended: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # "pkg.module:function"(kwargs, seeds) that creates the env's data (generated games, a
+    # catalogue) up front, with progress, for the episodes of `seeds` (None: all of them).
+    prepare: str | None = None
 
 
 ENVS: dict[str, EnvEntry] = {}
+
+
+class UnknownEnvError(KeyError):
+    """An env id that is not registered; the message suggests the closest registered id."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
 
 
 def register_env(
@@ -35,10 +56,13 @@ def register_env(
     description: str,
     max_episode_steps: int | None = None,
     requires: tuple[str, ...] = (),
+    extra: str | None = None,
     test_kwargs: dict[str, Any] | None = None,
     multiagent: bool = False,
     unrecorded_info: tuple[str, ...] = (),
     isolate: bool = False,
+    recommended: dict[str, dict[str, Any]] | None = None,
+    prepare: str | None = None,
     **kwargs: Any,
 ) -> None:
     """Register a text env under ``id`` (``agentrl/Name-v0`` for built-ins).
@@ -49,6 +73,8 @@ def register_env(
         description: one line shown by ``agentrl envs``.
         max_episode_steps: gymnasium's TimeLimit (truncation) for the env.
         requires: importable modules the env needs; `make_env` names the missing one.
+        extra: the agentrl pip extra that installs ``requires`` (default: the first module's
+            name), named in the error when one is missing.
         test_kwargs: overrides that make the env cheap for the conformance test sweep.
         multiagent: the env is a multi-agent game (`agentrl.envs.multiagent`): several agents
             take turns, ``info["agent"]`` says whose turn it is; checked by
@@ -58,13 +84,21 @@ def register_env(
         isolate: under ``env.pool=auto``, run this env in worker processes (crash and hang
             isolation, step timeouts) rather than in the trainer's process. For envs that
             start a JVM or a planner, or can hang or leak; cheap pure-Python envs leave it off.
+        recommended: config sections this env should be trained with by default, e.g.
+            ``{"rollout": {"constrained": True}, "env": {"kwargs": {...}}}``; a config file
+            and ``key=value`` overrides still win.
+        prepare: ``"pkg.module:function"`` called as ``function(kwargs, seeds)`` before a run
+            builds its envs, to generate the data those episodes need (with progress).
         kwargs: default constructor arguments.
     """
     gym.register(id=id, entry_point=entry_point, max_episode_steps=max_episode_steps,
                  kwargs=kwargs, disable_env_checker=True)
+    rec = copy.deepcopy(recommended or {})
     ENVS[id] = EnvEntry(id=id, description=description, requires=tuple(requires),
+                       extra=extra or (requires[0] if requires else ""),
                        test_kwargs=dict(test_kwargs or {}), multiagent=multiagent,
-                       unrecorded_info=tuple(unrecorded_info), isolate=isolate)
+                       unrecorded_info=tuple(unrecorded_info), isolate=isolate,
+                       recommended=rec, prepare=prepare)
 
 
 def unrecorded_info(env_id: str) -> frozenset[str]:
@@ -79,33 +113,51 @@ def load_builtin_envs() -> None:
     importlib.import_module("agentrl.envs")
 
 
+def known_env_ids() -> list[str]:
+    """Every env id `make_env` accepts: agentrl's registry plus gymnasium's ``agentrl/`` ids."""
+    load_builtin_envs()
+    return sorted(set(ENVS) | {k for k in gym.registry if k.startswith("agentrl/")})
+
+
+def check_env_id(id: str) -> None:
+    """Raise `UnknownEnvError` (with the closest registered id) unless ``id`` can be made."""
+    load_builtin_envs()
+    if id in ENVS or id in gym.registry:
+        return
+    known = known_env_ids()
+    hint = difflib.get_close_matches(id, known, n=1)
+    raise UnknownEnvError(
+        f"unknown environment {id!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
+        + f" Registered: {', '.join(known)}. A custom env must be registered "
+        "(agentrl.register_env) before the config is loaded")
+
+
+def recommended_settings(id: str) -> dict[str, dict[str, Any]]:
+    """The env's recommended config sections (empty for envs registered without them)."""
+    load_builtin_envs()
+    entry = ENVS.get(id)
+    return copy.deepcopy(entry.recommended) if entry else {}
+
+
+def missing_requirement(id: str) -> str | None:
+    """One line naming the missing package and its install command, or None if all present."""
+    load_builtin_envs()
+    entry = ENVS.get(id)
+    for mod in entry.requires if entry else ():
+        if importlib.util.find_spec(mod) is None:
+            return (f"{id} needs the Python package {mod!r}, which is not installed: "
+                    f"pip install 'agentrl[{entry.extra}]'")
+    return None
+
+
 def make_env(id: str, **kwargs: Any) -> gym.Env:
     """`gymnasium.make` for agentrl ids, with a clear message when an optional dependency is
     missing or the id is unknown."""
-    load_builtin_envs()
-    entry = ENVS.get(id)
-    if entry is None and id not in gym.registry:
-        import difflib
-
-        known = sorted(set(ENVS) | {k for k in gym.registry if k.startswith("agentrl/")})
-        hint = difflib.get_close_matches(id, known, n=1)
-        raise KeyError(
-            f"unknown environment {id!r}"
-            + (f"; did you mean {hint[0]!r}?" if hint else "")
-            + f" Registered: {', '.join(known)}"
-        )
-    for mod in entry.requires if entry else ():
-        if importlib.util.find_spec(mod) is None:
-            raise ImportError(
-                f"{id} needs the Python package {mod!r}, which is not installed: "
-                f"pip install 'agentrl[{_EXTRA.get(mod, mod)}]'"
-            )
+    check_env_id(id)
+    missing = missing_requirement(id)
+    if missing:
+        raise ImportError(missing)
     return gym.make(id, **kwargs)
-
-
-_EXTRA = {"textworld": "textworld", "alfworld": "alfworld", "scienceworld": "sciworld",
-          "rank_bm25": "webshop", "pettingzoo": "multiagent", "pygame": "multiagent",
-          "textarena": "multiagent"}
 
 
 # ----------------------------------------------------------------------------- algorithms
@@ -129,8 +181,6 @@ def get_algorithm(name: str) -> type:
         mod, _, attr = name.partition(":")
         return getattr(importlib.import_module(mod), attr)
     if name not in ALGORITHMS:
-        import difflib
-
         hint = difflib.get_close_matches(name, list(ALGORITHMS), n=1)
         raise KeyError(
             f"unknown algorithm {name!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")

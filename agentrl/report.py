@@ -76,6 +76,11 @@ def read_evals(run_dir: str) -> list[dict[str, Any]]:
 
 
 def _save(plt: Any, fig: Any, path: str) -> str:
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in fig.axes:  # iterations are whole numbers: no 2.5 ticks on a short run
+        if ax.get_xlabel() == "iteration":
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -30,6 +30,8 @@ from agentrl.learner import LocalLearner, apply_tis
 from agentrl.metrics import MetricsLogger, console_line, rollout_metrics
 from agentrl.models import build_policy_model, load_pretrained, resolve_device
 from agentrl.policies import make_policy
+from agentrl.preflight import preflight
+from agentrl.progress import is_terminal, phase
 from agentrl.prompts import PromptBuilder
 from agentrl.registry import get_algorithm
 from agentrl.rollout import RolloutEngine
@@ -44,6 +46,7 @@ class Trainer:
         self.cfg = cfg
         self.run_dir = run_dir or self._pick_run_dir(resume)
         os.makedirs(self.run_dir, exist_ok=True)
+        preflight(cfg, self.run_dir)  # run dir, refusals with the fix, env data with progress
         self.resume_from = checkpoint.latest(self.run_dir) if resume else None
         seed_everything(cfg.seed)
         if self.resume_from:
@@ -120,7 +123,8 @@ class Trainer:
         # Evaluation samples from its own seed; training sampling resumes where it left off.
         state = self.policy.state_dict()
         self.policy.seed(EVAL_SAMPLER_SEED + e.seed_start)
-        summary, trajs = evaluate(self.eval_engine, seeds, greedy=e.greedy)
+        with phase(f"evaluating ({tag}) on {len(seeds)} held-out episodes"):
+            summary, trajs = evaluate(self.eval_engine, seeds, greedy=e.greedy)
         self.policy.load_state_dict(state)
         summary["iteration"], summary["tag"] = self.iteration, tag
         # A resumed run redoes an evaluation that the checkpoint may already hold (the final).
@@ -242,14 +246,13 @@ class Trainer:
     def train(self) -> dict[str, Any]:
         c = self.cfg
         total = c.train.iterations
-        print(f"[agentrl] run directory: {os.path.abspath(self.run_dir)}")
         print(f"[agentrl] env {c.env.id}, algorithm {c.algorithm.name}, model {c.policy.model} "
               f"({sum(p.numel() for p in self.model.parameters()):,} parameters), "
               f"{c.rollout.groups}x{c.rollout.group_size} episodes per iteration")
         if self.iteration == 0 and c.eval.before_training:
             self.run_eval("before")
         bar = None
-        if c.log.progress:
+        if c.log.progress and is_terminal():  # on a pipe a redrawn bar garbles the lines
             from tqdm import tqdm
 
             bar = tqdm(total=total, initial=self.iteration, desc="training", unit="it",
@@ -329,6 +332,9 @@ def write_curve(run_dir: str, evals: list[dict[str, Any]]) -> str | None:
         ax.fill_between([e["iteration"] for e in evals], [e["ci95"][0] for e in evals],
                         [e["ci95"][1] for e in evals], alpha=0.2)
     ax.set_xlabel("iteration")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("success rate")
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)

@@ -109,10 +109,14 @@ class _JVM:
         stderr: collections.deque[str] = collections.deque(maxlen=50)
         # Serial GC: a single collector thread; the box has 2 cores shared by several JVMs.
         opts = [f"-Xmx{max_heap}", "-XX:+UseSerialGC"]
+        from agentrl.progress import phase
+
         try:
-            port, proc = launch_gateway(classpath=JAR_PATH, javaopts=opts, java_path=java,
-                                        die_on_exit=True, cwd=BASEPATH, return_proc=True,
-                                        redirect_stderr=stderr)
+            # A few seconds idle, much longer on a busy machine: say so (once per process).
+            with phase(f"starting a ScienceWorld JVM (-Xmx{max_heap}, process {os.getpid()})"):
+                port, proc = launch_gateway(classpath=JAR_PATH, javaopts=opts, java_path=java,
+                                            die_on_exit=True, cwd=BASEPATH, return_proc=True,
+                                            redirect_stderr=stderr)
         except Exception as e:  # py4j raises a bare Py4JError when the JVM fails to start
             raise RuntimeError(f"could not start the ScienceWorld JVM with {java} {opts}: {e}; "
                                f"JVM stderr: {''.join(stderr)[-2000:]!r}. {JAVA_HELP}") from e

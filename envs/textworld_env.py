@@ -5,9 +5,17 @@ Games are generated offline with TextWorld's own generator and Inform7 compiler 
 fixed list of generator seeds: ``train`` uses seeds ``0..num_games-1`` and ``eval`` uses
 ``100000..`` so held-out games never overlap the training games.
 
-``reset(seed)`` plays game ``seed % num_games`` of the split. Actions outside the admissible
-commands are not sent to the engine: they are steps with ``action_valid=False`` and no effect,
-which keeps any string (100 KB, binary) away from the interpreter.
+``reset(seed)`` plays game ``seed % num_games`` of the split, generating it first if it is not
+cached yet; `prepare` generates a run's games up front, with progress. Actions outside the
+admissible commands are not sent to the engine: they are steps with ``action_valid=False`` and
+no effect, which keeps any string (100 KB, binary) away from the interpreter.
+
+The quickstart's games (coin collector level 3: 100 train and 100 eval games) ship inside the
+package as ``agentrl/data/games/textworld-<family>-<level>-<tag>.tar.xz`` (0.3 MB: the
+story files share most of their bytes), so a first run unpacks them in a second instead of
+compiling them for minutes. The archive is this module's own output, rebuilt with::
+
+    python -m agentrl.envs.textworld_env pack --family coin_collector --level 3 --train 100 --eval 100
 """
 
 from __future__ import annotations
@@ -43,8 +51,13 @@ def _settings(family: str, level: int) -> dict[str, Any]:
 
 
 def _game_path(family: str, level: int, gen_seed: int) -> str:
+    return os.path.join(cache_dir(), "textworld", games_dirname(family, level), f"game_{gen_seed}.z8")
+
+
+def games_dirname(family: str, level: int) -> str:
+    """The cache folder (and packaged archive) name of a family and level's games."""
     tag = hashlib.sha1(json.dumps(_settings(family, level), sort_keys=True).encode()).hexdigest()[:8]
-    return os.path.join(cache_dir(), "textworld", f"{family}-{level}-{tag}", f"game_{gen_seed}.z8")
+    return f"{family}-{level}-{tag}"
 
 
 def _generate_one(args: tuple[str, int, int]) -> str:
@@ -62,13 +75,16 @@ def _generate_one(args: tuple[str, int, int]) -> str:
     game = _MAKERS[family]()(_settings(family, level), opts)
     tmp = path[:-3] + f".tmp{os.getpid()}.z8"
     opts.path = tmp
-    textworld.generator.compile_game(game, opts)
-    # Publish atomically so a concurrent reader never sees a half-written game.
-    os.replace(tmp[:-3] + ".json", path[:-3] + ".json")
-    os.replace(tmp, path)
-    for ext in (".ni",):
-        if os.path.exists(tmp[:-3] + ext):
-            os.remove(tmp[:-3] + ext)
+    try:
+        textworld.generator.compile_game(game, opts)
+        # Publish atomically so a concurrent reader never sees a half-written game; the .json
+        # goes first because a game counts as present once its .z8 exists.
+        os.replace(tmp[:-3] + ".json", path[:-3] + ".json")
+        os.replace(tmp, path)
+    finally:  # also on Ctrl-C: an interrupted compile leaves nothing behind
+        for ext in (".z8", ".json", ".ni"):
+            if os.path.exists(tmp[:-3] + ext):
+                os.remove(tmp[:-3] + ext)
     return path
 
 
@@ -92,47 +108,115 @@ def _maker_cooking() -> Any:
 
 _MAKERS = {"coin_collector": _maker_coin, "treasure_hunter": _maker_treasure,
            "cooking": _maker_cooking}
+#: Wall seconds to generate one game on one core of a 2-core machine (Inform7 compile),
+#: for the up-front estimate; the progress line switches to the measured rate at once.
+SECONDS_PER_GAME = 4.5
+
+
+def packaged_archive(family: str, level: int) -> str | None:
+    """The games archive shipped inside the package for this family and level, if any."""
+    from importlib.resources import files
+
+    p = files("agentrl").joinpath("data", "games", f"textworld-{games_dirname(family, level)}.tar.xz")
+    return str(p) if p.is_file() else None
+
+
+def _unpack(archive: str, root: str, gen_seeds: list[int]) -> int:
+    """Copy the games of ``gen_seeds`` that ``archive`` holds into ``root``; returns how many."""
+    import tarfile
+
+    want = {f"game_{s}{ext}" for s in gen_seeds for ext in (".z8", ".json")}
+    n = 0
+    with tarfile.open(archive, "r:xz") as tar:
+        for m in tar:
+            if m.name not in want or not m.isfile():
+                continue
+            src = tar.extractfile(m)
+            assert src is not None
+            final = os.path.join(root, m.name)
+            tmp = f"{final}.tmp{os.getpid()}"
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(src.read())
+                os.replace(tmp, final)
+            finally:
+                if os.path.exists(tmp):
+                    os.remove(tmp)
+            n += m.name.endswith(".z8")
+    return n
+
+
+def _sweep_partial(root: str) -> None:
+    """Remove what a generation killed without cleanup (SIGKILL, power loss) left behind.
+    Called with the folder's lock held, so no live generator is writing these."""
+    for name in os.listdir(root):
+        if ".tmp" in name:
+            try:
+                os.remove(os.path.join(root, name))
+            except OSError:
+                pass
 
 
 def ensure_games(family: str, level: int, gen_seeds: list[int], workers: int | None = None,
                  progress: bool = True) -> list[str]:
     """Generate (once) and return the paths of the games with these generator seeds.
 
-    Generation runs in a process pool (about 1.4 s per game per core) under a file lock, so
-    concurrent envs wait for one generator instead of racing it.
+    Games shipped in the package (`packaged_archive`) are unpacked instead of generated.
+    Generation runs in a process pool (a few seconds per game per core) under a file lock, so
+    concurrent envs wait for one generator instead of racing it; progress and a time estimate
+    go to stderr (`agentrl.progress`).
     """
+    from agentrl.progress import Progress, say
+
     if family not in FAMILIES:
         raise ValueError(f"unknown TextWorld family {family!r}; choose one of {FAMILIES}")
     paths = [_game_path(family, level, s) for s in gen_seeds]
-    missing = [s for s, p in zip(gen_seeds, paths) if not os.path.exists(p)]
-    if not missing:
+    if all(os.path.exists(p) for p in paths):
         return paths
     root = os.path.dirname(paths[0])
     os.makedirs(root, exist_ok=True)
     with open(os.path.join(root, ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if progress:
+                say(f"waiting for another process that is generating TextWorld games in {root}")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        _sweep_partial(root)
         missing = [s for s, p in zip(gen_seeds, paths) if not os.path.exists(p)]
+        archive = packaged_archive(family, level) if missing else None
+        if archive:
+            _unpack(archive, root, missing)
+            missing = [s for s, p in zip(gen_seeds, paths) if not os.path.exists(p)]
         if missing:
             workers = workers or max(1, min(os.cpu_count() or 1, len(missing)))
             jobs = [(family, level, s) for s in missing]
-            bar = None
-            if progress:
-                from tqdm import tqdm
-
-                bar = tqdm(total=len(jobs), desc=f"generating {family} games", unit="game")
-            if workers == 1:
-                for j in jobs:
-                    _generate_one(j)
-                    if bar:
+            desc = (f"generating {len(jobs)} TextWorld {family} games (level {level}) with "
+                    f"{workers} process{'es' if workers > 1 else ''}, cached in {root}")
+            with Progress(len(jobs), desc, "game", SECONDS_PER_GAME / workers,
+                          kept=lambda: f"the finished games in {root} (the next run "
+                                       "generates only the rest)",
+                          enabled=progress) as bar:
+                if workers == 1:
+                    for j in jobs:
+                        _generate_one(j)
                         bar.update(1)
-            else:
-                with ProcessPoolExecutor(workers) as ex:
-                    for _ in ex.map(_generate_one, jobs):
-                        if bar:
+                else:
+                    with ProcessPoolExecutor(workers) as ex:
+                        for _ in ex.map(_generate_one, jobs):
                             bar.update(1)
-            if bar:
-                bar.close()
     return paths
+
+
+def prepare(kwargs: dict[str, Any], seeds: list[int] | None = None) -> None:
+    """Generate, before a run builds its envs, the games that ``reset(seed)`` will play for
+    ``seeds`` (``None``: every game of the split), with progress. ``kwargs`` are the env's
+    full constructor arguments (registered defaults included)."""
+    family, level = kwargs.get("family", "coin_collector"), int(kwargs.get("level", 5))
+    split, num_games = kwargs.get("split", "train"), int(kwargs.get("num_games", 100))
+    indices = range(num_games) if seeds is None else sorted({s % num_games for s in seeds})
+    offset = 0 if split == "train" else EVAL_SEED_OFFSET
+    ensure_games(family, level, [offset + i for i in indices])
 
 
 _TRANSITIONS: OrderedDict[tuple[str, tuple[str, ...]], tuple[str, float, bool, dict[str, Any]]] = (
@@ -184,8 +268,10 @@ class TextWorldEnv(TextEnv):
             raise ValueError("num_games must be >= 1")
         self.family, self.level, self.split, self.num_games = family, level, split, num_games
         self.invalid_feedback = invalid_feedback
-        offset = 0 if split == "train" else EVAL_SEED_OFFSET
-        self.game_paths = ensure_games(family, level, [offset + i for i in range(num_games)])
+        self._gen_offset = 0 if split == "train" else EVAL_SEED_OFFSET
+        # Games are generated when first played (`prepare` makes a run's games up front).
+        self.game_paths = [_game_path(family, level, self._gen_offset + i)
+                           for i in range(num_games)]
         self.cache_transitions = cache_transitions
         self._engines: OrderedDict[str, Any] = OrderedDict()
         self._path = ""
@@ -252,6 +338,8 @@ class TextWorldEnv(TextEnv):
         super().reset(seed=seed)
         idx = (seed if seed is not None else int(self.np_random.integers(0, 2**31))) % self.num_games
         self._path, self._history, self._synced = self.game_paths[idx], (), -1
+        if not os.path.exists(self._path):
+            ensure_games(self.family, self.level, [self._gen_offset + idx], workers=1)
         key = (self._path, ())
         rec = _TRANSITIONS.get(key) if self.cache_transitions else None
         if rec is None:
@@ -297,3 +385,56 @@ class TextWorldEnv(TextEnv):
         for eng in self._engines.values():
             eng.close()
         self._engines.clear()
+
+
+def pack_games(family: str, level: int, gen_seeds: list[int], out_dir: str) -> str:
+    """Generate (if needed) the games of ``gen_seeds`` and write them to the package archive
+    ``<out_dir>/textworld-<family>-<level>-<tag>.tar.xz``, byte-reproducibly (sorted names,
+    zeroed times and owners)."""
+    import lzma
+    import tarfile
+
+    paths = ensure_games(family, level, gen_seeds)
+    out = os.path.join(out_dir, f"textworld-{games_dirname(family, level)}.tar.xz")
+    os.makedirs(out_dir, exist_ok=True)
+    tmp = f"{out}.tmp{os.getpid()}"
+    try:
+        with tarfile.open(tmp, "w:xz", preset=9 | lzma.PRESET_EXTREME) as tar:
+            for p in sorted(paths, key=lambda p: int(os.path.basename(p)[5:-3])):
+                for f in (p, p[:-3] + ".json"):
+                    info = tar.gettarinfo(f, arcname=os.path.basename(f))
+                    info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+                    info.mode = 0o644
+                    with open(f, "rb") as fh:
+                        tar.addfile(info, fh)
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI: ``pack`` writes a family's games into the package's data folder."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m agentrl.envs.textworld_env")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("pack", help="generate games and write them as a package archive")
+    p.add_argument("--family", choices=FAMILIES, default="coin_collector")
+    p.add_argument("--level", type=int, default=3)
+    p.add_argument("--train", type=int, default=100, help="train games (seeds 0..N-1)")
+    p.add_argument("--eval", type=int, default=100, help="eval games (seeds 100000..)")
+    p.add_argument("--out", help="folder of the archive (default: the package's data/games)")
+    args = ap.parse_args(argv)
+    if args.out is None:
+        import agentrl
+
+        args.out = os.path.join(os.path.dirname(agentrl.__file__), "data", "games")
+    seeds = list(range(args.train)) + [EVAL_SEED_OFFSET + i for i in range(args.eval)]
+    out = pack_games(args.family, args.level, seeds, args.out)
+    print(f"{out}: {len(seeds)} games, {os.path.getsize(out) / 1e6:.2f} MB")
+
+
+if __name__ == "__main__":
+    main()

@@ -32,10 +32,13 @@ from agentrl.trainer import Trainer
 HEALTHY = {"algo/zero_variance_groups": 0.25, "rollout/response_length_hit_rate": 0.02,
            "rollout/invalid_action_rate": 0.05, "train/logprob_mismatch": 2e-7,
            "train/logprob_mismatch_max": 1e-6, "perf/host_memory_fraction": 0.1,
-           "perf/host_rss_gb": 1.5, "perf/workers_rss_gb": 0.5, "train/loss": 0.03}
+           "perf/host_rss_gb": 1.5, "perf/workers_rss_gb": 0.5, "train/loss": 0.03,
+           "train/grad_norm": 0.4, "rollout/termination/env_error": 0.02}
 
 # One sick metric per alarm, each just past its default threshold.
 SICK = {"zero_variance_groups": {"algo/zero_variance_groups": 1.0},
+        "zero_grad_norm": {"train/grad_norm": 0.0},
+        "lost_episodes": {"rollout/termination/env_timeout": 0.25},
         "response_length_hit_rate": {"rollout/response_length_hit_rate": 0.8},
         "invalid_action_rate": {"rollout/invalid_action_rate": 0.51},
         "logprob_mismatch": {"train/logprob_mismatch": 0.3, "train/logprob_mismatch_max": 2.0},

@@ -26,7 +26,7 @@ class EnvCheckError(AssertionError):
 
 
 def check_env(env: gym.Env, seed: int = 0, max_steps: int | None = None,
-              skip_gym: bool = False) -> None:
+              skip_gym: bool = False, verbose: bool = True) -> None:
     """Check that ``env`` follows the agentrl text-env contract.
 
     Runs gymnasium's own checker, then:
@@ -39,6 +39,8 @@ def check_env(env: gym.Env, seed: int = 0, max_steps: int | None = None,
          ``success`` in the final info;
       5. observations and infos pickle (they cross process boundaries in the env pool);
       6. ``info["tools"]``, where given, are function schemas with one parameter each.
+
+    With ``verbose`` it prints one line when every check passed.
 
     Raises:
         EnvCheckError: naming the failed check.
@@ -99,6 +101,11 @@ def check_env(env: gym.Env, seed: int = 0, max_steps: int | None = None,
             pickle.dumps(env.spec)
     except Exception as e:
         raise EnvCheckError(f"observation/info/spec does not pickle: {e}") from e
+    if verbose:
+        name = env.spec.id if env.spec is not None else type(inner).__name__
+        print(f"check_env: {name} passes (reset/step contract, seed determinism, "
+              f"{len(NASTY_ACTIONS)} hostile actions, an episode ends in {steps} steps, "
+              "results pickle)")
 
 
 def _play(env: gym.Env, seed: int, n: int) -> list[Any]:

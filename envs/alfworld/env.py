@@ -72,12 +72,19 @@ class ALFWorldEnv(TextEnv):
         success_reward: reward on the winning step (verl-agent uses 10).
         invalid_feedback: observation after an action that is not admissible.
         cache_root: where generated games live (default ``<agentrl cache>/alfworld/gen-v1``).
+        subgoal_reward: potential-based shaping for agents that rarely win by chance (small
+            models). The potential is ``subgoal_reward`` while holding an object of the type
+            the task is about (the type the game's plan takes first), half of it while at the
+            place the plan takes it from, else 0; each step is paid the change. A finished
+            episode's shaping sums to zero, so the best policy is unchanged (Ng et al., 1999).
+            0 (default): verl-agent's sparse reward.
     """
 
     def __init__(self, split: str = "train", num_games: int | None = 120,
                  data_path: str | None = None, task_types: Sequence[str] | None = None,
                  success_reward: float = 10.0, invalid_feedback: str = "Nothing happens.",
-                 cache_root: str | None = None, render_mode: str | None = None) -> None:
+                 cache_root: str | None = None, subgoal_reward: float = 0.0,
+                 render_mode: str | None = None) -> None:
         super().__init__(render_mode)
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -89,6 +96,11 @@ class ALFWorldEnv(TextEnv):
             raise ValueError("num_games must be >= 1")
         self.split, self.task_types = split, task_types
         self.success_reward, self.invalid_feedback = float(success_reward), invalid_feedback
+        self.subgoal_reward = float(subgoal_reward)
+        self._target_type = ""  # the object type the plan picks up first (shaping)
+        self._target_place = ""  # where the plan picks it up (shaping)
+        self._holding = ""  # what the agent holds now (shaping)
+        self._place = ""  # the receptacle the agent went to last (shaping)
         if data_path:
             games = find_official_games(data_path, split, task_types)
             if not games:
@@ -153,6 +165,10 @@ class ALFWorldEnv(TextEnv):
             self._state = self._engine.reset()
         self._task_type, walkthrough = self._game_meta(game)
         self._game_index, self._done = idx, False
+        take = next((c[5:].split(" from ", 1) for c in walkthrough
+                     if c.startswith("take ") and " from " in c), ["", ""])
+        self._target_type, self._target_place = _object_type(take[0]), take[1]
+        self._holding = self._place = ""
         obs = str(self._state["feedback"]).strip()
         self._task = obs.split(_TASK_PREFIX, 1)[1].strip() if _TASK_PREFIX in obs else ""
         # The room description without the banner and task is the history-free state view.
@@ -179,7 +195,22 @@ class ALFWorldEnv(TextEnv):
         self._last_obs = self._state_key = obs
         won = bool(self._state["won"])
         self._done = won
-        return obs, self.success_reward if won else 0.0, won, False, self._info(True)
+        reward = self.success_reward if won else 0.0
+        if self.subgoal_reward:
+            before = self._potential()
+            self._holding = _held_after(cmd, self._holding)
+            if cmd.startswith("go to "):
+                self._place = cmd[6:]
+            reward += self._potential() - before
+        return obs, reward, won, False, self._info(True)
+
+    def _potential(self) -> float:
+        """Shaping potential (see ``subgoal_reward``)."""
+        if not self._target_type:
+            return 0.0
+        if _object_type(self._holding) == self._target_type:
+            return self.subgoal_reward
+        return self.subgoal_reward / 2 if self._place == self._target_place else 0.0
 
     # -- expert ---------------------------------------------------------------------------
     def expert_actions(self) -> list[str]:
@@ -195,3 +226,18 @@ class ALFWorldEnv(TextEnv):
         # dlclose-ing it crashes at exit); dropping the engine frees its Python state.
         self._engine = None
         self._loaded = None
+
+
+def _held_after(cmd: str, holding: str) -> str:
+    """What the agent holds after the admissible command ``cmd`` ("take apple 1 from
+    countertop 1" -> "apple 1"; "move apple 1 to fridge 1" -> "")."""
+    if cmd.startswith("take ") and " from " in cmd:
+        return cmd[5:].split(" from ", 1)[0]
+    if cmd.startswith(("move ", "put ")) and holding and cmd.split(" ", 1)[1].startswith(holding):
+        return ""
+    return holding
+
+
+def _object_type(name: str) -> str:
+    """"soapbar 2" -> "soapbar" (ALFWorld numbers the objects of one type)."""
+    return name.rsplit(" ", 1)[0] if name[-1:].isdigit() and " " in name else name

@@ -533,12 +533,7 @@ def ensure_games(split: str, num_games: int, task_types: Sequence[str] = TASK_TY
             if paths[k] is None:
                 paths[k] = cached_game(*j)
         missing = [k for k, p in enumerate(paths) if p is None]
-        bar = None
-        if progress and len(missing) > 6:
-            from tqdm import tqdm
-
-            bar = tqdm(total=len(missing), desc=f"generating ALFWorld games ({split})",
-                       unit="game")
+        shutil.rmtree(os.path.join(root, ".tmp"), ignore_errors=True)  # a killed run's leftovers
         todo = [jobs[k] for k in missing]
         if (workers or 1) <= 1:
             done: Iterator[str] = map(_generate_job, todo)
@@ -546,17 +541,37 @@ def ensure_games(split: str, num_games: int, task_types: Sequence[str] = TASK_TY
         else:
             pool = ProcessPoolExecutor(workers)
             done = pool.map(_generate_job, todo, chunksize=2)
+        from agentrl.progress import Progress
+
+        n = len(missing)
         try:
-            for k, path in zip(missing, done):
-                paths[k] = path
-                if bar:
+            with Progress(n, f"generating {n} ALFWorld games ({split}), each checked by the "
+                          f"planner, cached in {root}", "game",
+                          SECONDS_PER_GAME / max(1, workers or 1),
+                          kept=lambda: f"the finished games in {root}",
+                          enabled=progress and n > 1) as bar:
+                for k, path in zip(missing, done):
+                    paths[k] = path
                     bar.update(1)
         finally:
             if pool:
                 pool.shutdown()
-            if bar:
-                bar.close()
     return paths  # type: ignore[return-value]
+
+
+#: Wall seconds per generated game on one core of a 2-core machine (planner check), for the
+#: up-front estimate of `ensure_games`.
+SECONDS_PER_GAME = 1.0
+
+
+def prepare(kwargs: dict[str, Any], seeds: Sequence[int] | None = None) -> None:
+    """Generate, with progress and before a run builds its envs, the games `ALFWorldEnv`
+    with these constructor ``kwargs`` loads (all of its split's ``num_games``; official data
+    under ``data_path`` needs nothing)."""
+    if kwargs.get("data_path") or kwargs.get("num_games") is None:
+        return
+    ensure_games(kwargs.get("split", "train"), int(kwargs["num_games"]),
+                 tuple(kwargs.get("task_types") or TASK_TYPES), root=kwargs.get("cache_root"))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -98,6 +98,13 @@ class ToolUseEnv(TextEnv):
         max_output: characters of tool output shown.
         max_action_chars: longer actions are invalid steps (the tools never see them).
         instructions: prepend the tool list to the first observation.
+        action_choices: list candidate actions in ``info["admissible_actions"]``, for agents
+            that choose rather than write tool calls (constrained decoding, small models):
+            a search for each entity the question or the last search result names, an answer
+            for each value the last tool call returned, and calculations (the question's
+            expression and its variants with the last operator changed, or differences of the
+            years found so far).
+            Every other well-formed call stays valid.
     """
 
     def __init__(self, task_types: Sequence[str] = TASK_TYPES, split: str = "train",
@@ -106,7 +113,7 @@ class ToolUseEnv(TextEnv):
                  wrong_reward: float = 0.0, python_timeout: float = 5.0,
                  python_cpu_seconds: int = 3, python_memory_mb: int = 256,
                  max_output: int = 1500, max_action_chars: int = 8000, instructions: bool = True,
-                 render_mode: str | None = None) -> None:
+                 action_choices: bool = False, render_mode: str | None = None) -> None:
         super().__init__(render_mode)
         bad = [t for t in task_types if t not in TASK_TYPES]
         if bad or not task_types:
@@ -124,6 +131,9 @@ class ToolUseEnv(TextEnv):
                               "memory_mb": python_memory_mb, "max_output": max_output}
         self.max_output, self.max_action_chars = max_output, max_action_chars
         self.instructions = instructions
+        self.action_choices = action_choices
+        self._returned: list[str] = []  # values the last tool call returned (action_choices)
+        self._years: list[str] = []  # years found so far in this episode (action_choices)
         self.task: Task | None = None
         self._steps = self._tool_calls = 0
         self._last = ""
@@ -146,7 +156,36 @@ class ToolUseEnv(TextEnv):
         }
         if self._done:
             info["answer"] = self.task.answer  # revealed only once the episode is over
+        elif self.action_choices:
+            info["admissible_actions"] = self._choices()
         return info
+
+    def _choices(self) -> list[str]:
+        """Candidate calls (``action_choices``): they name what the agent has seen, never
+        which one is right."""
+        assert self.task is not None
+        text = f"{self.task.question}\n{self._last}"
+        out = {f"search[{name}]" for name in self.kb.by_name if name in text}
+        out |= {f"answer[{v}]" for v in self._returned}
+        if self.task.expression:
+            if self.task.task_type == "arithmetic":
+                out |= {f"calculate[{e}]" for e in _operator_variants(self.task.expression)}
+            out |= {f"calculate[{a} - {b}]" for a in self._years for b in self._years if a != b}
+        return sorted(out)
+
+    def _note_returned(self, tool: str, arg: str, obs: str) -> None:
+        """Remember what a tool call returned, as ``action_choices`` offers it."""
+        if tool == "calculate":
+            self._returned = [obs.rsplit(" = ", 1)[1]] if " = " in obs else []
+            return
+        if tool != "search":
+            self._returned = []
+            return
+        facts = [(a, v) for d in self.search.search(arg) for a, v in
+                 self.kb.by_name[d.title].attrs.items()] if arg.strip() else []
+        self._returned = sorted({format_number(v) for _, v in facts})
+        years = [str(v) for a, v in facts if a in ("founded", "birth_year")]
+        self._years = list(dict.fromkeys(self._years + years))[-3:]
 
     # -- tools ----------------------------------------------------------------------------
     def _run_tool(self, tool: str, arg: str) -> str:
@@ -171,6 +210,7 @@ class ToolUseEnv(TextEnv):
         self.task = self.task_for_seed(seed, task_type)
         self._steps = self._tool_calls = 0
         self._last, self._done, self._success = "", False, False
+        self._returned, self._years = [], []
         obs = f"Question: {self.task.question}"
         if self.instructions:
             obs = f"{obs}\n{INSTRUCTIONS}"
@@ -205,8 +245,22 @@ class ToolUseEnv(TextEnv):
             else:
                 self._tool_calls += 1
                 obs = self._run_tool(tool, arg)
+                if self.action_choices:
+                    self._note_returned(tool, arg, obs)
         truncated = not terminated and self._steps >= self.max_steps
         self._done = terminated or truncated
         self._last = obs
         self._last_obs = obs
         return obs, reward, terminated, truncated, self._info(valid)
+
+
+def _operator_variants(expression: str) -> list[str]:
+    """``expression`` and the versions of it with its last operator replaced by each other
+    one (``"3 * 4 + 1"`` -> ``3 * 4 + 1``, ``3 * 4 - 1``, ``3 * 4 * 1``, ``3 * 4 / 1``)."""
+    parts = expression.split(" ")
+    ops = [i for i, p in enumerate(parts) if p in ("+", "-", "*", "/")]
+    if not ops:
+        return [expression]
+    i = ops[-1]
+    return [expression] + [" ".join(parts[:i] + [op] + parts[i + 1:])
+                           for op in ("+", "-", "*", "/") if op != parts[i]]

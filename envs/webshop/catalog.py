@@ -341,12 +341,18 @@ FILE_NAMES = {"products": "items_shuffle.json", "ins_v2": "items_ins_v2.json",
               "human_ins": "items_human_ins.json", "reviews": "reviews.json"}
 
 
+def generated_path(root: str, seed: int = 0, num_products: int = 3000) -> tuple[str, bool]:
+    """(the directory of a generated catalogue, whether it is complete)."""
+    path = os.path.join(root, f"gen-v{GENERATOR_VERSION}-seed{seed}-n{num_products}")
+    return path, os.path.exists(os.path.join(path, FILE_NAMES["reviews"]))  # written last
+
+
 def ensure_generated(root: str, seed: int = 0, num_products: int = 3000) -> str:
     """Write the generated catalogue under ``root`` once (atomically, under a file lock) and
     return its directory."""
-    path = os.path.join(root, f"gen-v{GENERATOR_VERSION}-seed{seed}-n{num_products}")
-    done = os.path.join(path, FILE_NAMES["reviews"])  # written last
-    if os.path.exists(done):
+    path, complete = generated_path(root, seed, num_products)
+    done = os.path.join(path, FILE_NAMES["reviews"])
+    if complete:
         return path
     os.makedirs(path, exist_ok=True)
     with open(os.path.join(path, ".lock"), "w") as lock:

@@ -33,7 +33,7 @@ from typing import Any
 from agentrl.cache import cache_dir
 from agentrl.envs.base import TextEnv
 from agentrl.envs.webshop.catalog import ensure_generated
-from agentrl.envs.webshop.data import PRODUCTS_PER_PAGE, Store, load_store
+from agentrl.envs.webshop.data import PRODUCTS_PER_PAGE, Store, load_store, strip_price_clause
 from agentrl.envs.webshop.reward import get_reward
 
 SEP = " [SEP] "
@@ -73,6 +73,24 @@ def get_store(data_path: str | None = None, num_products: int | None = None,
     return _STORES[key]
 
 
+def prepare(kwargs: dict[str, Any], seeds: list[int] | None = None) -> None:
+    """Generate the catalogue a run's envs will load (once, cached), announcing it; real
+    WebShop data (``data_path``) needs nothing. ``seeds`` is unused: all goals share it."""
+    from agentrl.envs.webshop.catalog import generated_path
+    from agentrl.progress import phase
+
+    if kwargs.get("data_path") is not None:
+        return
+    root = os.path.join(cache_dir(), "webshop")
+    n = kwargs.get("num_products") or DEFAULT_NUM_PRODUCTS
+    seed = kwargs.get("catalog_seed", 0)
+    if generated_path(root, seed, n)[1]:
+        return
+    with phase(f"generating the WebShop catalogue ({n} products, seed {seed}) in {root}",
+               kept="nothing (the catalogue is written whole or not at all)"):
+        ensure_generated(root, seed, n)
+
+
 def parse_action(action: str) -> tuple[str, str] | None:
     """``"click[Buy Now]"`` -> ``("click", "buy now")``; None if it is not ``name[arg]``."""
     a = action.strip()
@@ -97,13 +115,18 @@ class WebShopEnv(TextEnv):
         num_test_goals: held-out goals (capped at a fifth of all goals).
         success_reward: reward for a perfect purchase in ``success`` mode (verl-agent: 10).
         reward_mode: ``success`` (success_reward x [score == 1]) or ``score`` (raw score).
+        concrete_search: the search page lists ``search[<the instruction>]`` as its admissible
+            action (its price clause cut off) instead of the template ``search[<query>]``,
+            for agents that choose among
+            admissible actions (constrained decoding) rather than write a query; other
+            queries stay valid.
     """
 
     def __init__(self, data_path: str | None = None, split: str = "train",
                  num_products: int | None = None, catalog_seed: int = 0,
                  human_goals: bool = True, num_test_goals: int = 500,
                  success_reward: float = 10.0, reward_mode: str = "success",
-                 render_mode: str | None = None) -> None:
+                 concrete_search: bool = False, render_mode: str | None = None) -> None:
         super().__init__(render_mode=render_mode)
         if reward_mode not in ("success", "score"):
             raise ValueError(f"reward_mode must be 'success' or 'score', not {reward_mode!r}")
@@ -113,6 +136,7 @@ class WebShopEnv(TextEnv):
         if not self.goals:
             raise ValueError(f"the {split!r} split has no goals; use a larger catalogue")
         self.split, self.success_reward, self.reward_mode = split, success_reward, reward_mode
+        self.concrete_search = concrete_search
         self.goal: dict[str, Any] = self.goals[0]
         self._go_search()
         self.done, self.score, self.score_details = False, 0.0, {}
@@ -281,8 +305,12 @@ class WebShopEnv(TextEnv):
         return SEP.join(["Instruction:", instr, *body])
 
     def admissible_actions(self) -> list[str]:
-        """``search[<query>]`` on the search page, else ``click[...]`` for every button."""
+        """``search[<query>]`` on the search page (``search[<instruction>]`` with
+        ``concrete_search``), else ``click[...]`` for every button."""
         if self.page == "search":
+            if self.concrete_search:
+                # What a person would type: the instruction without its price clause.
+                return [f"search[{strip_price_clause(self.goal['instruction_text'])}]"]
             return ["search[<query>]"]
         return [f"click[{b}]" for b in self._clickables()]
 
