@@ -133,7 +133,7 @@ class RolloutEngine:
             ready = self._prompt(self._acting(live))  # ends the episodes that cannot act
             if ready:
                 gens, seconds = self._generate(ready, sampling)
-                replies = [self._parse(g) for g in gens]
+                replies = [self._parse(r, g) for r, g in zip(ready, gens)]
                 results = self._step(ready, [action for action, _, _ in replies])
                 for r, g, reply, res in zip(ready, gens, replies, results):
                     self._record(r, g, reply, res, seconds)
@@ -179,8 +179,9 @@ class RolloutEngine:
                 _finish(ep.traj, ep.info)
                 continue
             actions = ep.info.get("admissible_actions")
-            prompt, new_ctx = self.mode.prompt(self.builder, ep.traj, ep.observation, actions,
-                                               self.policy.eos_token_id)
+            policy, builder = self._player(ep)
+            prompt, new_ctx = self.mode.prompt(builder, ep.traj, ep.observation, actions,
+                                               policy.eos_token_id)
             if len(prompt) + c.max_new_tokens > c.max_context_tokens:
                 ep.traj.termination = "context_limit"
                 continue
@@ -188,21 +189,35 @@ class RolloutEngine:
                 ep.traj.termination = "env_error"
                 ep.traj.extra["error"] = "constrained decoding needs info['admissible_actions']"
                 continue
-            cands = self.builder.candidates(actions) if c.constrained else None
+            cands = builder.candidates(actions) if c.constrained else None
             ready.append(_Ready(ep, prompt, new_ctx, cands))
         return ready
 
+    def _player(self, ep: LiveEpisode) -> tuple[Policy, PromptBuilder]:
+        """The backend and prompt builder that act for ``ep``: the engine's own. (A multi-agent
+        engine seats fixed players, e.g. frozen checkpoints, on some agents here.)"""
+        return self.policy, self.builder
+
     def _generate(self, ready: list[_Ready], sampling: SamplingParams
                   ) -> tuple[list[Generation], float]:
-        """One batched generate call; returns the generations and seconds per episode."""
+        """One batched generate call per backend acting this turn (one, unless fixed players
+        sit in); returns the generations in ``ready`` order and seconds per episode."""
         t0 = time.perf_counter()
-        cands = [r.candidates for r in ready] if self.cfg.constrained else None
-        gens = self.policy.generate([r.prompt for r in ready], sampling, cands)
+        by_policy: dict[int, list[int]] = {}
+        for i, r in enumerate(ready):
+            by_policy.setdefault(id(self._player(r.ep)[0]), []).append(i)
+        gens: list[Generation] = [None] * len(ready)  # type: ignore[list-item]
+        for idx in by_policy.values():
+            policy = self._player(ready[idx[0]].ep)[0]
+            cands = [ready[i].candidates for i in idx] if self.cfg.constrained else None
+            for i, g in zip(idx, policy.generate([ready[i].prompt for i in idx], sampling,
+                                                 cands)):
+                gens[i] = g
         return gens, (time.perf_counter() - t0) / len(gens)
 
-    def _parse(self, gen: Generation) -> tuple[str, str, bool]:
+    def _parse(self, r: _Ready, gen: Generation) -> tuple[str, str, bool]:
         """(action, decoded reply, parsed ok)."""
-        reply = self.policy.tokenizer.decode(gen.token_ids, skip_special_tokens=True)
+        reply = self._player(r.ep)[0].tokenizer.decode(gen.token_ids, skip_special_tokens=True)
         action, ok = parse_action(reply, self.cfg.action_format)
         return action, reply, ok
 

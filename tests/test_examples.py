@@ -70,3 +70,13 @@ def test_rank_algorithms_runs_and_resumes(tmp_path) -> None:
     # a rerun skips finished runs; asking for a seed more reports PARTIAL without running it
     assert "PARTIAL" in rank.main(args[:4] + ["0", "1", "--report-only"] + args[5:])
     assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 2
+
+
+def test_custom_game_example_checks_and_trains(tmp_path) -> None:
+    from examples import custom_game
+
+    out = custom_game.main([f"output_dir={tmp_path}", "train.iterations=2", "eval.episodes=10",
+                            "log.tensorboard=false", "rollout.groups=2", "policy.tiny_hidden=32",
+                            "policy.tiny_layers=1", "policy.tiny_vocab=300"])
+    games = out["final"]["games"]["all"]
+    assert games["n"] == 10 and games["wins"] + games["draws"] + games["losses"] == 10
