@@ -183,6 +183,23 @@ class AlarmConfig:
 
 
 @dataclass
+class MultiAgentConfig:
+    """Who holds the seats of a multi-agent env (`agentrl.multiagent`); ignored by single-agent
+    envs. Random and scripted opponents are env settings (``env.kwargs={opponent: random}``):
+    the env plays those seats itself."""
+
+    opponent: str = F("self", "seats the trained policy does not hold: 'self' (self-play: the "
+                      "trained policy holds every seat, its role in the prompt), 'league' "
+                      "(frozen snapshots of this run, see league_*), or a checkpoint, run or "
+                      "model directory (one frozen player)")
+    league_every: int = F(10, "league: the current weights join the pool every N iterations "
+                          "(and before training)", ge=1)
+    league_size: int = F(5, "league: snapshots kept in the pool (the oldest leave)", ge=1)
+    league_self_play: float = F(0.2, "league: share of groups played in self-play instead of "
+                                "against a snapshot", ge=0, le=1)
+
+
+@dataclass
 class Config:
     run_name: str = F("run", "name of the run directory under output_dir")
     output_dir: str = F("runs", "where run directories go")
@@ -195,6 +212,7 @@ class Config:
     eval: EvalConfig = F(default_factory=EvalConfig)
     log: LogConfig = F(default_factory=LogConfig)
     alarms: AlarmConfig = F(default_factory=AlarmConfig)
+    multiagent: MultiAgentConfig = F(default_factory=MultiAgentConfig)
 
     @property
     def algorithm_name(self) -> str:
@@ -428,6 +446,11 @@ POOLS = ("auto", "inprocess", "process")
 
 
 def _cross_checks(cfg: Config) -> None:
+    if cfg.multiagent.opponent in ("random", "heuristic"):
+        opp = cfg.multiagent.opponent
+        raise ConfigError(f"multiagent.opponent={opp}: the env plays random and scripted "
+                          f"opponents itself: set env.kwargs={{opponent: {opp}}} and leave "
+                          "multiagent.opponent=self")
     pool = cfg.env.pool
     if pool not in POOLS and ":" not in pool:
         hint = difflib.get_close_matches(pool, POOLS, n=1)

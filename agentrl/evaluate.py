@@ -24,7 +24,7 @@ import math
 import os
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from agentrl.config import (
@@ -35,7 +35,16 @@ from agentrl.config import (
     config_from_dict,
     load_config,
 )
+from agentrl.games import (
+    elo_tournament,
+    format_elo,
+    game_rates,
+    game_rows,
+    opponent_label,
+    opponent_setup,
+)
 from agentrl.metrics import rollout_metrics, wilson_interval
+from agentrl.multiagent import make_engine
 from agentrl.policies import OpenAIConfig, Policy, PolicyConfig, make_policy
 from agentrl.rollout import RolloutEngine
 from agentrl.types import Trajectory, write_jsonl
@@ -111,6 +120,8 @@ def summarize(trajs: list[Trajectory], repeats: int = 1) -> dict[str, Any]:
     if "eval/score" in m:
         summary["score"] = m["eval/score"]
         summary["score_std"] = _std(_repeat_means(trajs, repeats, lambda t: t.score))
+    if any(t.outcome for t in trajs):  # games: win / draw / loss, overall and per seat
+        summary["games"] = game_rates(trajs)
     return summary
 
 
@@ -123,7 +134,8 @@ def eval_rollout_config(cfg: Config) -> RolloutConfig:
 
 def evaluate(engine: RolloutEngine, seeds: list[int], greedy: bool = False, repeats: int = 1,
              progress: Any = None) -> tuple[dict[str, Any], list[Trajectory]]:
-    """Run ``repeats`` episodes per seed; return (`summarize` of them, trajectories)."""
+    """Run ``repeats`` episodes per seed; return (`summarize` of them, trajectories). In a
+    game against fixed players only the evaluated policy's own trajectories are summarized."""
     trajs: list[Trajectory] = []
     for r in range(repeats):
         run = engine.run(list(seeds), [f"eval-{s}" for s in seeds], greedy=greedy,
@@ -131,7 +143,7 @@ def evaluate(engine: RolloutEngine, seeds: list[int], greedy: bool = False, repe
         for t in run:
             t.extra["repeat"] = r
         trajs += run
-    return summarize(trajs, repeats), trajs
+    return summarize([t for t in trajs if not t.player], repeats), trajs
 
 
 # ------------------------------------------------------------------------------ the targets
@@ -271,6 +283,7 @@ class EvalSettings:
     sampler_seed: int | None = None
     device: str | None = None
     endpoint: str | None = None
+    opponent: str | None = None  # games: "random" / "heuristic" (the env's), or a model to face
 
 
 def evaluate_target(target: EvalTarget, s: EvalSettings, progress: bool = False,
@@ -289,6 +302,7 @@ def evaluate_target(target: EvalTarget, s: EvalSettings, progress: bool = False,
     greedy = cfg.eval.greedy if s.greedy is None else s.greedy
     sampler_seed = (EVAL_SAMPLER_SEED + cfg.eval.seed_start if s.sampler_seed is None
                     else s.sampler_seed)
+    env_kwargs, lineup = opponent_setup(s.opponent, cfg, env_kwargs)
     policy = _build_policy(target, s.device, s.endpoint)
     policy.seed(sampler_seed)
     pool = make_pool(dataclasses.replace(cfg.env, id=env_id), min(len(seeds), 64), env_kwargs)
@@ -298,11 +312,13 @@ def evaluate_target(target: EvalTarget, s: EvalSettings, progress: bool = False,
 
         bar = tqdm(desc=f"eval {target.name}", unit="turn", leave=False, dynamic_ncols=True)
     try:
-        engine = RolloutEngine(policy, pool, PromptBuilder(policy.tokenizer, cfg.rollout),
-                               eval_rollout_config(cfg), env_id)
+        engine = make_engine(policy, pool, PromptBuilder(policy.tokenizer, cfg.rollout),
+                             eval_rollout_config(cfg), env_id, lineup)
         summary, trajs = evaluate(engine, seeds, greedy=greedy, repeats=s.repeats, progress=bar)
     finally:
         pool.close()
+        if lineup is not None:
+            lineup.close()
         policy.close()  # e.g. vllm: the engine and its model directory, before the next target
         if bar is not None:
             bar.close()
@@ -310,6 +326,8 @@ def evaluate_target(target: EvalTarget, s: EvalSettings, progress: bool = False,
                     "env_kwargs": env_kwargs, "seeds": seeds, "greedy": greedy,
                     "temperature": None if greedy else eval_rollout_config(cfg).temperature,
                     "sampler_seed": None if greedy else sampler_seed})
+    if s.opponent is not None:
+        summary["opponent"] = s.opponent
     return summary, trajs
 
 
@@ -353,6 +371,7 @@ def table_rows(results: list[tuple[str, dict[str, Any]]]) -> tuple[list[str], li
         rows.append(["score"] + [_f(s.get("score")) + (f" ± {s['score_std']:.3f}"
                                                         if s["k"] > 1 and "score" in s else "")
                                  for s in sums])
+    rows += game_rows(sums)
     rows += [["return"] + [_f(s["return"]) for s in sums],
              ["turns"] + [_f(s["turns"], 2) for s in sums],
              ["invalid-action rate"] + [_f(s["invalid_action_rate"]) for s in sums],
@@ -414,8 +433,10 @@ def write_outputs(out_dir: str, results: list[tuple[str, dict[str, Any]]],
 def run_eval_command(targets: list[str], *, untrained: list[str] | None = None,
                      config: str | None = None, overrides: list[str] | None = None,
                      settings: EvalSettings | None = None, out: str | None = None,
-                     progress: bool = True) -> list[tuple[str, dict[str, Any]]]:
-    """Resolve, evaluate and tabulate every target; print the table; write ``out`` files."""
+                     progress: bool = True, opponents: list[str] | None = None,
+                     elo: bool = False) -> list[tuple[str, dict[str, Any]]]:
+    """Resolve, evaluate and tabulate every target (against each of ``opponents`` in a game);
+    print the table (and with ``elo``, the Elo table of a round robin); write ``out`` files."""
     s = settings or EvalSettings()
     if s.repeats < 1:
         raise EvalError("--repeats must be at least 1")
@@ -443,18 +464,27 @@ def run_eval_command(targets: list[str], *, untrained: list[str] | None = None,
     results: list[tuple[str, dict[str, Any]]] = []
     trajs: dict[str, list[Trajectory]] = {}
     for t in resolved:
-        summary, tr = evaluate_target(t, s, progress=progress)
-        results.append((t.name, summary))
-        trajs[t.name] = tr
-    envs = {(r["env_id"], json.dumps(r["env_kwargs"], sort_keys=True), tuple(r["seeds"]))
-            for _, r in results}
+        for opp in opponents or [None]:
+            name = t.name if opp is None else f"{t.name} vs {opponent_label(opp)}"
+            summary, tr = evaluate_target(t, replace(s, opponent=opp), progress=progress)
+            results.append((name, summary))
+            trajs[name] = tr
+    envs = {(r["env_id"], json.dumps({k: v for k, v in r["env_kwargs"].items()
+                                      if k != "opponent" or not opponents}, sort_keys=True),
+             tuple(r["seeds"])) for _, r in results}  # --opponent varies the env on purpose
     if len(envs) > 1:
         print("[agentrl] note: the targets were evaluated on different envs, splits or seeds "
               "(their configs differ); pass --env/--env-kwargs/--seeds to compare like for like",
               file=sys.stderr)
     print(format_table(results))
+    table = elo_tournament(resolved, s, results, progress) if elo else None
+    if table is not None:
+        print("\n" + format_elo(table))
     if out:
         paths = write_outputs(out, results, trajs)
+        if table is not None:
+            with open(os.path.join(out, "elo.json"), "w", encoding="utf-8") as f:
+                json.dump(table, f, indent=2)
         print(f"[agentrl] wrote {paths['json']}, {paths['md']} and trajectories to {out}")
     return results
 
@@ -489,6 +519,13 @@ def add_eval_arguments(p: Any) -> None:
     p.add_argument("--endpoint", metavar="URL",
                    help="evaluate a served OpenAI-compatible endpoint; TARGET names the served "
                         "model (its tokenizer is loaded locally)")
+    p.add_argument("--opponent", action="append", metavar="SPEC", default=[],
+                   help="games: play against 'random' or 'heuristic' (the env's own players) or "
+                        "a checkpoint / run / model (frozen, on the other seats); repeatable: "
+                        "one column per target and opponent")
+    p.add_argument("--elo", action="store_true",
+                   help="games: also play every pair of targets and print an Elo table fitted "
+                        "to all games (targets and --opponent players)")
     p.add_argument("--out", metavar="DIR", help="write eval.json, eval.md and trajectories here")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -506,7 +543,8 @@ def eval_main(args: Any) -> int:
             endpoint=args.endpoint)
         run_eval_command(args.targets, untrained=args.untrained, config=args.config,
                          overrides=args.overrides, settings=settings, out=args.out,
-                         progress=not args.no_progress and sys.stderr.isatty())
+                         progress=not args.no_progress and sys.stderr.isatty(),
+                         opponents=args.opponent, elo=args.elo)
     except (EvalError, ConfigError) as e:
         print(f"agentrl eval: {e}", file=sys.stderr)
         return 2

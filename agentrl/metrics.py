@@ -51,6 +51,9 @@ def rollout_metrics(trajs: list[Trajectory], prefix: str = "rollout") -> dict[st
         m[f"{prefix}/score"] = sum(scores) / len(scores)
     for reason, c in Counter(t.termination for t in trajs).items():
         m[f"{prefix}/termination/{reason}"] = c / n
+    outcomes = [t.outcome for t in trajs if t.outcome]  # multi-agent games
+    for k in ("win", "draw", "loss") if outcomes else ():
+        m[f"{prefix}/{k}_rate"] = sum(o == k for o in outcomes) / len(outcomes)
     by_type: dict[str, list[bool]] = {}
     for t in trajs:
         by_type.setdefault(t.task_type or "all", []).append(t.success)

@@ -228,9 +228,10 @@ class RolloutEngine:
                 ep.traj.termination = "env_error"
                 ep.traj.extra["error"] = "constrained decoding needs info['admissible_actions']"
                 continue
-            prompt, new_ctx = self.mode.prompt(self.builder, ep.traj, ep.observation, actions,
-                                               self.policy.eos_token_id)
-            cands = self.builder.candidates(actions) if c.constrained else None
+            policy, builder = self._player(ep)
+            prompt, new_ctx = self.mode.prompt(builder, ep.traj, ep.observation, actions,
+                                               policy.eos_token_id)
+            cands = builder.candidates(actions) if c.constrained else None
             r = _Ready(ep, prompt, new_ctx, cands)
             if len(prompt) + self._reserve <= c.max_context_tokens:
                 ready.append(r)
@@ -271,19 +272,34 @@ class RolloutEngine:
                 r.ep.traj.termination = "context_limit"
         return fitted
 
+    def _player(self, ep: LiveEpisode) -> tuple[Policy, PromptBuilder]:
+        """The backend and prompt builder that act for ``ep``: the engine's own. (A multi-agent
+        engine seats fixed players, e.g. frozen checkpoints, on some agents here.)"""
+        return self.policy, self.builder
+
     def _generate(self, ready: list[_Ready], sampling: SamplingParams
                   ) -> tuple[list[Generation], float]:
-        """One batched generate call; returns the generations and seconds per episode."""
+        """One batched generate call per backend acting this turn (one, unless fixed players
+        sit in); returns the generations in ``ready`` order and seconds per episode."""
         t0 = time.perf_counter()
-        cands = [r.candidates for r in ready] if self.cfg.constrained else None
-        gens = self.policy.generate([r.prompt for r in ready], sampling, cands)
+        by_policy: dict[int, list[int]] = {}
+        for i, r in enumerate(ready):
+            by_policy.setdefault(id(self._player(r.ep)[0]), []).append(i)
+        gens: list[Generation] = [None] * len(ready)  # type: ignore[list-item]
+        for idx in by_policy.values():
+            policy = self._player(ready[idx[0]].ep)[0]
+            cands = [ready[i].candidates for i in idx] if self.cfg.constrained else None
+            for i, g in zip(idx, policy.generate([ready[i].prompt for i in idx], sampling,
+                                                 cands)):
+                gens[i] = g
         return gens, (time.perf_counter() - t0) / len(gens)
 
     def _parse(self, r: _Ready, gen: Generation) -> tuple[str, str, bool]:
         """(action, decoded reply, parsed ok). A ``tool_call`` reply that is not one valid call
         gives the action ``""`` (an invalid step for every env) and sets ``r.call_error``."""
-        reply = self.policy.tokenizer.decode(gen.token_ids, skip_special_tokens=True)
-        parser = self.builder.parser
+        policy, builder = self._player(r.ep)
+        reply = policy.tokenizer.decode(gen.token_ids, skip_special_tokens=True)
+        parser = builder.parser
         if parser is None:
             action, ok = parse_action(reply, self.cfg.action_format)
             return action, reply, ok

@@ -29,12 +29,12 @@ from agentrl.faults import Interrupted, StopOnSignal, fault_point
 from agentrl.learner import LocalLearner, apply_tis
 from agentrl.metrics import MetricsLogger, console_line, rollout_metrics
 from agentrl.models import build_policy_model, load_pretrained, resolve_device
+from agentrl.multiagent import make_engine, make_lineup
 from agentrl.policies import make_policy
 from agentrl.preflight import preflight
 from agentrl.progress import is_terminal, phase
 from agentrl.prompts import PromptBuilder
 from agentrl.registry import get_algorithm
-from agentrl.rollout import RolloutEngine
 from agentrl.types import Trajectory, write_jsonl
 from agentrl.viewer import record_turn_advantages
 
@@ -68,11 +68,14 @@ class Trainer:
         self.policy = make_policy(cfg, model, tok)
         self.builder = PromptBuilder(tok, cfg.rollout)
         self.pool = make_pool(cfg.env, cfg.rollout.groups * cfg.rollout.group_size)
-        self.engine = RolloutEngine(self.policy, self.pool, self.builder, cfg.rollout, cfg.env.id)
+        # Multi-agent envs: who holds the other seats (self-play, a frozen player, a league).
+        self.lineup = make_lineup(cfg, self.run_dir)
+        self.engine = make_engine(self.policy, self.pool, self.builder, cfg.rollout, cfg.env.id,
+                                  self.lineup)
         self.eval_pool = make_pool(cfg.env, min(cfg.eval.episodes, 64),
                                    {**cfg.env.kwargs, **cfg.env.eval_kwargs})
-        self.eval_engine = RolloutEngine(self.policy, self.eval_pool, self.builder,
-                                         eval_rollout_config(cfg), cfg.env.id)
+        self.eval_engine = make_engine(self.policy, self.eval_pool, self.builder,
+                                       eval_rollout_config(cfg), cfg.env.id)
         start = checkpoint.checkpoint_iteration(self.resume_from) if self.resume_from else 0
         if resume:  # metrics rows, dumps and eval files past the checkpoint are redone
             checkpoint.discard_after(self.run_dir, start)
@@ -84,6 +87,8 @@ class Trainer:
         self.eval_history: list[dict[str, Any]] = []
         if self.resume_from:
             self._restore(self.resume_from)
+        elif self.lineup is not None:
+            self.lineup.after_update(0, self.model, self.tokenizer)  # a league's first snapshot
 
     def _pick_run_dir(self, resume: bool) -> str:
         base = os.path.join(self.cfg.output_dir, self.cfg.run_name)
@@ -101,7 +106,8 @@ class Trainer:
                  "algorithm": self.algorithm.state_dict(),
                  "rng": checkpoint.rng_state(), "trainer_rng": self.rng.getstate(),
                  "policy": self.policy.state_dict(),
-                 "eval_history": self.eval_history}
+                 "eval_history": self.eval_history,
+                 "lineup": self.lineup.state_dict() if self.lineup is not None else None}
         return checkpoint.save(self.run_dir, self.iteration, self.model, self.tokenizer, extra,
                                self.config_text, self.cfg.train.keep_checkpoints)
 
@@ -113,6 +119,8 @@ class Trainer:
         self.rng.setstate(st["trainer_rng"])
         self.policy.load_state_dict(st["policy"])
         self.eval_history = st.get("eval_history", [])
+        if self.lineup is not None and st.get("lineup") is not None:
+            self.lineup.load_state_dict(st["lineup"])
         self.iteration = checkpoint.checkpoint_iteration(path)
         print(f"[agentrl] resumed from {path} at iteration {self.iteration}")
 
@@ -147,9 +155,11 @@ class Trainer:
         trajs = self._collect()
         t_roll = time.perf_counter() - t0
         # An episode cut short by a crashed or hung env says nothing about the policy: it is
-        # counted in the metrics (rollout/termination/*, env/*) but left out of the loss.
-        learn = [t for t in trajs if t.termination not in ("env_error", "env_timeout")]
-        m = rollout_metrics(trajs)
+        # counted in the metrics (rollout/termination/*, env/*) but left out of the loss. So
+        # are the trajectories of a fixed player (a frozen opponent in a multi-agent game).
+        mine = [t for t in trajs if not t.player]
+        learn = [t for t in mine if t.termination not in ("env_error", "env_timeout")]
+        m = rollout_metrics(mine)
         m.update({f"env/{k}": float(v) for k, v in self.pool.stats.items()})
         if not learn:
             print("[agentrl] every episode of this iteration lost its env; no update",
@@ -164,6 +174,8 @@ class Trainer:
         t2 = time.perf_counter()
         self.policy.update_weights(self.learner.export_weights())
         self.policy.wake()
+        if self.lineup is not None:
+            self.lineup.after_update(self.iteration + 1, self.model, self.tokenizer)
         t3 = time.perf_counter()
         turns = [t for tr in trajs for t in tr.turns]
         gen = sum(t.seconds_generate for t in turns)
@@ -307,6 +319,8 @@ class Trainer:
     def close(self) -> None:
         self.pool.close()
         self.eval_pool.close()
+        if self.lineup is not None:
+            self.lineup.close()
         self.policy.close()  # e.g. vllm: the engine and its model directory
 
 

@@ -57,6 +57,9 @@ class Turn:
             starts here.
         info: JSON-safe subset of the env's info after the step.
         seconds_generate / seconds_env: time spent producing this turn.
+        episode_turn: in a multi-agent episode, this turn's place among every agent's turns
+            (0, 1, 2, ...), so the trajectories of one game line up move by move; ``None`` in
+            single-agent episodes, where it is the turn index.
     """
 
     observation: str
@@ -75,6 +78,7 @@ class Turn:
     info: dict[str, Any] = field(default_factory=dict)
     seconds_generate: float = 0.0
     seconds_env: float = 0.0
+    episode_turn: int | None = None
 
     def __post_init__(self) -> None:
         if len(self.action_ids) != len(self.logprobs):
@@ -92,6 +96,12 @@ class Trajectory:
     ``group_id`` is shared by the trajectories that started from the same task and seed;
     ``episode_id`` links the per-agent views of one multi-agent episode (equal to
     ``trajectory_id`` for single-agent envs).
+
+    Multi-agent episodes (`agentrl.multiagent`) also set ``role`` (the agent's seat, e.g.
+    ``player_1``; group ids are then per (task seed, role)), ``outcome`` (``win``, ``draw`` or
+    ``loss``, at the end of a game) and ``player``: ``""`` when the policy being trained or
+    evaluated produced the trajectory, else the name of the fixed player that did (a frozen
+    checkpoint), whose trajectories are recorded but never trained on.
     """
 
     trajectory_id: str
@@ -106,6 +116,9 @@ class Trajectory:
     termination: str = ""
     success: bool = False
     score: float | None = None
+    role: str = ""
+    outcome: str = ""
+    player: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -11,6 +11,9 @@ source, task type and outcome, and a text search. Plain JS and inline CSS, no ne
 works offline and can be attached to a bug report. Initial filters can be set in the URL hash
 (``viewer.html#outcome=success&type=coin_collector&source=eval%20final``).
 
+The trajectories of one multi-agent game (same episode id, one per role) are shown as one
+card, the players side by side, one row per move in game order.
+
 Per-turn entropy is ``info["entropy"]`` when the rollout stored it; otherwise the mean of
 -logprob over the sampled tokens, an unbiased estimate of the policy entropy at those positions
 (marked with ~). Advantage comes from ``info["advantage"]`` or ``extra["advantages"][turn]``.
@@ -91,12 +94,14 @@ def episode_record(t: Trajectory, source: str) -> dict[str, Any]:
                       "valid": u.action_valid, "reward": u.reward + u.shaping, "env_reward": u.reward,
                       "entropy": ent, "exact": exact,
                       "adv": adv if isinstance(adv, (int, float)) else None,
-                      "finish": u.finish_reason, "ntok": len(u.action_ids)})
+                      "finish": u.finish_reason, "ntok": len(u.action_ids),
+                      "move": u.episode_turn})
     outcome = "success" if t.success else (t.termination or "failure")
     return {"id": t.trajectory_id, "source": source, "group": t.group_id, "seed": t.seed,
             "task": _cut(t.task), "type": t.task_type or "-", "outcome": outcome,
             "success": t.success, "score": t.score, "ret": t.total_reward,
-            "error": str(t.extra.get("error", "")), "turns": turns}
+            "error": str(t.extra.get("error", "")), "turns": turns,
+            "episode": t.episode_id, "role": t.role, "player": t.player, "result": t.outcome}
 
 
 def collect_episodes(run_dir: str, max_episodes: int = 3000) -> list[dict[str, Any]]:
@@ -250,6 +255,53 @@ function episodeNode(e, open) {
   return d;
 }
 
+// A multi-agent game: every agent's trajectory side by side, one row per move in game order.
+function gameNode(recs, open) {
+  const d = el("details", "episode game");
+  d.open = open;
+  const s = el("summary");
+  s.appendChild(el("span", "badge", "game"));
+  recs.forEach(e => s.appendChild(el("span", "badge " + (e.result === "win" ? "success" :
+    e.result === "loss" ? "failure" : ""), `${e.role}${e.player ? " (" + e.player + ")" : ""}: ` +
+    (e.result || e.outcome))));
+  s.appendChild(el("span", "meta", `${recs[0].source} · seed ${recs[0].seed} · ${recs[0].type}`));
+  d.appendChild(s);
+  const tb = el("table");
+  const hr = el("tr");
+  hr.appendChild(el("th", null, "move"));
+  recs.forEach(e => hr.appendChild(el("th", null, e.role + (e.player ? ` (${e.player})` : ""))));
+  tb.appendChild(hr);
+  const moves = recs.flatMap((e, c) => e.turns.map((t, i) => ({c, i, t})))
+    .sort((a, b) => (a.t.move ?? a.i) - (b.t.move ?? b.i));
+  moves.forEach(({c, t}) => {
+    const r = el("tr");
+    r.appendChild(el("td", "num", t.move ?? "-"));
+    recs.forEach((_, k) => {
+      if (k !== c) { r.appendChild(el("td")); return; }
+      const td = el("td", "reply", t.obs);
+      td.appendChild(el("span", "act" + (t.valid ? "" : " invalid"), "→ " + (t.action || "(none)") +
+        (t.valid ? "" : "  (invalid)") + `  reward ${fmt(t.reward, 2)}` +
+        (t.adv === null ? "" : `  adv ${fmt(t.adv, 3)}`)));
+      r.appendChild(td);
+    });
+    tb.appendChild(r);
+  });
+  d.appendChild(tb);
+  return d;
+}
+
+// Cards in order: the trajectories of one multi-agent game become one game card.
+function cards(shown) {
+  const out = [], games = new Map();
+  shown.forEach(e => {
+    if (!e.role) { out.push([e]); return; }
+    const key = e.source + "|" + e.episode;
+    if (!games.has(key)) { games.set(key, []); out.push(games.get(key)); }
+    games.get(key).push(e);
+  });
+  return out;
+}
+
 function render() {
   const src = $("f-source").value, ty = $("f-type").value, oc = $("f-outcome").value;
   const q = $("f-text").value.toLowerCase();
@@ -265,8 +317,10 @@ function render() {
     ` · success ${(100 * wins / shown.length).toFixed(1)}% · ` +
     `${(turns / shown.length).toFixed(1)} turns on average` : "");
   // Render at most 300 cards at once: a big run stays responsive; filter to see the rest.
-  shown.slice(0, 300).forEach((e, i) => box.appendChild(episodeNode(e, i === 0)));
-  if (shown.length > 300) box.appendChild(el("p", "meta", `${shown.length - 300} more: narrow the filters`));
+  const all = cards(shown);
+  all.slice(0, 300).forEach((recs, i) => box.appendChild(
+    recs.length > 1 ? gameNode(recs, i === 0) : episodeNode(recs[0], i === 0)));
+  if (all.length > 300) box.appendChild(el("p", "meta", `${all.length - 300} more: narrow the filters`));
 }
 ["f-source", "f-type", "f-outcome"].forEach(id => $(id).addEventListener("change", render));
 $("f-text").addEventListener("input", render);

@@ -6,7 +6,7 @@ Every function here is stateless and tested against hand-computed numbers in
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Literal
 
 import torch
@@ -64,6 +64,39 @@ def rloo(scores: torch.Tensor, group_ids: Sequence[Hashable]) -> torch.Tensor:
     n = count[g]
     adv = torch.where(n > 1, (s - total[g] / n) * n / (n - 1).clamp(min=1), torch.zeros_like(s))
     return adv.to(torch.float32)
+
+
+def role_baseline_advantages(scores: torch.Tensor, keys: Sequence[Hashable],
+                             baselines: Mapping[Hashable, float], decay: float,
+                             ) -> tuple[torch.Tensor, dict[Hashable, float]]:
+    """Role-conditioned advantage estimation (RAE, SPIRAL: Liu et al. 2025, arXiv 2506.24119).
+
+    One moving baseline per key (e.g. (game, role)), read before it moves:
+        A_i = s_i - b_{k_i}
+    then, per key k with n_k members in the batch (mean score m_k),
+        b_k <- decay^{n_k} b_k + (1 - decay^{n_k}) m_k
+    which weighs the batch as n_k one-at-a-time EMA updates with the mean would, without
+    depending on the order of the batch. A key seen for the first time starts at 0.
+
+    Args:
+        scores: (N,) one score per member.
+        keys: N hashable baseline keys.
+        baselines: key -> baseline before this batch (not modified).
+        decay: EMA decay in [0, 1).
+    Returns:
+        ((N,) advantages, the baselines after this batch).
+    """
+    s = scores.to(torch.float64)
+    b = torch.tensor([float(baselines.get(k, 0.0)) for k in keys], dtype=torch.float64)
+    adv = (s - b).to(torch.float32)
+    new = dict(baselines)
+    members: dict[Hashable, list[float]] = {}
+    for k, v in zip(keys, s.tolist()):
+        members.setdefault(k, []).append(v)
+    for k, vals in members.items():
+        w = decay ** len(vals)
+        new[k] = w * float(baselines.get(k, 0.0)) + (1 - w) * sum(vals) / len(vals)
+    return adv, new
 
 
 # --------------------------------------------------------------------------- returns

@@ -51,7 +51,7 @@ import torch
 
 from agentrl.algorithms import functional as Fn
 from agentrl.algorithms.base import Algorithm, AlgorithmConfig
-from agentrl.algorithms.grpo import GRPOConfig, outcome_advantages
+from agentrl.algorithms.grpo import GRPOConfig, outcome_advantages, rae_advantages
 from agentrl.batch import Batch
 from agentrl.config import F
 from agentrl.registry import register_algorithm
@@ -68,6 +68,10 @@ class GiGPOConfig(AlgorithmConfig):
     similarity: bool = F(False, "group anchors whose texts are similar, not only equal")
     similarity_threshold: float = F(0.95, "difflib ratio at or above which two anchors group",
                                     ge=0, le=1)
+    baseline: Literal["grpo", "rae"] = F(
+        "grpo", "episode level: group-relative (grpo) or a moving baseline per (env, role) "
+        "(rae, SPIRAL's role-conditioned advantage estimation, for self-play games)")
+    rae_decay: float = F(0.95, "rae: decay of the per-role moving baseline", ge=0, lt=1)
 
 
 def step_returns(batch: Batch, gamma: float) -> torch.Tensor:
@@ -114,10 +118,14 @@ def anchor_groups(group_ids: Sequence[Hashable], state_keys: Sequence[Any],
     return out
 
 
-def gigpo_turn_advantages(batch: Batch, cfg: GiGPOConfig) -> tuple[torch.Tensor, dict[str, float]]:
-    """A = A^E + ω·A^S per turn (M,), and anchor-group statistics."""
+def gigpo_turn_advantages(batch: Batch, cfg: GiGPOConfig, a_ep: torch.Tensor | None = None,
+                          ) -> tuple[torch.Tensor, dict[str, float]]:
+    """A = A^E + ω·A^S per turn (M,), and anchor-group statistics. ``a_ep`` (M,) replaces the
+    group-relative episode level (e.g. by RAE's)."""
     use_std = cfg.mode == "mean_std"
-    a_ep = outcome_advantages(batch, GRPOConfig(stats=cfg.stats, use_std=use_std), shaped=False)
+    if a_ep is None:
+        a_ep = outcome_advantages(batch, GRPOConfig(stats=cfg.stats, use_std=use_std),
+                                  shaped=False)
     groups = batch.group_ids()
     turn_groups = [groups[i] for i in batch.turn_traj.tolist()]
     anchors = anchor_groups(turn_groups, batch.turn_state_keys(), cfg.similarity,
@@ -144,6 +152,7 @@ class GiGPO(Algorithm):
     def __init__(self, cfg: GiGPOConfig) -> None:
         super().__init__(cfg)
         self._warned = False
+        self.role_baselines: dict[str, float] = {}  # rae: (env, role) -> moving baseline
 
     def advantages(self, batch: Batch) -> dict[str, float]:
         if (not self._warned and batch.num_turns
@@ -152,6 +161,16 @@ class GiGPO(Algorithm):
                           "singleton and GiGPO reduces to GRPO (add a history-free state_key "
                           "to the env's info)", stacklevel=2)
             self._warned = True
-        adv, stats = gigpo_turn_advantages(batch, self.cfg)
+        a_ep = None
+        if self.cfg.baseline == "rae":
+            a_ep, self.role_baselines = rae_advantages(batch, self.role_baselines,
+                                                       self.cfg.rae_decay, shaped=False)
+        adv, stats = gigpo_turn_advantages(batch, self.cfg, a_ep)
         batch.advantages = batch.per_turn(adv)
-        return stats
+        return {**stats, **{f"rae_baseline/{k}": v for k, v in self.role_baselines.items()}}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"role_baselines": dict(self.role_baselines)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.role_baselines = dict(state.get("role_baselines", {}))

@@ -144,3 +144,13 @@ def test_real_model_example_runs_its_config_end_to_end(tmp_path) -> None:
     assert 0.0 <= out["after"]["success_rate"] <= 1.0 and out["peak_rss_gib"] > 0
     saved = json.load(open(os.path.join(out["run_dir"], "result.json")))
     assert saved["after"]["episodes"] == 2
+
+
+def test_custom_game_example_checks_and_trains(tmp_path) -> None:
+    from examples import custom_game
+
+    out = custom_game.main([f"output_dir={tmp_path}", "train.iterations=2", "eval.episodes=10",
+                            "log.tensorboard=false", "rollout.groups=2", "policy.tiny_hidden=32",
+                            "policy.tiny_layers=1", "policy.tiny_vocab=300"])
+    games = out["final"]["games"]["all"]
+    assert games["n"] == 10 and games["wins"] + games["draws"] + games["losses"] == 10
