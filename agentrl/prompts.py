@@ -60,6 +60,17 @@ class PromptBuilder:
     def __init__(self, tokenizer: Any, cfg: RolloutConfig) -> None:
         self.tok, self.cfg = tokenizer, cfg
         self._sep_cache: tuple[str, str] | None = None
+        # Encodings are pure functions of the text: the G rollouts of a group ask for the same
+        # prompts and candidate actions, and rendering a chat template costs ~1 ms.
+        self._memo: dict[tuple[str, str], list[int]] = {}
+
+    def _encode(self, kind: str, text: str, fn: Any) -> list[int]:
+        ids = self._memo.get((kind, text))
+        if ids is None:
+            if len(self._memo) >= 8192:
+                self._memo.clear()
+            ids = self._memo[(kind, text)] = fn(text)
+        return list(ids)
 
     # -- text ---------------------------------------------------------------------------
     def _cut(self, text: str) -> str:
@@ -88,9 +99,12 @@ class PromptBuilder:
 
     def encode_chat(self, user: str) -> list[int]:
         """Full prompt ids for one user message (+ system) with the generation prompt."""
-        text = self.tok.apply_chat_template(self._messages(user), tokenize=False,
-                                            add_generation_prompt=True)
-        return self.tok.encode(text, add_special_tokens=False)
+        def render(u: str) -> list[int]:
+            text = self.tok.apply_chat_template(self._messages(u), tokenize=False,
+                                                add_generation_prompt=True)
+            return self.tok.encode(text, add_special_tokens=False)
+
+        return self._encode("chat", user, render)
 
     # -- window mode --------------------------------------------------------------------
     def window_prompt(self, task: str, history: Sequence[Step | Turn], observation: str,
@@ -131,5 +145,9 @@ class PromptBuilder:
     def candidates(self, actions: list[str]) -> list[list[int]]:
         """Token sequences of the admissible replies, each ending with EOS."""
         eos = self.tok.eos_token_id
-        return [self.tok.encode(format_action(a, self.cfg.action_format),
-                                add_special_tokens=False) + [eos] for a in actions]
+
+        def enc(a: str) -> list[int]:
+            return self.tok.encode(format_action(a, self.cfg.action_format),
+                                   add_special_tokens=False) + [eos]
+
+        return [self._encode("candidate", a, enc) for a in actions]
