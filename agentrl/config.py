@@ -128,6 +128,11 @@ class TrainConfig:
     epochs: int = F(1, "passes over each iteration's batch", ge=1)
     minibatches: int = F(1, "optimizer steps per epoch", ge=1)
     micro_batch_tokens: int = F(16384, "token budget per forward/backward (grad accumulation)", ge=1)
+    pack: bool = F(True, "pack several sequences into each row of a micro-batch (position ids "
+                   "restart per sequence, block-diagonal attention) instead of padding every "
+                   "sequence to the longest; same loss and gradients, fewer tokens computed")
+    sort_by_length: bool = F(True, "form micro-batches from sequences of similar length "
+                             "(less padding; the loss is the same)")
     grad_clip: float = F(1.0, "max grad norm of the policy, and apart of the algorithm's own "
                          "parameters (a critic) (0 = off)", ge=0)
     max_nonfinite_updates: int = F(5, "optimizer steps in a row with a non-finite loss or "

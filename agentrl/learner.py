@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import math
 import random
+import warnings
 from collections.abc import Set
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -68,22 +69,105 @@ def _decoder(model: nn.Module) -> nn.Module:
     return base
 
 
+def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
+    """First-fit-decreasing bins of row indices whose lengths sum to at most ``capacity``
+    (a row longer than the capacity gets a bin of its own)."""
+    bins: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        for b, r in enumerate(room):
+            if lengths[i] <= r:
+                bins[b].append(i)
+                room[b] -= lengths[i]
+                break
+        else:
+            bins.append([i])
+            room.append(capacity - lengths[i])
+    return bins
+
+
+def _packed_hidden(decoder: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                   capacity: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """Run right-padded rows (n, L) packed several to a row of length ``capacity`` (>= L):
+    each sequence keeps its tokens and its positions 0..len-1, and position ids restarting at
+    0 make transformers mask attention block-diagonally (a token sees only its own sequence).
+    Returns (hidden (R, capacity, H), packed row of each input row (n,), its offset (n,)), or
+    None when packing saves no row.
+    """
+    n, L = input_ids.shape
+    L = max(L, capacity)
+    lengths = attention_mask.sum(-1)
+    bins = pack_rows(lengths.tolist(), L)
+    if len(bins) >= n:
+        return None
+    dev = input_ids.device
+    row_of = torch.empty(n, dtype=torch.long)
+    offset = torch.empty(n, dtype=torch.long)
+    lens = lengths.tolist()
+    for r, members in enumerate(bins):
+        o = 0
+        for i in members:
+            row_of[i], offset[i] = r, o
+            o += lens[i]
+    row_of, offset = row_of.to(dev), offset.to(dev)
+    i_idx, t_idx = attention_mask.nonzero(as_tuple=True)  # every real token
+    dst_r, dst_c = row_of[i_idx], offset[i_idx] + t_idx
+    ids = torch.zeros((len(bins), L), dtype=input_ids.dtype, device=dev)
+    ids[dst_r, dst_c] = input_ids[i_idx, t_idx]
+    # Filler after a bin's last sequence only follows it causally: nothing real attends to it.
+    pos = torch.arange(L, device=dev).repeat(len(bins), 1)
+    pos[dst_r, dst_c] = t_idx
+    hidden = decoder(input_ids=ids, attention_mask=None, position_ids=pos,
+                     use_cache=False).last_hidden_state
+    return hidden, row_of, offset
+
+
+def supports_packing(model: nn.Module) -> bool:
+    """Whether ``model`` masks attention between sequences packed in one row by their position
+    ids (transformers' sdpa/eager/flash masks do; an older or custom model may not). Checked
+    on a few tokens: a sequence must give the same hidden states alone and packed after
+    another."""
+    dec = _decoder(model)
+    dev = next(model.parameters()).device
+    vocab = model.get_input_embeddings().weight.shape[0]
+    ids = (torch.arange(9, device=dev) * 7 + 3) % vocab
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            alone = dec(input_ids=ids[None, 4:], position_ids=torch.arange(5, device=dev)[None],
+                        use_cache=False).last_hidden_state[0]
+            pos = torch.cat([torch.arange(4), torch.arange(5)]).to(dev)[None]
+            packed = dec(input_ids=ids[None], attention_mask=None, position_ids=pos,
+                         use_cache=False).last_hidden_state[0, 4:]
+    except Exception:  # a model that rejects the packed call cannot pack
+        return False
+    finally:
+        model.train(was_training)
+    return bool(torch.allclose(alone, packed, atol=1e-4, rtol=1e-3))
+
+
 def token_outputs(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                   loss_mask: torch.Tensor, allowed: dict[int, dict[int, list[int]]],
                   temperature: float, need_entropy: bool = False, need_hidden: bool = False,
-                  entropy_grad: bool = True, top_k: int = 0, top_p: float = 1.0) -> ModelOutputs:
+                  entropy_grad: bool = True, top_k: int = 0, top_p: float = 1.0,
+                  pack: bool = False, pack_capacity: int = 0) -> ModelOutputs:
     """Forward ``input_ids`` (n, L) and return logprob/entropy of each action token.
 
     Position t's token is scored by the distribution the model produced at t-1. With
     ``entropy_grad=False`` the entropy is computed without a graph (for logging only). With
     ``top_k`` / ``top_p`` the distribution is truncated as the sampler truncated it
     (`truncate_logits`, after the constraint mask), so logprobs and entropy are those of the
-    behaviour policy; the sampled token always stays in the kept set.
+    behaviour policy; the sampled token always stays in the kept set. With ``pack`` the rows
+    (right-padded) are packed several to a row of ``max(L, pack_capacity)`` tokens
+    (`_packed_hidden`): the same outputs (up to float rounding) for fewer tokens through the
+    model; the model must mask packed sequences (`supports_packing`).
     """
     n, L = input_ids.shape
     dev = next(model.parameters()).device
     input_ids = input_ids.to(dev)
-    rows, cols, h = _predicting_hidden(model, input_ids, attention_mask, loss_mask)
+    rows, cols, h = _predicting_hidden(model, input_ids, attention_mask, loss_mask, pack,
+                                       pack_capacity)
     logits = model.get_output_embeddings()(h).float()  # (P, V)
     cap = getattr(model.config, "final_logit_softcapping", None)
     if cap:
@@ -117,18 +201,26 @@ def token_outputs(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
 
 
 def _predicting_hidden(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                       loss_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                       loss_mask: torch.Tensor, pack: bool = False, pack_capacity: int = 0,
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Last hidden state at the position that predicts each action token: token t is predicted
-    at t-1. Returns (rows (P,), cols (P,), hidden (P, H)) on the model's device."""
+    at t-1. Returns (rows (P,), cols (P,), hidden (P, H)) on the model's device. With ``pack``
+    the rows run packed (`_packed_hidden`)."""
     n, L = input_ids.shape
     dev = next(model.parameters()).device
     input_ids, attention_mask = input_ids.to(dev), attention_mask.to(dev)
-    pos = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    hidden = _decoder(model)(input_ids=input_ids, attention_mask=attention_mask,
-                             position_ids=pos).last_hidden_state  # (n, L, H)
     tgt = torch.zeros((n, L), dtype=torch.bool, device=dev)
     tgt[:, 1:] = loss_mask[:, 1:].to(dev) > 0
     rows, cols = tgt.nonzero(as_tuple=True)  # (P,), (P,)
+    packed = _packed_hidden(_decoder(model), input_ids, attention_mask, pack_capacity) \
+        if pack and n > 1 else None
+    if packed is not None:
+        hidden, row_of, offset = packed  # (R, capacity, H)
+        return rows, cols, hidden[row_of[rows], offset[rows] + cols - 1]
+    pos = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    # no KV cache: a training forward never decodes further
+    hidden = _decoder(model)(input_ids=input_ids, attention_mask=attention_mask,
+                             position_ids=pos, use_cache=False).last_hidden_state  # (n, L, H)
     return rows, cols, hidden[rows, cols - 1]
 
 
@@ -146,9 +238,24 @@ def critic_hidden(critic: nn.Module, mb: Batch) -> torch.Tensor:
         (rows, cols), h)
 
 
-def micro_batches(batch: Batch, rows: list[int], token_budget: int) -> list[list[int]]:
-    """Split ``rows`` into groups whose padded size (rows x longest) stays within the budget."""
+def micro_batches(batch: Batch, rows: list[int], token_budget: int, packed: bool = False,
+                  by_length: bool = False) -> list[list[int]]:
+    """Split ``rows`` into micro-batches of at most ``token_budget`` tokens through the model.
+
+    Padded (default), a micro-batch costs rows x its longest row; ``by_length`` first orders
+    the rows longest first, so each micro-batch holds similar lengths (little padding).
+    ``packed``, the rows are planned into `pack_rows` bins as long as the batch's longest row
+    (the capacity `token_outputs` packs to), and a micro-batch is whole bins, bins x capacity
+    within the budget.
+    """
     lengths = batch.attention_mask.sum(-1).tolist()
+    if packed:
+        cap = int(batch.input_ids.shape[1])
+        per = max(1, token_budget // max(1, cap))  # bins per micro-batch
+        bins = [[rows[i] for i in b] for b in pack_rows([lengths[r] for r in rows], cap)]
+        return [[r for b in bins[i:i + per] for r in b] for i in range(0, len(bins), per)]
+    if by_length:
+        rows = sorted(rows, key=lambda r: -lengths[r])
     out: list[list[int]] = []
     cur: list[int] = []
     longest = 0
@@ -239,6 +346,11 @@ class LocalLearner:
             self.reference = copy.deepcopy(model).eval()
             for p in self.reference.parameters():
                 p.requires_grad_(False)
+        self.pack = cfg.pack and supports_packing(model)
+        if cfg.pack and not self.pack:
+            warnings.warn(f"train.pack: {type(model).__name__} does not mask sequences packed "
+                          "in one row by position ids; training on padded rows instead",
+                          stacklevel=2)
 
     def _lr_factor(self, it: int) -> float:
         c = self.cfg
@@ -254,21 +366,26 @@ class LocalLearner:
     # -- forward passes ------------------------------------------------------------------
     def forward(self, mb: Batch, model: nn.Module | None = None, need_entropy: bool = False,
                 need_hidden: bool = False, need_values: bool = False,
-                entropy_grad: bool = True) -> ModelOutputs:
+                entropy_grad: bool = True, pack_capacity: int = 0) -> ModelOutputs:
         """Outputs of ``model`` (default: the policy) on a micro-batch; ``need_values`` runs
-        the algorithm's value head on the hidden states."""
+        the algorithm's value head on the hidden states; with ``train.pack`` its rows are
+        packed to rows of ``pack_capacity`` tokens (default: its longest)."""
         m = model or self.model
         critic = self.algorithm.critic_model if need_values else None
         out = token_outputs(m, mb.input_ids, mb.attention_mask, mb.loss_mask, mb.allowed,
                             self.temperature, need_entropy,
                             need_hidden or (need_values and critic is None), entropy_grad,
-                            self.top_k, self.top_p)
+                            self.top_k, self.top_p, pack=self.pack, pack_capacity=pack_capacity)
         if need_values:
             if critic is not None:
                 critic.train(m.training)  # the critic follows the policy's mode
             out.values = self.algorithm.value(out.hidden if critic is None
                                               else critic_hidden(critic, mb))
         return out
+
+    def _micro_batches(self, batch: Batch, rows: list[int]) -> list[list[int]]:
+        return micro_batches(batch, rows, self.cfg.micro_batch_tokens, self.pack,
+                             self.cfg.sort_by_length)
 
     @torch.no_grad()
     def _pass(self, batch: Batch, rows: list[int], model: nn.Module, entropy: bool = False,
@@ -280,9 +397,9 @@ class LocalLearner:
         N, L = batch.input_ids.shape
         names = ["logprobs"] + ["entropy"] * entropy + ["values"] * values
         out = {k: torch.zeros(N, L) for k in names}
-        for mrows in micro_batches(batch, rows, self.cfg.micro_batch_tokens):
+        for mrows in self._micro_batches(batch, rows):
             mb = batch.select(mrows)
-            o = self.forward(mb, model, need_entropy=entropy, need_values=values)
+            o = self.forward(mb, model, need_entropy=entropy, need_values=values, pack_capacity=L)
             idx, ell = torch.tensor(mrows), mb.input_ids.shape[1]
             for k in names:
                 out[k][idx, :ell] = getattr(o, k).float().cpu()
@@ -347,12 +464,13 @@ class LocalLearner:
                 agg_len = self.response_budget  # a constant, never the padded length
                 self.optimizer.zero_grad(set_to_none=True)
                 step_sums: dict[str, float] = {}  # this minibatch's terms (micro-batch sums)
-                for mrows in micro_batches(batch, rows, c.micro_batch_tokens):
+                for mrows in self._micro_batches(batch, rows):
                     mb = batch.select(mrows)
                     mb.agg_tokens, mb.agg_seqs, mb.agg_len = agg_tokens, agg_seqs, agg_len
                     out = self.forward(mb, need_entropy=True, need_hidden="hidden" in needs,
                                        need_values="values" in needs,
-                                       entropy_grad="entropy" in needs)
+                                       entropy_grad="entropy" in needs,
+                                       pack_capacity=batch.input_ids.shape[1])
                     terms = algo.loss(out, mb)
                     terms["loss"].backward()
                     for name, v in terms.items():

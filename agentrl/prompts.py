@@ -73,6 +73,17 @@ class PromptBuilder:
         self._templates: dict[str, ChatTemplate] = {}
         self._chats: dict[str, Conversation] = {}
         self._warned_drift = False
+        # Encodings are pure functions of the text: the G rollouts of a group ask for the same
+        # prompts and candidate actions, and rendering a chat template costs ~1 ms.
+        self._memo: dict[tuple[str, str], list[int]] = {}
+
+    def _encode(self, kind: str, text: str, fn: Any) -> list[int]:
+        ids = self._memo.get((kind, text))
+        if ids is None:
+            if len(self._memo) >= 8192:
+                self._memo.clear()
+            ids = self._memo[(kind, text)] = fn(text)
+        return list(ids)
 
     # -- text ---------------------------------------------------------------------------
     def _cut(self, text: str) -> str:
@@ -111,7 +122,9 @@ class PromptBuilder:
     def encode_chat(self, user: str, tools: list[dict[str, Any]] | None = None) -> list[int]:
         """Full prompt ids for one user message (+ system) with the generation prompt."""
         t = self.chat_template(tools)
-        return t.encode(t.render(self._messages(user), True))
+        key = json.dumps(tools, sort_keys=True) if tools else ""
+        return self._encode("chat" + key, user,
+                            lambda u: t.encode(t.render(self._messages(u), True)))
 
     # -- window mode --------------------------------------------------------------------
     def window_prompt(self, task: str, history: Sequence[Step | Turn], observation: str,
@@ -234,5 +247,9 @@ class PromptBuilder:
     def candidates(self, actions: list[str]) -> list[list[int]]:
         """Token sequences of the admissible replies, each ending with EOS."""
         eos = self.tok.eos_token_id
-        return [self.tok.encode(format_action(a, self.cfg.action_format),
-                                add_special_tokens=False) + [eos] for a in actions]
+
+        def enc(a: str) -> list[int]:
+            return self.tok.encode(format_action(a, self.cfg.action_format),
+                                   add_special_tokens=False) + [eos]
+
+        return [self._encode("candidate", a, enc) for a in actions]

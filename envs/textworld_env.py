@@ -20,6 +20,7 @@ compiling them for minutes. The archive is this module's own output, rebuilt wit
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import hashlib
 import json
@@ -233,6 +234,58 @@ def _remember(key: tuple[str, tuple[str, ...]], rec: tuple[str, float, bool, dic
         _TRANSITIONS.popitem(last=False)
 
 
+# Idle engines of this process, shared by its envs: id -> (game file, engine, commands applied
+# since its last reset or None), least recently used first. Starting an engine (~0.1 s) and
+# resetting it cost more than a step; a group's rollouts play the same game, so an engine one
+# episode left behind is often a few commands short of where another needs one.
+_IDLE: OrderedDict[int, tuple[str, Any, tuple[str, ...] | None]] = OrderedDict()
+_MAX_IDLE = 32  # each holds a Z-machine (~0.5 MB)
+
+
+def _start_engine(path: str) -> Any:
+    import textworld
+    from textworld import EnvInfos
+
+    infos = EnvInfos(admissible_commands=True, won=True, lost=True, score=True,
+                     max_score=True, objective=True, description=True, inventory=True,
+                     location=True, policy_commands=True)
+    with warnings.catch_warnings():
+        # jericho warns that generated games lack its per-game tables; TextWorld tracks
+        # score and state itself, so nothing is lost.
+        warnings.simplefilter("ignore")
+        return textworld.start(path, request_infos=infos)
+
+
+def _take_engine(path: str, history: tuple[str, ...]) -> tuple[Any, tuple[str, ...] | None]:
+    """An idle engine of game ``path`` (the one whose applied commands are the longest prefix
+    of ``history``, else any) or a new one; returns it with its applied commands."""
+    best, best_len = None, -2
+    for key, (p, _, applied) in _IDLE.items():
+        if p != path:
+            continue
+        n = len(applied) if applied is not None and history[:len(applied)] == applied else -1
+        if n > best_len:
+            best, best_len = key, n
+    if best is None:
+        return _start_engine(path), None
+    _, eng, applied = _IDLE.pop(best)
+    return eng, applied
+
+
+def _give_engine(path: str, eng: Any, applied: tuple[str, ...] | None) -> None:
+    _IDLE[id(eng)] = (path, eng, applied)
+    while len(_IDLE) > _MAX_IDLE:
+        _, (_, old, _) = _IDLE.popitem(last=False)
+        old.close()
+
+
+@atexit.register
+def _close_idle() -> None:
+    while _IDLE:
+        _, (_, eng, _) = _IDLE.popitem()
+        eng.close()
+
+
 def _clean(text: str) -> str:
     """Strip TextWorld's ASCII banner, the prompt marker and surplus blank lines."""
     m = _BANNER_END.search(text)
@@ -273,35 +326,38 @@ class TextWorldEnv(TextEnv):
         self.game_paths = [_game_path(family, level, self._gen_offset + i)
                            for i in range(num_games)]
         self.cache_transitions = cache_transitions
-        self._engines: OrderedDict[str, Any] = OrderedDict()
         self._path = ""
         self._history: tuple[str, ...] = ()
-        self._synced = -1  # commands of the current episode the engine has applied (-1: none)
+        # The engine this env holds, its game, and the commands it has applied since its last
+        # reset (None: unknown, reset before use).
+        self._eng: Any = None
+        self._eng_path = ""
+        self._applied: tuple[str, ...] | None = None
         self._cur: tuple[str, float, bool, dict[str, Any]] | None = None
         self._done = True
 
     # -- engine management ------------------------------------------------------------
-    def _engine_for(self, path: str) -> Any:
-        import textworld
-        from textworld import EnvInfos
+    def _engine_at(self, history: tuple[str, ...]) -> Any:
+        """An engine of the current game that has applied exactly ``history`` since its reset:
+        the held one if it is on the way there, else the furthest-along idle engine of this
+        process (`_take_engine`), else a new one; only the missing commands are applied."""
+        held = self._applied is not None and history[:len(self._applied)] == self._applied
+        if self._eng is None or self._eng_path != self._path or not held:
+            self._release_engine()
+            self._eng, self._applied = _take_engine(self._path, history)
+            self._eng_path = self._path
+        if self._applied is None or history[:len(self._applied)] != self._applied:
+            self._eng.reset()
+            self._applied = ()
+        for cmd in history[len(self._applied):]:
+            self._eng.step(cmd)
+        self._applied = history
+        return self._eng
 
-        eng = self._engines.pop(path, None)
-        if eng is None:
-            infos = EnvInfos(admissible_commands=True, won=True, lost=True, score=True,
-                             max_score=True, objective=True, description=True, inventory=True,
-                             location=True, policy_commands=True)
-            with warnings.catch_warnings():
-                # jericho warns that generated games lack its per-game tables; TextWorld tracks
-                # score and state itself, so nothing is lost.
-                warnings.simplefilter("ignore")
-                eng = textworld.start(path, request_infos=infos)
-            self._synced = -1  # a new engine has applied nothing yet
-        self._engines[path] = eng
-        while len(self._engines) > 4:  # each engine holds a Z-machine (~0.5 MB); transitions
-            # are memoised, so few live engines are needed per env
-            _, old = self._engines.popitem(last=False)
-            old.close()
-        return eng
+    def _release_engine(self) -> None:
+        if self._eng is not None:
+            _give_engine(self._eng_path, self._eng, self._applied)
+        self._eng, self._applied = None, None
 
     def _info(self, gs: Any, action_valid: bool = True) -> dict[str, Any]:
         adm = sorted(gs.admissible_commands)
@@ -319,33 +375,23 @@ class TextWorldEnv(TextEnv):
 
     # -- gymnasium API --------------------------------------------------------------------
     # Games are deterministic, so a transition is a pure function of (game, command history).
-    # Transitions are memoised per process; the engine is only touched on a cache miss, after
-    # replaying the history into it when it lags behind. Results are identical either way.
+    # Transitions are memoised per process; an engine is only touched on a cache miss, after
+    # applying the commands it lacks (`_engine_at`). Results are identical either way.
     def _record(self, gs: Any, feedback: str, done: bool) -> tuple[str, float, bool, dict[str, Any]]:
         return feedback, float(gs.score), bool(done), self._info(gs)
-
-    def _engine_at(self, history: tuple[str, ...]) -> Any:
-        eng = self._engine_for(self._path)
-        if self._synced != len(history):
-            gs = eng.reset()
-            for cmd in history:
-                gs, _, _ = eng.step(cmd)
-            self._synced = len(history)
-        return eng
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
               ) -> tuple[str, dict[str, Any]]:
         super().reset(seed=seed)
         idx = (seed if seed is not None else int(self.np_random.integers(0, 2**31))) % self.num_games
-        self._path, self._history, self._synced = self.game_paths[idx], (), -1
+        self._path, self._history = self.game_paths[idx], ()
         if not os.path.exists(self._path):
             ensure_games(self.family, self.level, [self._gen_offset + idx], workers=1)
         key = (self._path, ())
         rec = _TRANSITIONS.get(key) if self.cache_transitions else None
         if rec is None:
-            eng = self._engine_for(self._path)
+            eng = self._engine_at(())
             gs = eng.reset()
-            self._synced = 0
             obs = _clean(gs.feedback)
             # The banner's tail repeats the objective before the first room; keep the room text.
             if gs.objective and gs.objective in obs:
@@ -372,7 +418,7 @@ class TextWorldEnv(TextEnv):
         if rec is None:
             eng = self._engine_at(self._history)
             gs, _, done = eng.step(cmd)
-            self._synced += 1
+            self._applied = history
             rec = self._record(gs, _clean(gs.feedback), done)
             _remember(key, rec, self.cache_transitions)
         self._history, self._cur = history, rec
@@ -382,9 +428,9 @@ class TextWorldEnv(TextEnv):
         return obs, new_score - score, done, False, dict(new_info)
 
     def close(self) -> None:
-        for eng in self._engines.values():
-            eng.close()
-        self._engines.clear()
+        if self._eng is not None:
+            self._eng.close()
+        self._eng, self._applied = None, None
 
 
 def pack_games(family: str, level: int, gen_seeds: list[int], out_dir: str) -> str:
