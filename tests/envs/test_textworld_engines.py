@@ -12,9 +12,14 @@ import agentrl
 
 @pytest.fixture()
 def starts(monkeypatch) -> list[str]:
+    from collections import OrderedDict
+
     from agentrl.envs import textworld_env as T
 
     T._close_idle()
+    # Earlier tests may have cached these games' transitions: start with an empty cache, so
+    # that cache misses (and engine steps) happen where the tests expect them.
+    monkeypatch.setattr(T, "_TRANSITIONS", OrderedDict())
     out: list[str] = []
     start = T._start_engine
     monkeypatch.setattr(T, "_start_engine", lambda path: out.append(path) or start(path))
