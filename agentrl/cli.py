@@ -176,7 +176,9 @@ def _train(build: Callable[[], Any]) -> int:
 
 
 def _check_resumable(run_dir: str) -> None:
-    """``--resume`` needs an existing run directory with a complete checkpoint."""
+    """``--resume`` needs an existing run directory of ``agentrl train``; one without a complete
+    checkpoint yet (killed or preempted early) starts again from iteration 0, which is what a
+    restart script that always passes ``--resume`` needs."""
     from agentrl import checkpoint
     from agentrl.config import ConfigError
 
@@ -187,10 +189,13 @@ def _check_resumable(run_dir: str) -> None:
         raise ConfigError(f"--resume {run_dir}: no such run directory"
                           + (f" (in {parent}: {', '.join(runs[:8])})" if runs else "")
                           + "; drop --resume to start a new run")
-    if checkpoint.latest(run_dir) is None:
-        raise ConfigError(f"--resume {run_dir}: the run has no complete checkpoint to resume "
-                          "from (one is written every train.checkpoint_every iterations); "
-                          "drop --resume to start it again from iteration 0")
+    if not os.path.exists(os.path.join(run_dir, "config.yaml")):
+        raise ConfigError(f"--resume {run_dir}: not a run directory of agentrl train (it has no "
+                          "config.yaml); drop --resume to start a new run")
+    if checkpoint.latest(run_dir) is None:  # stopped before its first checkpoint (preempted)
+        print(f"agentrl: {run_dir} has no complete checkpoint yet (one is written every "
+              "train.checkpoint_every iterations); starting it again from iteration 0 with its "
+              "saved config", file=sys.stderr)
 
 
 def _missing_eval_target(targets: list[str]) -> str | None:
