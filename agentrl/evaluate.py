@@ -36,6 +36,7 @@ from agentrl.config import (
     load_config,
 )
 from agentrl.games import (
+    OpponentError,
     elo_tournament,
     format_elo,
     game_rates,
@@ -302,7 +303,10 @@ def evaluate_target(target: EvalTarget, s: EvalSettings, progress: bool = False,
     greedy = cfg.eval.greedy if s.greedy is None else s.greedy
     sampler_seed = (EVAL_SAMPLER_SEED + cfg.eval.seed_start if s.sampler_seed is None
                     else s.sampler_seed)
-    env_kwargs, lineup = opponent_setup(s.opponent, cfg, env_kwargs)
+    try:
+        env_kwargs, lineup = opponent_setup(s.opponent, cfg, env_kwargs)
+    except OpponentError as e:
+        raise EvalError(str(e)) from None
     policy = _build_policy(target, s.device, s.endpoint)
     policy.seed(sampler_seed)
     pool = make_pool(dataclasses.replace(cfg.env, id=env_id), min(len(seeds), 64), env_kwargs)
@@ -477,7 +481,7 @@ def run_eval_command(targets: list[str], *, untrained: list[str] | None = None,
               "(their configs differ); pass --env/--env-kwargs/--seeds to compare like for like",
               file=sys.stderr)
     print(format_table(results))
-    table = elo_tournament(resolved, s, results, progress) if elo else None
+    table = elo_tournament(resolved, s, results, evaluate_target, progress) if elo else None
     if table is not None:
         print("\n" + format_elo(table))
     if out:

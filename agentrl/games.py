@@ -121,6 +121,10 @@ def opponent_label(spec: str) -> str:
     return os.path.basename(path)
 
 
+class OpponentError(ValueError):
+    """An ``--opponent`` that names no player; the message says what to pass instead."""
+
+
 def opponent_setup(spec: str | None, cfg: Config, env_kwargs: dict[str, Any]
                    ) -> tuple[dict[str, Any], Lineup | None]:
     """(env kwargs, lineup) to play against ``spec``: the env's own ``random`` or ``heuristic``
@@ -129,7 +133,6 @@ def opponent_setup(spec: str | None, cfg: Config, env_kwargs: dict[str, Any]
         return env_kwargs, None
     if spec in SCRIPTED:
         return {**env_kwargs, "opponent": spec}, None
-    from agentrl.evaluate import EvalError
     from agentrl.multiagent import Versus, load_player, player_path
 
     if "opponent" in env_kwargs:  # the env would play the seats the frozen model should
@@ -137,7 +140,7 @@ def opponent_setup(spec: str | None, cfg: Config, env_kwargs: dict[str, Any]
     try:
         path = player_path(spec)
     except ValueError as e:
-        raise EvalError(f"--opponent {e}") from None
+        raise OpponentError(f"--opponent {e}") from None
     return env_kwargs, Versus([load_player(path, cfg, opponent_label(spec))])
 
 
@@ -165,14 +168,14 @@ def game_rows(sums: list[dict[str, Any]]) -> list[list[str]]:
 
 
 def elo_tournament(targets: list[Any], settings: Any,
-                   results: list[tuple[str, dict[str, Any]]], progress: bool = False,
-                   ) -> dict[str, Any]:
+                   results: list[tuple[str, dict[str, Any]]], play: Any,
+                   progress: bool = False) -> dict[str, Any]:
     """Play every pair of ``targets`` (each against the other's frozen weights, seats
     alternating), add the games already played against ``--opponent`` players in ``results``,
-    and fit Elo ratings. Returns {"ratings": {player: elo}, "pairs": {"a vs b": [w, d, l]}}."""
+    and fit Elo ratings. ``play(target, settings, progress)`` evaluates one target and returns
+    (summary, trajectories) (`agentrl.evaluate.evaluate_target`). Returns
+    {"ratings": {player: elo}, "pairs": {"a vs b": [w, d, l]}}."""
     from dataclasses import replace
-
-    from agentrl.evaluate import evaluate_target
 
     pairs: dict[tuple[str, str], tuple[int, int, int]] = {}
     for name, summary in results:
@@ -184,7 +187,7 @@ def elo_tournament(targets: list[Any], settings: Any,
     playable = [t for t in targets if t.model_path is not None]
     for i, a in enumerate(playable):
         for b in playable[i + 1:]:
-            summary, _ = evaluate_target(a, replace(settings, opponent=b.model_path), progress)
+            summary, _ = play(a, replace(settings, opponent=b.model_path), progress)
             g = summary.get("games", {}).get("all")
             if g is not None:
                 pairs[(a.name, b.name)] = (g["wins"], g["draws"], g["losses"])

@@ -12,7 +12,7 @@ import torch
 
 from agentrl.batch import make_batch
 from agentrl.config import RolloutConfig, TrainConfig, load_config
-from agentrl.envpool import EnvPool
+from agentrl.envpool import InProcessPool
 from agentrl.learner import LocalLearner, NonFiniteUpdates
 from agentrl.policies.hf import HFPolicy
 from agentrl.prompts import PromptBuilder
@@ -26,7 +26,7 @@ def _batch_and_learner(tok, model):
                          action_format="raw", constrained=True)
     policy = HFPolicy(model, tok, batch_size=4)
     policy.seed(0)
-    pool = EnvPool("test/Corridor-v0", {}, 4)
+    pool = InProcessPool("test/Corridor-v0", {}, 4)
     engine = RolloutEngine(policy, pool, PromptBuilder(tok, rcfg), rcfg, "test/Corridor-v0")
     batch = make_batch(engine.run([0, 0, 1, 1]), tok.pad_token_id)
     pool.close()
