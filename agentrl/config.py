@@ -16,6 +16,7 @@ import difflib
 import math
 import types
 import typing
+import warnings
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -403,6 +404,7 @@ def config_from_dict(data: dict[str, Any]) -> Config:
         raise ConfigError(f"algorithm.name: {e.args[0]}") from e
     pol = _section(data, "policy", "{backend: hf}")
     backend = str(pol.get("backend", "hf"))
+    pol = _migrate_policy_keys(pol, backend)
     try:
         pol_cls = policies.backend_config(backend)
     except KeyError as e:
@@ -415,6 +417,38 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     cfg.algorithm.name = name
     _cross_checks(cfg)
     return cfg
+
+
+# Backend settings that were flat ``policy.*`` keys before each backend had its own section:
+# old key -> (backend, key in that backend's section). Configs saved by such runs (a run
+# directory's config.yaml) hold all of them, so `--resume` of an old run must still load.
+LEGACY_POLICY_KEYS = {
+    "vllm_gpu_memory_utilization": ("vllm", "gpu_memory_utilization"),
+    "vllm_sleep_level": ("vllm", "sleep_level"),
+    "vllm_kv_cache_gb": ("vllm", "kv_cache_gb"),
+    "vllm_enforce_eager": ("vllm", "enforce_eager"),
+    "openai_base_url": ("openai", "base_url"),
+    "openai_model": ("openai", "served_model"),
+    "openai_api_key_env": ("openai", "api_key_env"),
+}
+
+
+def _migrate_policy_keys(pol: dict[str, Any], backend: str) -> dict[str, Any]:
+    """Rename the legacy flat keys of ``backend`` to its section's names (with a warning) and
+    drop those of other backends; a key given both ways keeps the new name's value."""
+    old = [k for k in pol if k in LEGACY_POLICY_KEYS]
+    if not old:
+        return pol
+    pol = dict(pol)
+    for k in old:
+        owner, new = LEGACY_POLICY_KEYS[k]
+        value = pol.pop(k)
+        if owner == backend:
+            pol.setdefault(new, value)
+    warnings.warn(f"policy: {', '.join(sorted(old))} are old names; each backend's settings now "
+                  f"sit under their own names (e.g. policy.gpu_memory_utilization for vllm, "
+                  f"policy.base_url for openai); converted", stacklevel=3)
+    return pol
 
 
 def _section(data: dict[str, Any], key: str, example: str) -> dict[str, Any]:

@@ -114,3 +114,24 @@ def test_env_pool_settings_are_checked() -> None:
         load_config(None, ["env.pool=procss"])
     with pytest.raises(ConfigError, match="env.envs_per_worker: 0 is out of range"):
         load_config(None, ["env.envs_per_worker=0"])
+
+
+def test_a_config_saved_with_the_old_flat_backend_keys_still_loads() -> None:
+    """A run directory's config.yaml from before each backend had its own policy section
+    (every key written, e.g. ``policy.vllm_kv_cache_gb``) loads for ``--resume``."""
+    import warnings
+
+    old = {"vllm_gpu_memory_utilization": 0.5, "vllm_sleep_level": 1, "vllm_kv_cache_gb": 3,
+           "vllm_enforce_eager": False, "openai_base_url": "http://h/v1", "openai_model": "m",
+           "openai_api_key_env": "K"}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        hf = config_from_dict({"policy": {"backend": "hf", **old}})
+        vl = config_from_dict({"policy": {"backend": "vllm", **old, "kv_cache_gb": 2}})
+        oa = config_from_dict({"policy": {"backend": "openai", **old}})
+    assert not hasattr(hf.policy, "kv_cache_gb") and not hasattr(hf.policy, "base_url")
+    assert (vl.policy.gpu_memory_utilization, vl.policy.sleep_level) == (0.5, 1)
+    assert vl.policy.kv_cache_gb == 2 and vl.policy.enforce_eager is False  # new name wins
+    assert (oa.policy.base_url, oa.policy.served_model, oa.policy.api_key_env) == (
+        "http://h/v1", "m", "K")
+    assert len(caught) == 3 and "old names" in str(caught[0].message)
