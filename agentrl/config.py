@@ -140,6 +140,19 @@ class TrainConfig:
                                    "gradient (each skipped) before the run stops", ge=1)
     checkpoint_every: int = F(10, "iterations between checkpoints (0 = only at the end)", ge=0)
     keep_checkpoints: int = F(2, "checkpoints kept on disk", ge=1)
+    strategy: Literal["single", "ddp", "fsdp"] = F(
+        "single", "learner: one process ('single'), or under `torchrun --nproc_per_node=N -m "
+        "agentrl train CONFIG`: replicated weights with all-reduced gradients ('ddp') or "
+        "weights, gradients and optimizer state sharded across ranks ('fsdp', FSDP2); "
+        "rollout.groups is the global number, split across ranks")
+    mixed_precision: Literal["no", "bf16"] = F(
+        "no", "ddp/fsdp: 'bf16' computes in bfloat16 (FSDP: bf16 parameters in the forward, "
+        "fp32 gradient reduction; DDP: autocast) with fp32 weights and optimizer state")
+    activation_checkpointing: bool = F(False, "recompute each layer's activations in the "
+                                       "backward instead of storing them (less memory, ~30% "
+                                       "more compute)")
+    cpu_offload: bool = F(False, "fsdp: keep sharded parameters, gradients and optimizer "
+                          "state in host memory (the GPU holds one layer's weights at a time)")
     tis_cap: float = F(0.0, "truncated importance sampling: weight each token's advantage by "
                        "min(pi_learner/pi_sampler, tis_cap) to correct sampler/trainer mismatch "
                        "(0 = off; > 0 implies policy.recompute_old_logprobs)", ge=0)

@@ -23,11 +23,12 @@ head), which keeps memory at O(action tokens x vocab) instead of O(all tokens x 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import random
 import warnings
-from collections.abc import Set
+from collections.abc import Callable, Set
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -147,11 +148,28 @@ def supports_packing(model: nn.Module) -> bool:
     return bool(torch.allclose(alone, packed, atol=1e-4, rtol=1e-3))
 
 
+def action_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                  loss_mask: torch.Tensor, pack: bool = False, pack_capacity: int = 0,
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The model's part of `token_outputs`: (rows (P,), cols (P,), hidden (P, H), logits (P, V)
+    float32) at the positions predicting the action tokens of ``input_ids`` (n, L). One call
+    runs every parameter it uses, so a wrapper (DDP, FSDP) can run it as its forward."""
+    rows, cols, h = _predicting_hidden(model, input_ids, attention_mask, loss_mask, pack,
+                                       pack_capacity)
+    return rows, cols, h, model.get_output_embeddings()(h).float()
+
+
+#: ``action_logits`` bound to a model (or a DDP / FSDP module running it as its forward).
+Scorer = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, bool, int],
+                  tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
 def token_outputs(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                   loss_mask: torch.Tensor, allowed: dict[int, dict[int, list[int]]],
                   temperature: float, need_entropy: bool = False, need_hidden: bool = False,
                   entropy_grad: bool = True, top_k: int = 0, top_p: float = 1.0,
-                  pack: bool = False, pack_capacity: int = 0) -> ModelOutputs:
+                  pack: bool = False, pack_capacity: int = 0,
+                  scorer: Scorer | None = None) -> ModelOutputs:
     """Forward ``input_ids`` (n, L) and return logprob/entropy of each action token.
 
     Position t's token is scored by the distribution the model produced at t-1. With
@@ -161,14 +179,17 @@ def token_outputs(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
     behaviour policy; the sampled token always stays in the kept set. With ``pack`` the rows
     (right-padded) are packed several to a row of ``max(L, pack_capacity)`` tokens
     (`_packed_hidden`): the same outputs (up to float rounding) for fewer tokens through the
-    model; the model must mask packed sequences (`supports_packing`).
+    model; the model must mask packed sequences (`supports_packing`). ``scorer`` runs
+    `action_logits` in place of ``model`` (the distributed learner's DDP / FSDP module).
     """
     n, L = input_ids.shape
     dev = next(model.parameters()).device
     input_ids = input_ids.to(dev)
-    rows, cols, h = _predicting_hidden(model, input_ids, attention_mask, loss_mask, pack,
-                                       pack_capacity)
-    logits = model.get_output_embeddings()(h).float()  # (P, V)
+    if scorer is None:
+        rows, cols, h, logits = action_logits(model, input_ids, attention_mask, loss_mask, pack,
+                                              pack_capacity)  # logits (P, V)
+    else:
+        rows, cols, h, logits = scorer(input_ids, attention_mask, loss_mask, pack, pack_capacity)
     cap = getattr(model.config, "final_logit_softcapping", None)
     if cap:
         logits = torch.tanh(logits / cap) * cap
@@ -276,6 +297,12 @@ def spread_rows(n: int, k: int = MISMATCH_ROWS) -> list[int]:
     return list(range(0, n, max(1, n // k)))[:k]
 
 
+def _local_norm(norm: torch.Tensor) -> torch.Tensor:
+    """A gradient norm as a plain tensor (FSDP2's is a replicated DTensor)."""
+    full = getattr(norm, "full_tensor", None)  # a DTensor's, without importing DTensor here
+    return full() if full is not None else norm
+
+
 class NonFiniteUpdates(RuntimeError):
     """Too many optimizer steps in a row had a non-finite loss or gradient."""
 
@@ -334,23 +361,53 @@ class LocalLearner:
             if set(names) - known:
                 raise ValueError(f"{type(algorithm).__name__}.{what}: unknown "
                                  f"{sorted(set(names) - known)}; choose from {sorted(known)}")
-        groups: list[dict[str, Any]] = [{"params": [p for p in model.parameters() if p.requires_grad]}]
-        groups += algorithm.param_groups()
-        self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                           betas=tuple(cfg.betas))
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.reference: nn.Module | None = None
         self.progress: Any = None  # progress bar advanced once per optimizer step
         self.nonfinite_streak = 0  # optimizer steps skipped in a row (non-finite loss/grad)
         if "ref_logprobs" in algorithm.requires:
-            self.reference = copy.deepcopy(model).eval()
-            for p in self.reference.parameters():
-                p.requires_grad_(False)
+            self.reference = self._make_reference(model)
         self.pack = cfg.pack and supports_packing(model)
         if cfg.pack and not self.pack:
             warnings.warn(f"train.pack: {type(model).__name__} does not mask sequences packed "
                           "in one row by position ids; training on padded rows instead",
                           stacklevel=2)
+        # A distributed learner wraps the model here (DDP / FSDP), before the optimizer sees
+        # its parameters; the one-process learner runs the model itself.
+        self.scorer: Scorer | None = self._wrap(model)
+        groups: list[dict[str, Any]] = [{"params": [p for p in model.parameters() if p.requires_grad]}]
+        groups += algorithm.param_groups()
+        self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                           betas=tuple(cfg.betas))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+
+    def _make_reference(self, model: nn.Module) -> nn.Module:
+        """The frozen reference policy for KL: a copy of the initial weights."""
+        ref = copy.deepcopy(model).eval()
+        for p in ref.parameters():
+            p.requires_grad_(False)
+        return ref
+
+    def _wrap(self, model: nn.Module) -> Scorer | None:
+        """Hook for a distributed learner: shard or replicate ``model`` and return what runs
+        `action_logits` on it. None: the model runs itself."""
+        return None
+
+    def _select(self, batch: Batch, rows: list[int]) -> Batch:
+        """The micro-batch of ``rows`` (a distributed learner pads ranks with empty ones)."""
+        return batch.select(rows)
+
+    def _accumulating(self, last: bool) -> contextlib.AbstractContextManager[None]:
+        """Around one micro-batch's forward and backward: a distributed learner reduces
+        gradients across ranks only in the minibatch's ``last`` micro-batch."""
+        return contextlib.nullcontext()
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        """Back-propagate one micro-batch's loss."""
+        loss.backward()
+
+    def _reduce_sums(self, values: list[float]) -> list[float]:
+        """Sums over ranks of per-rank sums (loss denominators, loss terms); one process: as is."""
+        return values
 
     def _lr_factor(self, it: int) -> float:
         c = self.cfg
@@ -375,7 +432,8 @@ class LocalLearner:
         out = token_outputs(m, mb.input_ids, mb.attention_mask, mb.loss_mask, mb.allowed,
                             self.temperature, need_entropy,
                             need_hidden or (need_values and critic is None), entropy_grad,
-                            self.top_k, self.top_p, pack=self.pack, pack_capacity=pack_capacity)
+                            self.top_k, self.top_p, pack=self.pack, pack_capacity=pack_capacity,
+                            scorer=self.scorer if m is self.model else None)
         if need_values:
             if critic is not None:
                 critic.train(m.training)  # the critic follows the policy's mode
@@ -398,8 +456,10 @@ class LocalLearner:
         names = ["logprobs"] + ["entropy"] * entropy + ["values"] * values
         out = {k: torch.zeros(N, L) for k in names}
         for mrows in self._micro_batches(batch, rows):
-            mb = batch.select(mrows)
+            mb = self._select(batch, mrows)
             o = self.forward(mb, model, need_entropy=entropy, need_values=values, pack_capacity=L)
+            if not mrows:  # a distributed learner's filler: the ranks run equal passes
+                continue
             idx, ell = torch.tensor(mrows), mb.input_ids.shape[1]
             for k in names:
                 out[k][idx, :ell] = getattr(o, k).float().cpu()
@@ -456,31 +516,37 @@ class LocalLearner:
             k = min(c.minibatches, N)
             for m in range(k):
                 rows = order[m * N // k:(m + 1) * N // k]
-                if not rows:
+                plan = self._micro_batches(batch, rows)
+                if not plan:
                     continue
                 lm = batch.loss_mask[rows]
-                agg_tokens = float(lm.sum().clamp(min=1))
-                agg_seqs = float((lm.sum(-1) > 0).sum().clamp(min=1))
+                # Denominators of the whole minibatch, over every rank's rows: the update is
+                # the same however the minibatch is split into micro-batches and ranks.
+                agg_tokens, agg_seqs = (max(1.0, x) for x in self._reduce_sums(
+                    [float(lm.sum()), float((lm.sum(-1) > 0).sum())]))
                 agg_len = self.response_budget  # a constant, never the padded length
                 self.optimizer.zero_grad(set_to_none=True)
                 step_sums: dict[str, float] = {}  # this minibatch's terms (micro-batch sums)
-                for mrows in self._micro_batches(batch, rows):
-                    mb = batch.select(mrows)
-                    mb.agg_tokens, mb.agg_seqs, mb.agg_len = agg_tokens, agg_seqs, agg_len
-                    out = self.forward(mb, need_entropy=True, need_hidden="hidden" in needs,
-                                       need_values="values" in needs,
-                                       entropy_grad="entropy" in needs,
-                                       pack_capacity=batch.input_ids.shape[1])
-                    terms = algo.loss(out, mb)
-                    terms["loss"].backward()
+                for i, mrows in enumerate(plan):
+                    with self._accumulating(last=i == len(plan) - 1):
+                        mb = self._select(batch, mrows)
+                        mb.agg_tokens, mb.agg_seqs, mb.agg_len = agg_tokens, agg_seqs, agg_len
+                        out = self.forward(mb, need_entropy=True, need_hidden="hidden" in needs,
+                                           need_values="values" in needs,
+                                           entropy_grad="entropy" in needs,
+                                           pack_capacity=batch.input_ids.shape[1])
+                        terms = algo.loss(out, mb)
+                        self._backward(terms["loss"])
                     for name, v in terms.items():
                         step_sums[name] = step_sums.get(name, 0.0) + float(v.detach())
+                names = sorted(step_sums)
+                step_sums = dict(zip(names, self._reduce_sums([step_sums[n] for n in names])))
                 # The policy and the algorithm's own parameters (a critic) are clipped apart, as
                 # separate actor/critic optimizers are: a large value-loss gradient must not
                 # shrink the policy's step.
                 groups = self.optimizer.param_groups
                 clip = c.grad_clip if c.grad_clip > 0 else float("inf")
-                gn = torch.nn.utils.clip_grad_norm_(groups[0]["params"], clip)
+                gn = _local_norm(torch.nn.utils.clip_grad_norm_(groups[0]["params"], clip))
                 own = [p for g in groups[1:] for p in g["params"]]
                 an = torch.nn.utils.clip_grad_norm_(own, clip) if own else None
                 if not all(math.isfinite(float(x)) for x in (step_sums["loss"], gn, an or 0.0)):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
 import sys
 import time
 from typing import Any
@@ -19,14 +20,22 @@ from typing import Any
 import yaml
 
 from agentrl import checkpoint
+from agentrl import collectives as C
 from agentrl.alarms import alarm_metrics, logprob_mismatch, memory_metrics
 from agentrl.batch import Batch
 from agentrl.checkpoint import seed_everything
 from agentrl.config import Config, config_to_dict
+from agentrl.distributed import (
+    NullLogger,
+    generation_model,
+    groups_per_rank,
+    init_distributed,
+    make_learner,
+)
 from agentrl.envpool import make_pool
-from agentrl.evaluate import EVAL_SAMPLER_SEED, eval_rollout_config, evaluate
+from agentrl.evaluate import EVAL_SAMPLER_SEED, eval_rollout_config, evaluate, summarize
 from agentrl.faults import Interrupted, StopOnSignal, fault_point
-from agentrl.learner import LocalLearner, apply_tis
+from agentrl.learner import apply_tis
 from agentrl.metrics import MetricsLogger, console_line, rollout_metrics
 from agentrl.models import build_policy_model, load_pretrained, resolve_device
 from agentrl.multiagent import make_engine, make_lineup
@@ -44,9 +53,17 @@ class Trainer:
 
     def __init__(self, cfg: Config, resume: bool = False, run_dir: str | None = None) -> None:
         self.cfg = cfg
-        self.run_dir = run_dir or self._pick_run_dir(resume)
+        # Under torchrun (train.strategy ddp/fsdp) every rank runs this loop on its share of
+        # the groups (`agentrl.distributed`); rank 0 alone writes files.
+        init_distributed(cfg.train.strategy, cfg.policy.device)
+        self.rank, self.is_main = C.rank(), C.rank() == 0
+        self.groups = groups_per_rank(cfg.rollout.groups)
+        self.run_dir = C.broadcast(run_dir or self._pick_run_dir(resume))
         os.makedirs(self.run_dir, exist_ok=True)
-        preflight(cfg, self.run_dir)  # run dir, refusals with the fix, env data with progress
+        for r in range(C.world_size()):  # rank 0 first: env data is fetched once
+            if r == self.rank:
+                preflight(cfg, self.run_dir)  # run dir, refusals with the fix, env data
+            C.barrier()
         self.resume_from = checkpoint.latest(self.run_dir) if resume else None
         seed_everything(cfg.seed)
         if self.resume_from:
@@ -56,18 +73,25 @@ class Trainer:
         else:
             model, tok = build_policy_model(cfg)
         self.model, self.tokenizer = model, tok
+        if self.rank:  # same initial weights, rank-specific rollouts
+            seed_everything(cfg.seed + 7919 * self.rank)
         self.config_text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False, allow_unicode=True)
-        with open(os.path.join(self.run_dir, "config.yaml"), "w", encoding="utf-8") as f:
-            f.write(self.config_text)
+        if self.is_main:
+            with open(os.path.join(self.run_dir, "config.yaml"), "w", encoding="utf-8") as f:
+                f.write(self.config_text)
         self.algorithm = get_algorithm(cfg.algorithm.name)(cfg.algorithm)
         self.algorithm.setup(model)
         r = cfg.rollout
-        self.learner = LocalLearner(
+        # What the engine samples with and checkpoints save: the model, or (FSDP) a full copy.
+        self.full_model = generation_model(model, cfg.train.strategy)
+        self.learner = make_learner(
             model, cfg.train, r.temperature, self.algorithm, r.top_k, r.top_p,
             response_budget=r.max_new_tokens * (1 if r.context == "window" else r.max_turns))
-        self.policy = make_policy(cfg, model, tok)
+        self.policy = make_policy(cfg, self.full_model, tok)
+        if self.rank:
+            self.policy.seed(cfg.seed + 7919 * self.rank)
         self.builder = PromptBuilder(tok, cfg.rollout)
-        self.pool = make_pool(cfg.env, cfg.rollout.groups * cfg.rollout.group_size)
+        self.pool = make_pool(cfg.env, self.groups * cfg.rollout.group_size)
         # Multi-agent envs: who holds the other seats (self-play, a frozen player, a league).
         self.lineup = make_lineup(cfg, self.run_dir)
         self.engine = make_engine(self.policy, self.pool, self.builder, cfg.rollout, cfg.env.id,
@@ -81,8 +105,9 @@ class Trainer:
             checkpoint.discard_after(self.run_dir, start)
         self.logger = MetricsLogger(self.run_dir, cfg.log.tensorboard,
                                     config_to_dict(cfg) if cfg.log.wandb else None,
-                                    purge_step=start + 1 if resume else None)
-        self.rng = random.Random(cfg.seed)
+                                    purge_step=start + 1 if resume else None) \
+            if self.is_main else NullLogger()
+        self.rng = random.Random(cfg.seed + 7919 * self.rank)
         self.iteration = 0
         self.eval_history: list[dict[str, Any]] = []
         if self.resume_from:
@@ -102,22 +127,31 @@ class Trainer:
 
     # -- checkpoints --------------------------------------------------------------------
     def save_checkpoint(self) -> str:
-        extra = {**self.learner.state_dict(),  # optimizer, scheduler, reference
-                 "algorithm": self.algorithm.state_dict(),
-                 "rng": checkpoint.rng_state(), "trainer_rng": self.rng.getstate(),
-                 "policy": self.policy.state_dict(),
+        """Rank 0 writes the checkpoint (full weights and optimizer state, in the one-process
+        format: it resumes on any number of ranks); every rank's RNG states go in it."""
+        rngs = {"rng": checkpoint.rng_state(), "trainer_rng": self.rng.getstate(),
+                "policy": self.policy.state_dict()}
+        extra = {**self.learner.state_dict(),  # optimizer, scheduler, reference (collective)
+                 "algorithm": self.algorithm.state_dict(), **rngs,
                  "eval_history": self.eval_history,
                  "lineup": self.lineup.state_dict() if self.lineup is not None else None}
-        return checkpoint.save(self.run_dir, self.iteration, self.model, self.tokenizer, extra,
-                               self.config_text, self.cfg.train.keep_checkpoints)
+        if C.is_distributed():
+            extra["rank_rng"] = C.gather_lists([rngs])
+        path = checkpoint.save(self.run_dir, self.iteration, self.full_model, self.tokenizer,
+                               extra, self.config_text, self.cfg.train.keep_checkpoints) \
+            if self.is_main else ""
+        return C.broadcast(path)
 
     def _restore(self, path: str) -> None:
         st = checkpoint.load_state(path)
         self.learner.load_state_dict(st)
         self.algorithm.load_state_dict(st["algorithm"])
-        checkpoint.set_rng_state(st["rng"])
-        self.rng.setstate(st["trainer_rng"])
-        self.policy.load_state_dict(st["policy"])
+        ranks = st.get("rank_rng") or []
+        if C.world_size() == len(ranks) or self.rank == 0:  # rank 0 of any run continues
+            mine = ranks[self.rank] if C.world_size() == len(ranks) else st
+            checkpoint.set_rng_state(mine["rng"])
+            self.rng.setstate(mine["trainer_rng"])
+            self.policy.load_state_dict(mine["policy"])
         self.eval_history = st.get("eval_history", [])
         if self.lineup is not None and st.get("lineup") is not None:
             self.lineup.load_state_dict(st["lineup"])
@@ -130,13 +164,21 @@ class Trainer:
         seeds = list(range(e.seed_start, e.seed_start + e.episodes))
         # Evaluation samples from its own seed; training sampling resumes where it left off.
         state = self.policy.state_dict()
-        self.policy.seed(EVAL_SAMPLER_SEED + e.seed_start)
+        self.policy.seed(EVAL_SAMPLER_SEED + e.seed_start + 7919 * self.rank)
         with phase(f"evaluating ({tag}) on {len(seeds)} held-out episodes"):
-            summary, trajs = evaluate(self.eval_engine, seeds, greedy=e.greedy)
+            # Under torchrun each rank plays its share of the seeds; rank 0 summarizes them all.
+            summary, trajs = evaluate(self.eval_engine, seeds[self.rank::C.world_size()],
+                                      greedy=e.greedy)
         self.policy.load_state_dict(state)
+        if C.is_distributed():
+            trajs = C.gather_lists(trajs)
+            summary = C.broadcast(summarize([t for t in trajs if not t.player])
+                                  if self.is_main else None)
         summary["iteration"], summary["tag"] = self.iteration, tag
         # A resumed run redoes an evaluation that the checkpoint may already hold (the final).
         self.eval_history = [h for h in self.eval_history if h["tag"] != tag] + [summary]
+        if not self.is_main:
+            return summary
         os.makedirs(os.path.join(self.run_dir, "eval"), exist_ok=True)
         with open(os.path.join(self.run_dir, "eval", f"{tag}.json"), "w", encoding="utf-8") as f:
             json.dump(summary, f, indent=2)
@@ -161,12 +203,16 @@ class Trainer:
         learn = [t for t in mine if t.termination not in ("env_error", "env_timeout")]
         m = rollout_metrics(mine)
         m.update({f"env/{k}": float(v) for k, v in self.pool.stats.items()})
-        if not learn:
+        if C.any_rank(not learn):  # ranks update together or not at all
             print("[agentrl] every episode of this iteration lost its env; no update",
                   file=sys.stderr)
             m["train/skipped"] = 1.0
             return m
         batch = self.algorithm.build_batch(learn, self.tokenizer.pad_token_id or 0)
+        if C.is_distributed() and C.any_rank(batch.num_rows == 0):
+            # e.g. filter_groups dropped every group of one rank: the ranks skip together
+            m["train/skipped"] = 1.0
+            return m
         t1 = time.perf_counter()
         m.update(self._credit(batch))
         self.policy.sleep()  # e.g. vllm sleep mode: the engine's memory goes to the learner
@@ -175,7 +221,7 @@ class Trainer:
         self.policy.update_weights(self.learner.export_weights())
         self.policy.wake()
         if self.lineup is not None:
-            self.lineup.after_update(self.iteration + 1, self.model, self.tokenizer)
+            self.lineup.after_update(self.iteration + 1, self.full_model, self.tokenizer)
         t3 = time.perf_counter()
         turns = [t for tr in trajs for t in tr.turns]
         gen = sum(t.seconds_generate for t in turns)
@@ -196,10 +242,11 @@ class Trainer:
         """This iteration's rollouts: ``groups`` random train seeds, ``group_size`` each."""
         c = self.cfg
         seeds, gids = [], []
-        for g in range(c.rollout.groups):
+        tag = f"r{self.rank}-" if C.is_distributed() else ""
+        for g in range(self.groups):
             s = self.rng.randrange(c.env.train_seeds)
             seeds += [s] * c.rollout.group_size
-            gids += [f"it{self.iteration}-g{g}"] * c.rollout.group_size
+            gids += [f"it{self.iteration}-{tag}g{g}"] * c.rollout.group_size
         fault_point("rollout")
         bar = self._bar("rollout", None, "turn")
         self.engine.progress = bar
@@ -239,7 +286,7 @@ class Trainer:
     def _bar(self, desc: str, total: int | None, unit: str) -> Any:
         """A transient progress bar under the training bar (None with log.progress=false or
         when stderr is not a terminal)."""
-        if not self.cfg.log.progress or not sys.stderr.isatty():
+        if not self.cfg.log.progress or not sys.stderr.isatty() or not self.is_main:
             return None
         from tqdm import tqdm
 
@@ -249,7 +296,7 @@ class Trainer:
     def _dump(self, trajs: list[Any]) -> None:
         lg = self.cfg.log
         it = self.iteration + 1  # the number this iteration gets in metrics.jsonl
-        if lg.trajectories_every and it % lg.trajectories_every == 0:
+        if lg.trajectories_every and it % lg.trajectories_every == 0 and self.is_main:
             d = os.path.join(self.run_dir, "trajectories")
             os.makedirs(d, exist_ok=True)
             write_jsonl(os.path.join(d, f"iter_{it:05d}.jsonl"),
@@ -264,7 +311,7 @@ class Trainer:
         if self.iteration == 0 and c.eval.before_training:
             self.run_eval("before")
         bar = None
-        if c.log.progress and is_terminal():  # on a pipe a redrawn bar garbles the lines
+        if c.log.progress and is_terminal() and self.is_main:  # a pipe garbles a redrawn bar
             from tqdm import tqdm
 
             bar = tqdm(total=total, initial=self.iteration, desc="training", unit="it",
@@ -272,7 +319,7 @@ class Trainer:
         stop = StopOnSignal()  # SIGTERM/SIGINT: finish the iteration, checkpoint, exit 75
         try:
             while self.iteration < total:
-                m = self.train_iteration()
+                m = C.mean_metrics(self.train_iteration())  # over ranks: one decision
                 self.iteration += 1
                 if c.eval.every and self.iteration % c.eval.every == 0 and self.iteration < total:
                     s = self.run_eval(f"iter_{self.iteration}")
@@ -283,16 +330,17 @@ class Trainer:
                 if bar is not None:
                     bar.update(1)
                     bar.write(line)
-                else:
+                elif self.is_main:
                     print(line, flush=True)
                 due = c.train.checkpoint_every and self.iteration % c.train.checkpoint_every == 0
                 cp = self.save_checkpoint() if due else None
                 fault_point("iteration_end")
-                if stop.signum is not None:
+                if C.any_rank(stop.signum is not None):
                     cp = cp or self.save_checkpoint()
                     self.logger.close()
                     self.close()
-                    raise Interrupted(stop.signum, self.iteration, cp, self.run_dir)
+                    raise Interrupted(stop.signum or signal.SIGTERM, self.iteration, cp,
+                                      self.run_dir)
         finally:
             stop.restore()
         if bar is not None:
@@ -303,8 +351,11 @@ class Trainer:
         cp = self.save_checkpoint()
         self.logger.log(self.iteration, {"eval/success_rate": final["success_rate"]})
         self.logger.close()
-        curve = write_curve(self.run_dir, self.eval_history)
         before = next((e for e in self.eval_history if e["tag"] == "before"), None)
+        if not self.is_main:
+            self.close()
+            return {"before": before, "final": final, "run_dir": self.run_dir, "checkpoint": cp}
+        curve = write_curve(self.run_dir, self.eval_history)
         print("[agentrl] done. held-out success: "
               + (f"{before['success_rate']:.3f} before -> " if before else "")
               + f"{final['success_rate']:.3f} after training")

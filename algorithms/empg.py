@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 import torch
 
+from agentrl import collectives as C
 from agentrl.algorithms.base import Algorithm
 from agentrl.algorithms.grpo import GRPOConfig, outcome_advantages
 from agentrl.batch import Batch
@@ -77,17 +78,20 @@ def empg_modulate(advantage: torch.Tensor, step_entropy: torch.Tensor, next_inde
     """
     h = step_entropy.detach().double()
     a = advantage.detach().double()
-    if len(h) == 0:
+    if len(h) == 0 and not C.is_distributed():  # a rank must join the collectives below
         return advantage.detach().float(), {"g": h.float(), "f": h.float()}
-    h_norm = (h - h.min()) / (h.max() - h.min() + eps)
+    # Batch statistics over every rank's turns (`agentrl.collectives`): the update must not
+    # depend on how the batch is sharded.
+    h_min, h_max = C.global_min(h), C.global_max(h)
+    h_norm = (h - h_min) / (h_max - h_min + eps)
     w = torch.exp(-k * h_norm)
-    g = w / w.mean()
+    g = w / C.global_mean(w)
     f_all = torch.exp(-k_future * h_norm)
     has_next = next_index >= 0
     f = torch.where(has_next, f_all[next_index.clamp(min=0)], torch.zeros_like(f_all))
     mod = g * a + zeta * f
     if recenter:
-        mod = mod - mod.mean()
+        mod = mod - C.global_mean(mod)
     return mod.float(), {"g": g.float(), "f": f.float()}
 
 

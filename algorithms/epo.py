@@ -61,6 +61,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from agentrl import collectives as C
 from agentrl.algorithms import functional as Fn
 from agentrl.algorithms.base import Algorithm, AlgorithmConfig
 from agentrl.algorithms.grpo import GRPO, GRPOConfig
@@ -195,7 +196,7 @@ class EPO(Algorithm):
         batch.row["epo_reference"] = torch.where(batch.turn_id >= 0, tok,
                                                  torch.full_like(tok, math.nan))  # (N, L)
         ent = batch.entropy  # (N, L), rollout policy
-        means = turn_entropy_means(ent, batch)
+        means = C.merge_means(turn_entropy_means(ent, batch))  # over every rank's turns
         self._pending = {t: m for t, (m, _) in means.items()}
         for t, m in sorted(self._pending.items()):
             metrics[f"entropy_turn_{t}"] = m

@@ -32,6 +32,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from agentrl import collectives as C
 from agentrl.algorithms import functional as Fn
 from agentrl.algorithms.base import Algorithm, AlgorithmConfig
 from agentrl.batch import Batch
@@ -148,8 +149,8 @@ class PPO(Algorithm):
             adv[rows, cols] = a
             ret[rows, cols] = r
         mask = batch.loss_mask > 0
-        if c.whiten and mask.sum() > 1:
-            m, s = adv[mask].mean(), adv[mask].std()
+        if c.whiten and C.sum_floats([float(mask.sum())])[0] > 1:
+            m, s = C.global_mean_std(adv[mask])  # over every rank's tokens
             adv = torch.where(mask, (adv - m) / (s + 1e-8), torch.zeros_like(adv))
         batch.advantages, batch.returns = adv, ret
         return {"value_mean": float(old_values[mask].mean()) if mask.any() else 0.0,

@@ -57,6 +57,7 @@ from typing import Any, Literal
 
 import torch
 
+from agentrl import collectives as C
 from agentrl.algorithms import functional as Fn
 from agentrl.algorithms.base import Algorithm, AlgorithmConfig
 from agentrl.batch import Batch, make_batch
@@ -194,7 +195,9 @@ class SPEAR(Algorithm):
         on = self.filter_trajectories([t for t in trajectories if t.group_id in keep])
         replay, replay_adv = self._draw_replay()
         # The baseline learns this iteration's groups only after the replay used the older ones.
-        self.baseline.extend(sum(v) / len(v) for v in by_group.values())
+        # Under torchrun every rank's groups join it (in rank order), so the P50 is global;
+        # each rank replays from its own buffer.
+        self.baseline.extend(C.gather_lists([sum(v) / len(v) for v in by_group.values()]))
 
         batch = make_batch(on + replay, pad_id)
         K, n_on = len(batch.trajectories), len(on)
