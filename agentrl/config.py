@@ -485,7 +485,9 @@ def _named_section(section: str, data: dict[str, Any], cls: type, label: str, sw
         if "unknown key" not in str(e):
             raise
         known = {f.name for f in dataclasses.fields(cls)}
-        bad = next(k for k in data if k not in known)
+        bad = next((k for k in data if k not in known), None)
+        if bad is None:  # the unknown key is inside a nested section (e.g. policy.lora)
+            raise ConfigError(f"{e} ({label})") from None
         owners = sorted(n for n, c in others.items()
                         if bad in {f.name for f in dataclasses.fields(c)})
         if owners:

@@ -37,6 +37,7 @@ from torch import nn
 
 from agentrl.batch import Batch, Scores
 from agentrl.config import TrainConfig
+from agentrl.lora import adapters_disabled, has_adapters
 from agentrl.policies.base import truncate_logits
 
 if TYPE_CHECKING:
@@ -381,7 +382,10 @@ class LocalLearner:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
 
     def _make_reference(self, model: nn.Module) -> nn.Module:
-        """The frozen reference policy for KL: a copy of the initial weights."""
+        """The frozen reference policy for KL: a copy of the initial weights, or with LoRA the
+        model itself, run with its adapters off (`agentrl.lora.adapters_disabled`)."""
+        if has_adapters(model):
+            return model
         ref = copy.deepcopy(model).eval()
         for p in ref.parameters():
             p.requires_grad_(False)
@@ -489,7 +493,9 @@ class LocalLearner:
             if self.reference is None:
                 raise ValueError("Learner.score: ref_logprobs wanted but the learner holds no "
                                  "reference model (the algorithm did not require one)")
-            ref = self._pass(batch, list(range(N)), self.reference)["logprobs"]
+            with adapters_disabled(self.model) if self.reference is self.model \
+                    else contextlib.nullcontext():
+                ref = self._pass(batch, list(range(N)), self.reference)["logprobs"]
         return Scores(logprobs=out["logprobs"], rows=scored, entropy=out.get("entropy"),
                       values=out.get("values"), ref_logprobs=ref)
 
@@ -582,13 +588,14 @@ class LocalLearner:
         return self.model
 
     def state_dict(self) -> dict[str, Any]:
+        own_ref = self.reference is not None and self.reference is not self.model
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "reference": self.reference.state_dict() if self.reference is not None else None}
+                "reference": self.reference.state_dict() if own_ref else None}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        if state.get("reference") is not None and self.reference is not None:
+        if state.get("reference") is not None and self.reference not in (None, self.model):
             self.reference.load_state_dict(state["reference"])
 
 

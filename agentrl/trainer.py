@@ -36,6 +36,7 @@ from agentrl.envpool import make_pool
 from agentrl.evaluate import EVAL_SAMPLER_SEED, eval_rollout_config, evaluate, summarize
 from agentrl.faults import Interrupted, StopOnSignal, fault_point
 from agentrl.learner import apply_tis
+from agentrl.lora import MergedCheckpoint, build_lora_model, lora_scale, merged_state_dict
 from agentrl.metrics import MetricsLogger, console_line, rollout_metrics
 from agentrl.models import build_policy_model, load_pretrained, resolve_device
 from agentrl.multiagent import make_engine, make_lineup
@@ -66,7 +67,9 @@ class Trainer:
             C.barrier()
         self.resume_from = checkpoint.latest(self.run_dir) if resume else None
         seed_everything(cfg.seed)
-        if self.resume_from:
+        if cfg.policy.lora is not None:  # frozen base + adapters (new, or the checkpoint's)
+            model, tok = build_lora_model(cfg, self.run_dir, self.resume_from)
+        elif self.resume_from:
             # The tokenizer (and tiny model) must be the checkpoint's, not rebuilt.
             model, tok = load_pretrained(os.path.join(self.resume_from, "model"), cfg.policy.dtype)
             model.to(resolve_device(cfg.policy.device))
@@ -137,7 +140,8 @@ class Trainer:
                  "lineup": self.lineup.state_dict() if self.lineup is not None else None}
         if C.is_distributed():
             extra["rank_rng"] = C.gather_lists([rngs])
-        path = checkpoint.save(self.run_dir, self.iteration, self.full_model, self.tokenizer,
+        model = MergedCheckpoint(self.full_model) if self.cfg.policy.lora else self.full_model
+        path = checkpoint.save(self.run_dir, self.iteration, model, self.tokenizer,
                                extra, self.config_text, self.cfg.train.keep_checkpoints) \
             if self.is_main else ""
         return C.broadcast(path)
@@ -218,7 +222,11 @@ class Trainer:
         self.policy.sleep()  # e.g. vllm sleep mode: the engine's memory goes to the learner
         m.update(self._update(batch))
         t2 = time.perf_counter()
-        self.policy.update_weights(self.learner.export_weights())
+        weights = self.learner.export_weights()
+        if self.cfg.policy.lora and self.cfg.policy.backend != "hf":  # engine's own weights
+            weights = merged_state_dict(weights if isinstance(weights, dict)
+                                        else weights.state_dict(), lora_scale(self.full_model))
+        self.policy.update_weights(weights)
         self.policy.wake()
         if self.lineup is not None:
             self.lineup.after_update(self.iteration + 1, self.full_model, self.tokenizer)

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import torch
 
 from agentrl.fields import F
+from agentrl.lora import LoraSettings
 
 if TYPE_CHECKING:
     from agentrl.config import Config
@@ -45,6 +46,9 @@ class PolicyConfig:
     tiny_heads: int = F(4, "tiny model: attention heads", ge=1)
     tiny_vocab: int = F(600, "tiny model: tokenizer vocabulary size (trained on env text)", ge=300)
     tiny_corpus_episodes: int = F(200, "tiny tokenizer: random episodes of env text to train on", ge=1)
+    lora: LoraSettings | None = F(None, "train LoRA adapters (PEFT) instead of every weight, "
+                                  "e.g. {r: 16, alpha: 32, dropout: 0.0, target_modules: "
+                                  "[q_proj, v_proj]}; null = full fine-tuning")
     recompute_old_logprobs: bool = F(False, "PPO ratio against the learner's own logprobs of the "
                                      "sampled tokens (computed before the update) instead of the "
                                      "sampler's; for backends whose numerics differ (vllm, bf16)")
