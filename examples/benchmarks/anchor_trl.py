@@ -85,8 +85,14 @@ def run_agentrl(model_dir: str, warmup: int, steps: int, lr: float) -> dict[str,
     from agentrl.trainer import Trainer
 
     register_env()
+    # The learner scores every action token against the whole vocabulary: 16k tokens per
+    # micro-batch (the default, sized for small vocabularies) at SmolLM2's 49k vocabulary
+    # hold ~14 GB of fp32 logits and their gradients; 2k tokens keep it near 2 GB.
+    with open(os.path.join(model_dir, "config.json"), encoding="utf-8") as f:
+        vocab = json.load(f)["vocab_size"]
+    micro = 16384 if vocab <= 4096 else 2048
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = load_config(None, [
+        cfg = load_config(None, [f"train.micro_batch_tokens={micro}",
             f"output_dir={tmp}", "run_name=anchor", f"env.id={ENV_ID}", "env.kwargs={}",
             "env.eval_kwargs={}", f"env.train_seeds={len(PROMPTS)}", f"policy.model={model_dir}",
             "rollout.groups=16", "rollout.group_size=8", "rollout.max_turns=1",
