@@ -153,6 +153,10 @@ class TrainConfig:
                                        "more compute)")
     cpu_offload: bool = F(False, "fsdp: keep sharded parameters, gradients and optimizer "
                           "state in host memory (the GPU holds one layer's weights at a time)")
+    memory_check: Literal["error", "warn", "off"] = F(
+        "error", "before the first rollout, estimate the learner's memory (weights, gradients, "
+        "optimizer, reference, activations, KV cache) and stop with what to change when it "
+        "exceeds the free memory ('warn': print only)")
     tis_cap: float = F(0.0, "truncated importance sampling: weight each token's advantage by "
                        "min(pi_learner/pi_sampler, tis_cap) to correct sampler/trainer mismatch "
                        "(0 = off; > 0 implies policy.recompute_old_logprobs)", ge=0)

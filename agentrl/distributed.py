@@ -109,9 +109,6 @@ class DistributedLearner(LocalLearner):
     # -- wrapping --------------------------------------------------------------------------
     def _wrap(self, model: nn.Module) -> Scorer:
         c = self.cfg
-        if c.activation_checkpointing:
-            model.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False})
         _broadcast_module(model)
         for p in self.algorithm.param_groups():  # a critic or value head starts equal too
             for q in p["params"]:

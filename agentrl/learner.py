@@ -362,6 +362,9 @@ class LocalLearner:
             if set(names) - known:
                 raise ValueError(f"{type(algorithm).__name__}.{what}: unknown "
                                  f"{sorted(set(names) - known)}; choose from {sorted(known)}")
+        if cfg.activation_checkpointing:  # recompute each layer in the backward
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False})
         self.reference: nn.Module | None = None
         self.progress: Any = None  # progress bar advanced once per optimizer step
         self.nonfinite_streak = 0  # optimizer steps skipped in a row (non-finite loss/grad)

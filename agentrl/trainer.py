@@ -37,6 +37,8 @@ from agentrl.evaluate import EVAL_SAMPLER_SEED, eval_rollout_config, evaluate, s
 from agentrl.faults import Interrupted, StopOnSignal, fault_point
 from agentrl.learner import apply_tis
 from agentrl.lora import MergedCheckpoint, build_lora_model, lora_scale, merged_state_dict
+from agentrl.memory import check as memory_check
+from agentrl.memory import estimate as memory_estimate
 from agentrl.metrics import MetricsLogger, console_line, rollout_metrics
 from agentrl.models import build_policy_model, load_pretrained, resolve_device
 from agentrl.multiagent import make_engine, make_lineup
@@ -85,6 +87,7 @@ class Trainer:
         self.algorithm = get_algorithm(cfg.algorithm.name)(cfg.algorithm)
         self.algorithm.setup(model)
         r = cfg.rollout
+        self.estimate_model = model  # its config and parameter counts, before any sharding
         # What the engine samples with and checkpoints save: the model, or (FSDP) a full copy.
         self.full_model = generation_model(model, cfg.train.strategy)
         self.learner = make_learner(
@@ -316,6 +319,13 @@ class Trainer:
         print(f"[agentrl] env {c.env.id}, algorithm {c.algorithm.name}, model {c.policy.model} "
               f"({sum(p.numel() for p in self.model.parameters()):,} parameters), "
               f"{c.rollout.groups}x{c.rollout.group_size} episodes per iteration")
+        # Before anything runs: what the run will need, and a stop if it cannot fit.
+        line = memory_check(memory_estimate(self.estimate_model, c, self.algorithm,
+                                            C.world_size()),
+                            next(self.full_model.parameters()).device,
+                            int(os.environ.get("LOCAL_WORLD_SIZE", "1")), c.train.memory_check)
+        if self.is_main:
+            print(f"[agentrl] {line}")
         if self.iteration == 0 and c.eval.before_training:
             self.run_eval("before")
         bar = None
