@@ -11,6 +11,7 @@ import torch
 
 import agentrl
 from agentrl.algorithms import functional as Fn
+from agentrl.algorithms.gigpo import GiGPOConfig, anchor_groups, gigpo_turn_advantages
 from agentrl.algorithms.grpo import GRPO, GRPOConfig, outcome_advantages
 from agentrl.batch import make_batch
 from agentrl.config import EnvConfig, RolloutConfig
@@ -133,6 +134,34 @@ def test_group_statistics_are_per_role(ttt_tok: Any) -> None:
     expect = torch.tensor([by_traj[trajs[i].trajectory_id]
                            for i, r in zip(batch.turn_traj.tolist(), roles) if r == "player_1"])
     assert torch.allclose(adv[mask], expect, atol=1e-6)
+
+
+def test_gigpo_anchor_groups_and_advantages_are_per_role(ttt_tok: Any) -> None:
+    """GiGPO (the algorithm of the game configs): no anchor group (episode group, state) mixes
+    the roles, and changing player_2's rewards leaves player_1's turn advantages (episode and
+    step level) exactly as they were."""
+    engine, pool = _engine(TTT, ttt_tok, 8)
+    trajs = engine.run([5] * 8, ["g"] * 8)
+    pool.close()
+    batch = make_batch(trajs)
+    groups = batch.group_ids()
+    turn_groups = [groups[i] for i in batch.turn_traj.tolist()]
+    roles = [trajs[i].role for i in batch.turn_traj.tolist()]
+    members: dict[Any, set[str]] = {}
+    for anchor, role in zip(anchor_groups(turn_groups, batch.turn_state_keys()), roles):
+        members.setdefault(anchor, set()).add(role)
+    assert all(len(rs) == 1 for rs in members.values())
+    # both roles' boards repeat across the 8 games, so step-level groups have members
+    assert sum(len(rs) for rs in members.values()) < len(roles)
+    cfg = GiGPOConfig()
+    adv, _ = gigpo_turn_advantages(batch, cfg)
+    for t in trajs:  # player_2 now wins every game it played to the end
+        if t.role == "player_2":
+            t.turns[-1].reward = 1.0
+    adv2, _ = gigpo_turn_advantages(make_batch(trajs), cfg)
+    mask = torch.tensor([r == "player_1" for r in roles])
+    assert torch.allclose(adv[mask], adv2[mask], atol=1e-9)
+    assert not torch.allclose(adv[~mask], adv2[~mask])  # the change did reach player_2
 
 
 def test_rae_keeps_one_baseline_per_role(ttt_tok: Any) -> None:
