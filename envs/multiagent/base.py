@@ -104,6 +104,11 @@ class MultiAgentTextEnv(TextEnv):
             from the reset seed, so a set of seeds covers every seat).
         illegal: ``"forfeit"`` or ``"retry"`` (see the module docstring).
         max_retries: with ``illegal="retry"``, invalid moves in a row before a forfeit.
+        opening_moves: each game starts after k uniformly random legal moves, k drawn from
+            0..opening_moves by the reset seed (random openings, as self-play training uses to
+            keep visiting varied positions; a group of episodes with one seed shares its
+            opening; rewards before the first move of a caller's seat count for no one, and
+            an opening that ends the game is dropped). 0 (default): the initial position.
         game_kwargs: passed to `make_game`.
     """
 
@@ -113,7 +118,8 @@ class MultiAgentTextEnv(TextEnv):
 
     def __init__(self, opponent: str | None = None, seat: str = "random",
                  illegal: Literal["forfeit", "retry"] = "forfeit", max_retries: int = 2,
-                 render_mode: str | None = None, **game_kwargs: Any) -> None:
+                 opening_moves: int = 0, render_mode: str | None = None,
+                 **game_kwargs: Any) -> None:
         super().__init__(render_mode=render_mode)
         if opponent not in (None, "random", "heuristic"):
             raise ValueError(f"opponent={opponent!r}: use None (the caller plays every seat), "
@@ -123,6 +129,9 @@ class MultiAgentTextEnv(TextEnv):
             raise ValueError(f"illegal={illegal!r}: use 'forfeit' or 'retry'")
         self.opponent, self.seat, self.illegal = opponent, seat, illegal
         self.max_retries = int(max_retries)
+        if int(opening_moves) < 0:
+            raise ValueError(f"opening_moves={opening_moves!r}: use 0 (no random opening) or more")
+        self.opening_moves = int(opening_moves)
         self.game_kwargs = game_kwargs
         self.aec = self._as_aec(self.make_game(**game_kwargs))
         self.possible_agents: list[str] = list(self.aec.possible_agents)
@@ -275,22 +284,47 @@ class MultiAgentTextEnv(TextEnv):
         if seed is None:  # gymnasium: an unseeded reset continues the seeded stream
             seed = int(self.np_random.integers(2**31))
         self.rng = random.Random(seed)
-        self.aec.reset(seed=seed)
-        self.history, self.over, self._final, self._misses = [], False, {}, 0
-        self.returns = dict.fromkeys(self.possible_agents, 0.0)
         if self.opponent is None:
             self.controlled = list(self.possible_agents)
         else:
             seat = self.rng.choice(self.possible_agents) if self.seat == "random" else self.seat
             self.controlled = [seat]
-        gained: dict[str, float] = {}
-        self._advance(gained)
-        self._gain(gained)
+        gained = self._start(seed, opening=True)
+        if self.over and self.opening_moves:  # the opening decided the game: start without
+            gained = self._start(seed, opening=False)
         if self.over:
             self._finish()
         obs = self._observation()
         self._last_obs = obs
         return obs, self._info(None, True, gained)
+
+    def _start(self, seed: int, opening: bool) -> dict[str, float]:
+        """Reset the game and play up to the first controlled move (the random opening, if
+        asked, then the scripted seats); returns the rewards earned on the way."""
+        self.aec.reset(seed=seed)
+        self.history, self.over, self._final, self._misses = [], False, {}, 0
+        self.returns = dict.fromkeys(self.possible_agents, 0.0)
+        gained: dict[str, float] = {}
+        if opening and self.opening_moves:
+            # the game starts where the opening (and the scripted seats' replies) left it:
+            # rewards earned on the way count for no one
+            self._open()
+            self._advance({})
+        else:
+            self._advance(gained)
+        self._gain(gained)
+        return gained
+
+    def _open(self) -> None:
+        """The random opening: k uniform legal moves (k from 0..opening_moves), whoever is to
+        move; its rewards are dropped."""
+        for _ in range(self.rng.randint(0, self.opening_moves)):
+            if self._game_over():
+                return
+            a = self.aec.agent_selection
+            if self.aec.terminations[a] or self.aec.truncations[a]:
+                return  # the opening decided the game already: leave the rest to _advance
+            self._apply(a, self.rng.choice(self.legal_moves(a)), {})
 
     def _gain(self, gained: dict[str, float]) -> None:
         for a, r in gained.items():

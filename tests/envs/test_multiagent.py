@@ -36,6 +36,15 @@ def test_registered_multiagent_env_passes_the_checker(env_id: str) -> None:
         env.close()
 
 
+@pytest.mark.parametrize("env_id", [e for e in MULTIAGENT if "TextArena" not in e])
+def test_games_with_random_openings_pass_the_checker(env_id: str) -> None:
+    env = agentrl.make_env(env_id, opening_moves=3, **ENVS[env_id].test_kwargs)
+    try:
+        check_multiagent_env(env)
+    finally:
+        env.close()
+
+
 @pytest.mark.parametrize("env_id", MULTIAGENT)
 @pytest.mark.parametrize("illegal", ["forfeit", "retry"])
 def test_illegal_empty_and_garbage_replies_are_recorded_never_raised(env_id: str,
@@ -125,6 +134,27 @@ def test_tictactoe_text_cells_map_to_pettingzoo_actions() -> None:
     assert env.unwrapped.history[-1] == ("player_2", 8)
     assert obs == "You are X. Board: 1 X 3 / 4 5 6 / 7 8 O"
     assert TTT_ACTION == [0, 3, 6, 1, 4, 7, 2, 5, 8]
+
+
+def test_random_openings_follow_the_seed_and_the_rules() -> None:
+    """opening_moves=2: each game starts after 0, 1 or 2 random legal moves, the same for the
+    same seed; the opening's mover alternates, so the seat to act follows from its length."""
+    env = agentrl.make_env("agentrl/TicTacToe-v0", opening_moves=2)
+    lengths = Counter()
+    for s in range(60):
+        obs, info = env.reset(seed=s)
+        opening = list(env.unwrapped.history)
+        lengths[len(opening)] += 1
+        assert [a for a, _ in opening] == ["player_1", "player_2"][:len(opening)]
+        assert len(set(m for _, m in opening)) == len(opening)  # no cell played twice
+        assert info["agent"] == ("player_1", "player_2")[len(opening) % 2]
+        assert len(info["admissible_actions"]) == 9 - len(opening)
+        assert env.reset(seed=s)[0] == obs and env.unwrapped.history == opening
+    assert set(lengths) == {0, 1, 2} and min(lengths.values()) >= 10
+    plain = agentrl.make_env("agentrl/TicTacToe-v0")
+    assert all(plain.reset(seed=s)[0].endswith("1 2 3 / 4 5 6 / 7 8 9") for s in range(20))
+    with pytest.raises(ValueError, match="opening_moves"):
+        agentrl.make_env("agentrl/TicTacToe-v0", opening_moves=-1)
 
 
 def test_tictactoe_random_play_matches_the_known_rates() -> None:
