@@ -3,8 +3,9 @@
 One ``torchrun --nproc_per_node=2`` launch runs every case of `agentrl.testing.distributed`:
 the same batch (three groups; rank 0 holds one group of short turns, rank 1 two groups of long
 turns, so ranks differ in tokens, rows and micro-batches) goes through DDP and FSDP2 for GRPO,
-PPO (separate critic: its gradients are all-reduced outside DDP/FSDP) and EMPG (batch-global
-entropy statistics), in each loss aggregation mode. Loss and every gradient must equal the
+PPO (separate critic: its gradients are all-reduced outside DDP/FSDP), EMPG (batch-global
+entropy statistics) and GRPO with LoRA adapters and a KL term against the adapters-off base
+(frozen and trainable weights in the same FSDP2 group), in each loss aggregation mode. Loss and every gradient must equal the
 one-process update of the whole batch within 1e-5, and so must the optimizer state a
 checkpoint holds (gathered from FSDP's shards).
 """
@@ -20,7 +21,7 @@ import torch
 
 from agentrl.testing.distributed import AGG_MODES, STRATEGIES, reference
 
-ALGOS = ("grpo", "ppo", "empg")
+ALGOS = ("grpo", "ppo", "empg", "grpo+lora")  # the last: PEFT adapters, KL to adapters-off
 
 
 def torchrun(args: list[str], timeout: float = 600, nproc: int = 2,

@@ -55,10 +55,20 @@ def _learner(algo_name: str, agg: str, strategy: str) -> tuple[Any, Any, Any]:
     from agentrl.models import build_tiny_model
     from agentrl.registry import get_algorithm
 
-    cls = get_algorithm(algo_name)
-    algo = cls(cls.Config(name=algo_name, loss_agg=agg))
+    name, _, variant = algo_name.partition("+")  # "grpo+lora": LoRA adapters, KL reference
+    cls = get_algorithm(name)
+    algo = cls(cls.Config(name=name, loss_agg=agg, kl_coef=0.1 if variant else 0.0))
     torch.manual_seed(0)
     model = build_tiny_model(VOCAB, hidden=32, layers=2, heads=4, seed=0)
+    if variant == "lora":
+        from agentrl.lora import LoraSettings, apply_lora
+
+        model = apply_lora(model, LoraSettings(r=4, alpha=8, target_modules=["q_proj", "v_proj",
+                                                                             "down_proj"]))
+        with torch.no_grad():  # B = 0 would leave A without gradient
+            for n, p in model.named_parameters():
+                if "lora_B" in n:
+                    p.copy_(torch.linspace(-0.2, 0.2, p.numel()).reshape(p.shape))
     algo.setup(model)
     # A small token budget: several micro-batches per rank, more on rank 1.
     cfg = TrainConfig(lr=1e-3, micro_batch_tokens=48, strategy=strategy)
@@ -83,6 +93,8 @@ def run_case(algo_name: str, agg: str, strategy: str, trajs: list[Trajectory],
     grads = {}
     for name, p in model.named_parameters():
         g = p.grad
+        if g is None:  # a frozen base weight (LoRA)
+            continue
         g = g.full_tensor() if hasattr(g, "full_tensor") else g  # FSDP2: a sharded DTensor
         grads[name] = g.detach().clone()
     own = [p for grp in learner.optimizer.param_groups[1:] for p in grp["params"]]
