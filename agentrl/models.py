@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import glob
+import json
 import os
 import random
 import sys
@@ -127,10 +128,27 @@ def load_pretrained(name_or_path: str, dtype: str = "float32") -> tuple[Any, Any
     hf_logging.disable_progress_bar()  # no "Loading weights" bar per load
     path = smollm2_path() if name_or_path == "smollm2" else name_or_path
     tok = AutoTokenizer.from_pretrained(path)
+    if _saved_tokenizer_class(path) in ("TokenizersBackend", "PreTrainedTokenizerFast"):
+        # A tokenizer saved from a bare `tokenizers` object (the tiny model's): AutoTokenizer
+        # would pick the model type's class (Qwen2Tokenizer), whose own pre-tokenizer splits
+        # text differently from tokenizer.json, so a reloaded checkpoint would see other ids
+        # than the ones it was trained on. The generic class keeps tokenizer.json as saved.
+        from transformers import PreTrainedTokenizerFast
+
+        tok = PreTrainedTokenizerFast.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return model, tok
+
+
+def _saved_tokenizer_class(path: str) -> str:
+    """``tokenizer_class`` of a local directory's tokenizer_config.json ("" if none)."""
+    cfg = os.path.join(path, "tokenizer_config.json")
+    if not os.path.isfile(cfg):
+        return ""
+    with open(cfg) as f:
+        return str(json.load(f).get("tokenizer_class") or "")
 
 
 def resolve_device(device: str) -> torch.device:

@@ -232,3 +232,20 @@ def test_pickle_bytes_in_trajectory_and_metrics_files_are_refused(tmp_path) -> N
     with pytest.raises(ValueError, match="line 2"):
         read_metrics(str(tmp_path))
     assert not os.path.exists(marker)
+
+
+def test_a_reloaded_tiny_checkpoint_tokenizes_as_in_training(tmp_path) -> None:
+    """The ids a reloaded checkpoint sees are the ids it was trained on: a tiny tokenizer's
+    pre-tokenizer (byte-level, spaces merged into the next word) survives save and load, where
+    the model type's own tokenizer class would split " 1" into " " and "1"."""
+    text = "You are X. Board: 1 2 3 / 4 X 6 / 7 8 O"
+    tok = build_tiny_tokenizer([text, "Board: 9 8 7 / 6 5 4"] * 20, vocab_size=300)
+    model = build_tiny_model(len(tok), hidden=16, layers=1, heads=2)
+    cp = checkpoint.save(str(tmp_path), 1, model, tok, _extra(1), "seed: 1\n")
+    _, loaded = load_pretrained(os.path.join(cp, "model"))
+    for s in (text, "Board: 5", " 12 garbage ü"):
+        assert loaded.encode(s, add_special_tokens=False) == tok.encode(s, add_special_tokens=False)
+    assert (loaded.eos_token_id, loaded.pad_token_id) == (tok.eos_token_id, tok.pad_token_id)
+    msgs = [{"role": "user", "content": text}]
+    assert loaded.apply_chat_template(msgs, add_generation_prompt=True) == \
+        tok.apply_chat_template(msgs, add_generation_prompt=True)
