@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -185,6 +186,12 @@ def elo_tournament(targets: list[Any], settings: Any,
             me = name.split(" vs ")[0]
             pairs[(me, opponent_label(opp))] = (g["wins"], g["draws"], g["losses"])
     playable = [t for t in targets if t.model_path is not None]
+    greedy = settings.greedy if settings.greedy is not None else any(
+        t.cfg.eval.greedy for t in playable)
+    if greedy and len(playable) > 1:
+        warnings.warn("--elo with greedy decoding: two frozen models replay one game per seat "
+                      "assignment, so every game of a pair is one of two; rate them with "
+                      "--sampled", stacklevel=2)
     for i, a in enumerate(playable):
         for b in playable[i + 1:]:
             summary, _ = play(a, replace(settings, opponent=b.model_path), progress)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 from typing import Any
 
 import pytest
@@ -137,3 +138,26 @@ def test_opponent_mistakes_say_what_to_do(selfplay: dict[str, Any]) -> None:
     with pytest.raises(EvalError, match="not a checkpoint, run or model directory"):
         run_eval_command([selfplay["run_dir"]], opponents=["no/such/run"],
                          settings=EvalSettings(seeds=[0]), progress=False)
+
+
+def test_a_greedy_elo_tournament_warns_that_its_games_repeat() -> None:
+    """Greedy frozen players replay the same game for each seat assignment: --elo says so."""
+    from types import SimpleNamespace
+
+    from agentrl.games import elo_tournament
+
+    cfg = SimpleNamespace(eval=SimpleNamespace(greedy=False))
+    targets = [SimpleNamespace(name=n, model_path=f"/m/{n}", cfg=cfg) for n in ("a", "b")]
+    played: list[Any] = []
+
+    def play(target: Any, settings: Any, progress: bool) -> tuple[dict[str, Any], list]:
+        played.append((target.name, settings.opponent))
+        return {"games": {"all": {"wins": 3, "draws": 0, "losses": 1}}}, []
+
+    with pytest.warns(UserWarning, match="--sampled"):
+        table = elo_tournament(targets, EvalSettings(greedy=True), [], play)
+    assert played == [("a", "/m/b")] and table["pairs"] == {"a vs b": [3, 0, 1]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        elo_tournament(targets, EvalSettings(greedy=False), [], play)
+        elo_tournament(targets, EvalSettings(), [], play)  # the configs sample
