@@ -46,17 +46,29 @@ class EnvConfig:
     train_seeds: int = F(100_000, "training episodes draw seeds from [0, train_seeds)", ge=1)
     pool: str = F("auto", "where envs run: 'auto' (worker processes for envs registered with "
                   "isolate=True: ScienceWorld's JVM, ALFWorld's planner; else this process), "
-                  "'inprocess', 'process', or 'pkg.module:Class' (your own EnvPool)")
-    envs_per_worker: int = F(1, "process pool: envs per worker process (they share its JVM, "
+                  "'inprocess', 'process', 'ray' (Ray actors, see the ray: section) or "
+                  "'pkg.module:Class' (your own EnvPool)")
+    envs_per_worker: int = F(1, "process/ray pool: envs per worker process or actor (they share its JVM, "
                              "and a crash or timeout ends all of its episodes)", ge=1)
-    step_timeout: float = F(60.0, "process pool: seconds before a step counts as hung (its "
+    step_timeout: float = F(60.0, "process/ray pool: seconds before a step counts as hung (its "
                             "worker is killed and replaced)", gt=0)
-    reset_timeout: float | None = F(None, "process pool: seconds a reset may take (null = "
+    reset_timeout: float | None = F(None, "process/ray pool: seconds a reset may take (null = "
                                     "step_timeout)", gt=0)
-    build_timeout: float = F(600.0, "process pool: seconds a worker may take to build an env "
+    build_timeout: float = F(600.0, "process/ray pool: seconds a worker may take to build an env "
                              "(load games, start a JVM) before its first reset", gt=0)
     recycle_after: int = F(0, "replace an env (in-process) or a worker after this many "
                            "episodes, to bound memory leaks in env code (0 = never)", ge=0)
+
+
+@dataclass
+class RayConfig:
+    """Where ``env.pool=ray`` places its env actors (`agentrl.raypool`)."""
+
+    address: str = F("", "'' = start a local Ray instance for this run (stopped with it); "
+                     "'auto' or 'host:port' = join a running cluster (`ray start --head`)")
+    num_cpus: int = F(2, "local instance only: CPUs it offers the env actors", ge=1)
+    worker_cpus: float = F(1.0, "CPUs reserved per env actor (env.envs_per_worker envs each); "
+                           "Ray places actors where they fit", gt=0)
 
 
 @dataclass
@@ -228,6 +240,7 @@ class Config:
     output_dir: str = F("runs", "where run directories go")
     seed: int = F(0, "global seed (model init, sampling, task draws)")
     env: EnvConfig = F(default_factory=EnvConfig)
+    ray: RayConfig = F(default_factory=RayConfig)
     policy: PolicyConfig = F(default_factory=PolicyConfig)
     rollout: RolloutConfig = F(default_factory=RolloutConfig)
     algorithm: Any = None  # the algorithm's own Config dataclass (validated by name)
@@ -500,7 +513,7 @@ def _named_section(section: str, data: dict[str, Any], cls: type, label: str, sw
         raise ConfigError(f"{e} ({label})") from None
 
 
-POOLS = ("auto", "inprocess", "process")
+POOLS = ("auto", "inprocess", "process", "ray")
 
 
 def _cross_checks(cfg: Config) -> None:

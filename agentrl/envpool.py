@@ -21,6 +21,8 @@ Implementations:
   ScienceWorld does at its first reset) have their own, longer limit (``build_timeout``), so a
   slow start does not count as a hung reset. An env exception inside a worker ends only that
   slot's episode; the worker keeps running.
+- `agentrl.raypool.RayPool` (``env.pool=ray``): the process pool's semantics with Ray actors in
+  place of worker processes, placed across the nodes of a Ray cluster (the ``ray:`` section).
 - your own: ``env.pool=pkg.module:Class``, built as ``Class(env_id, env_kwargs, num_envs,
   env_cfg)`` (``examples/custom_pool.py`` is a thread pool in one file).
 
@@ -55,7 +57,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from agentrl.config import EnvConfig
+    from agentrl.config import EnvConfig, RayConfig
 
 #: Seconds a new worker may take to boot (interpreter, imports, the env's module) before it
 #: counts as failed. Kept apart from step/reset timeouts so a slow import on a loaded machine
@@ -693,10 +695,22 @@ def isolated(env_id: str) -> bool:
     return bool(entry and entry.isolate)
 
 
-def make_pool(env_cfg: EnvConfig, num_envs: int,
-              env_kwargs: dict[str, Any] | None = None) -> EnvPool:
+#: ``env.pool=ray``: the Ray actor pool (a subclass of this module's slot pool)
+RAY_POOL = "agentrl.raypool:RayPool"
+
+
+def _load_pool(entry_point: str) -> Any:
+    import importlib
+
+    mod, _, attr = entry_point.partition(":")
+    return getattr(importlib.import_module(mod), attr)
+
+
+def make_pool(env_cfg: EnvConfig, num_envs: int, env_kwargs: dict[str, Any] | None = None,
+              ray_cfg: RayConfig | None = None) -> EnvPool:
     """The pool ``env_cfg.pool`` names, with ``num_envs`` slots of env ``env_cfg.id`` built with
-    ``env_kwargs`` (default ``env_cfg.kwargs``; evaluation passes its own split)."""
+    ``env_kwargs`` (default ``env_cfg.kwargs``; evaluation passes its own split); ``ray_cfg``
+    is the cluster of ``env.pool=ray`` (None = a local one with the defaults)."""
     kwargs = dict(env_cfg.kwargs if env_kwargs is None else env_kwargs)
     kind = env_cfg.pool
     if kind == "auto":
@@ -709,9 +723,13 @@ def make_pool(env_cfg: EnvConfig, num_envs: int,
                            envs_per_worker=env_cfg.envs_per_worker,
                            recycle_after=env_cfg.recycle_after,
                            build_timeout=env_cfg.build_timeout)
+    if kind == "ray":  # by name, as a backend: Ray is an extra, and seconds to import
+        return _load_pool(RAY_POOL)(
+            env_cfg.id, kwargs, num_envs, step_timeout=env_cfg.step_timeout,
+            reset_timeout=env_cfg.reset_timeout, envs_per_worker=env_cfg.envs_per_worker,
+            recycle_after=env_cfg.recycle_after, build_timeout=env_cfg.build_timeout,
+            ray_cfg=ray_cfg)
     if ":" in kind:  # a user's pool, loaded by name
-        import importlib
-
-        mod, _, attr = kind.partition(":")
-        return getattr(importlib.import_module(mod), attr)(env_cfg.id, kwargs, num_envs, env_cfg)
-    raise ValueError(f"env.pool={kind!r}: use auto, inprocess, process or 'pkg.module:Class'")
+        return _load_pool(kind)(env_cfg.id, kwargs, num_envs, env_cfg)
+    raise ValueError(f"env.pool={kind!r}: use auto, inprocess, process, ray or "
+                     "'pkg.module:Class'")

@@ -309,7 +309,8 @@ def evaluate_target(target: EvalTarget, s: EvalSettings, progress: bool = False,
         raise EvalError(str(e)) from None
     policy = _build_policy(target, s.device, s.endpoint)
     policy.seed(sampler_seed)
-    pool = make_pool(dataclasses.replace(cfg.env, id=env_id), min(len(seeds), 64), env_kwargs)
+    pool = make_pool(dataclasses.replace(cfg.env, id=env_id), min(len(seeds), 64), env_kwargs,
+                     cfg.ray)
     bar = None
     if progress:
         from tqdm import tqdm

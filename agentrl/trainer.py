@@ -97,13 +97,13 @@ class Trainer:
         if self.rank:
             self.policy.seed(cfg.seed + 7919 * self.rank)
         self.builder = PromptBuilder(tok, cfg.rollout)
-        self.pool = make_pool(cfg.env, self.groups * cfg.rollout.group_size)
+        self.pool = make_pool(cfg.env, self.groups * cfg.rollout.group_size, ray_cfg=cfg.ray)
         # Multi-agent envs: who holds the other seats (self-play, a frozen player, a league).
         self.lineup = make_lineup(cfg, self.run_dir)
         self.engine = make_engine(self.policy, self.pool, self.builder, cfg.rollout, cfg.env.id,
                                   self.lineup)
         self.eval_pool = make_pool(cfg.env, min(cfg.eval.episodes, 64),
-                                   {**cfg.env.kwargs, **cfg.env.eval_kwargs})
+                                   {**cfg.env.kwargs, **cfg.env.eval_kwargs}, cfg.ray)
         self.eval_engine = make_engine(self.policy, self.eval_pool, self.builder,
                                        eval_rollout_config(cfg), cfg.env.id)
         start = checkpoint.checkpoint_iteration(self.resume_from) if self.resume_from else 0
