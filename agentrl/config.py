@@ -172,6 +172,13 @@ class TrainConfig:
     tis_cap: float = F(0.0, "truncated importance sampling: weight each token's advantage by "
                        "min(pi_learner/pi_sampler, tis_cap) to correct sampler/trainer mismatch "
                        "(0 = off; > 0 implies policy.recompute_old_logprobs)", ge=0)
+    max_staleness: int = F(0, "asynchronous training: rollouts for the next iterations run "
+                           "while the learner updates, on a copy of the weights at most this "
+                           "many updates old (0 = the synchronous loop); set tis_cap to "
+                           "correct for the lag (`agentrl.async_loop`)", ge=0)
+    partial_rollouts: bool = F(False, "max_staleness > 0: new weights reach the rollouts "
+                               "between turns, so an episode may span several versions (each "
+                               "turn records its own); false: only between iterations' batches")
 
 
 @dataclass
@@ -549,10 +556,41 @@ def _cross_checks(cfg: Config) -> None:
         if r.tool_parser not in TOOL_PARSERS:
             raise ConfigError(f"rollout.tool_parser: {r.tool_parser!r} is not a parser; choose "
                               f"one of {sorted(TOOL_PARSERS)}")
+    _async_checks(cfg)
     n = cfg.rollout.groups * cfg.rollout.group_size
     if cfg.train.minibatches > n and cfg.rollout.context == "full":
         raise ConfigError(f"train.minibatches={cfg.train.minibatches} exceeds the {n} trajectories "
                           "of an iteration; lower it")
+
+
+def _async_checks(cfg: Config) -> None:
+    """Asynchronous training only where it is sound: what the algorithm allows
+    (``Algorithm.async_rollouts``), an in-process backend with a weight copy, one player."""
+    t = cfg.train
+    if t.max_staleness == 0:
+        if t.partial_rollouts:
+            raise ConfigError("train.partial_rollouts needs train.max_staleness >= 1")
+        return
+    from agentrl.registry import get_algorithm
+
+    name = cfg.algorithm.name
+    allows = get_algorithm(name).async_rollouts
+    if allows == "current":
+        raise ConfigError(f"algorithm {name} needs on-policy groups (its rollouts depend on the "
+                          "policy being trained): set train.max_staleness=0")
+    if allows == "whole" and t.partial_rollouts:
+        raise ConfigError(f"algorithm {name} needs every group sampled by one policy version: "
+                          "set train.partial_rollouts=false")
+    if cfg.policy.backend not in ("hf",) and ":" not in cfg.policy.backend:
+        raise ConfigError(f"train.max_staleness={t.max_staleness} needs a second copy of the "
+                          f"weights to generate with; policy.backend={cfg.policy.backend} does "
+                          "not have one here: use policy.backend=hf or train.max_staleness=0")
+    if cfg.multiagent.opponent != "self":
+        raise ConfigError("train.max_staleness >= 1 does not support fixed or league "
+                          "opponents (multiagent.opponent): set train.max_staleness=0")
+    if t.strategy != "single":
+        raise ConfigError(f"train.max_staleness >= 1 runs with train.strategy=single; under "
+                          f"torchrun ({t.strategy}) set train.max_staleness=0")
 
 
 #: Keys of the ``env`` section that describe one particular env: a config file's values for

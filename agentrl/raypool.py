@@ -186,7 +186,7 @@ class RayPool(_SlotPool):
                 "ray.worker_cpus, or add CPUs (ray.num_cpus for a local cluster)")
         self._cls = self._ray.remote(num_cpus=rc.worker_cpus, max_restarts=0,
                                      max_task_retries=0)(EnvActor)
-        self._path = list(sys.path)
+        self._path = [p or os.getcwd() for p in sys.path]  # "" is this directory
         self._lost: dict[int, str] = {}  # slot -> why its env is gone (its actor was replaced)
         self._built: set[int] = set()  # slots whose env exists in their actor, as far as known
         self._actors: list[_Actor | None] = [None] * n_actors

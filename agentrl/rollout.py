@@ -324,7 +324,8 @@ class RolloutEngine:
             finish_reason=gen.finish_reason, allowed_ids=gen.allowed_ids,
             state_key=_state_key(ep.info), context_reset=r.context_reset,
             info=json_info(res.info, self.skip_info),
-            seconds_generate=seconds, seconds_env=res.seconds))
+            seconds_generate=seconds, seconds_env=res.seconds,
+            policy_version=self._player(ep)[0].version))
         if res.error:
             ep.traj.termination = res.error
             ep.traj.extra["error"] = res.message

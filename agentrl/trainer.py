@@ -22,6 +22,7 @@ import yaml
 from agentrl import checkpoint
 from agentrl import collectives as C
 from agentrl.alarms import alarm_metrics, logprob_mismatch, memory_metrics
+from agentrl.async_loop import AsyncRollouts
 from agentrl.batch import Batch
 from agentrl.checkpoint import seed_everything
 from agentrl.config import Config, config_to_dict
@@ -120,6 +121,10 @@ class Trainer:
             self._restore(self.resume_from)
         elif self.lineup is not None:
             self.lineup.after_update(0, self.model, self.tokenizer)  # a league's first snapshot
+        self.policy.version = self.iteration
+        # train.max_staleness >= 1: rollouts run ahead in a thread, on a copy of the weights.
+        self.rollouts = AsyncRollouts(cfg, self.full_model, tok, self.pool, self.algorithm, self._tasks,
+                                      self.iteration) if cfg.train.max_staleness else None
 
     def _pick_run_dir(self, resume: bool) -> str:
         base = os.path.join(self.cfg.output_dir, self.cfg.run_name)
@@ -201,7 +206,8 @@ class Trainer:
     def train_iteration(self) -> dict[str, float]:
         """One iteration: collect -> batch -> score + credit -> update -> sync -> record."""
         t0 = time.perf_counter()
-        trajs = self._collect()
+        asyn = self.rollouts
+        trajs = self._collect() if asyn is None else asyn.next_batch(self.iteration)
         t_roll = time.perf_counter() - t0
         # An episode cut short by a crashed or hung env says nothing about the policy: it is
         # counted in the metrics (rollout/termination/*, env/*) but left out of the loss. So
@@ -210,15 +216,20 @@ class Trainer:
         learn = [t for t in mine if t.termination not in ("env_error", "env_timeout")]
         m = rollout_metrics(mine)
         m.update({f"env/{k}": float(v) for k, v in self.pool.stats.items()})
+        if asyn is not None:
+            m.update(asyn.metrics(mine, self.iteration))
+            m["perf/seconds_wait_rollout"] = t_roll
         if C.any_rank(not learn):  # ranks update together or not at all
             print("[agentrl] every episode of this iteration lost its env; no update",
                   file=sys.stderr)
             m["train/skipped"] = 1.0
+            self._publish()
             return m
         batch = self.algorithm.build_batch(learn, self.tokenizer.pad_token_id or 0)
         if C.is_distributed() and C.any_rank(batch.num_rows == 0):
             # e.g. filter_groups dropped every group of one rank: the ranks skip together
             m["train/skipped"] = 1.0
+            self._publish()
             return m
         t1 = time.perf_counter()
         m.update(self._credit(batch))
@@ -230,6 +241,7 @@ class Trainer:
             weights = merged_state_dict(weights if isinstance(weights, dict)
                                         else weights.state_dict(), lora_scale(self.full_model))
         self.policy.update_weights(weights)
+        self._publish()
         self.policy.wake()
         if self.lineup is not None:
             self.lineup.after_update(self.iteration + 1, self.full_model, self.tokenizer)
@@ -249,15 +261,28 @@ class Trainer:
         self.algorithm.on_iteration_end(self.iteration, m)
         return m
 
-    def _collect(self) -> list[Trajectory]:
-        """This iteration's rollouts: ``groups`` random train seeds, ``group_size`` each."""
+    def _publish(self) -> None:
+        """The weights after this iteration are version ``iteration + 1``: tag the policy's
+        next turns with it, and hand a snapshot to asynchronous rollouts."""
+        self.policy.version = self.iteration + 1
+        if self.rollouts is not None:
+            self.rollouts.publish(self.iteration + 1, self.learner.export_weights())
+
+    def _tasks(self, iteration: int, rng: random.Random) -> tuple[list[int], list[str]]:
+        """Seeds and group ids of an iteration: ``groups`` random train seeds drawn from
+        ``rng``, ``group_size`` episodes each."""
         c = self.cfg
         seeds, gids = [], []
         tag = f"r{self.rank}-" if C.is_distributed() else ""
         for g in range(self.groups):
-            s = self.rng.randrange(c.env.train_seeds)
+            s = rng.randrange(c.env.train_seeds)
             seeds += [s] * c.rollout.group_size
-            gids += [f"it{self.iteration}-{tag}g{g}"] * c.rollout.group_size
+            gids += [f"it{iteration}-{tag}g{g}"] * c.rollout.group_size
+        return seeds, gids
+
+    def _collect(self) -> list[Trajectory]:
+        """This iteration's rollouts: ``groups`` random train seeds, ``group_size`` each."""
+        seeds, gids = self._tasks(self.iteration, self.rng)
         fault_point("rollout")
         bar = self._bar("rollout", None, "turn")
         self.engine.progress = bar
@@ -386,6 +411,8 @@ class Trainer:
         return {"before": before, "final": final, "run_dir": self.run_dir, "checkpoint": cp}
 
     def close(self) -> None:
+        if self.rollouts is not None:
+            self.rollouts.close()  # before the pool its thread steps
         self.pool.close()
         self.eval_pool.close()
         if self.lineup is not None:

@@ -60,6 +60,9 @@ class Turn:
         episode_turn: in a multi-agent episode, this turn's place among every agent's turns
             (0, 1, 2, ...), so the trajectories of one game line up move by move; ``None`` in
             single-agent episodes, where it is the turn index.
+        policy_version: the version of the weights that sampled this turn (learner updates
+            applied before it: 0 = the initial weights); with asynchronous training the
+            learner's version minus this is the turn's staleness.
     """
 
     observation: str
@@ -79,6 +82,7 @@ class Turn:
     seconds_generate: float = 0.0
     seconds_env: float = 0.0
     episode_turn: int | None = None
+    policy_version: int = 0
 
     def __post_init__(self) -> None:
         if len(self.action_ids) != len(self.logprobs):

@@ -141,6 +141,10 @@ class AEPO(Algorithm):
     description = ("AEPO: entropy-balanced branching rollouts, stop-gradient clip, "
                    "entropy-aware advantage")
     Config = AEPOConfig
+    # Branching decides where to re-sample from the entropies of the policy being trained and
+    # replays its prefixes within the iteration; `collect` also keeps state (branch RNG, the
+    # statistics `advantages` reports) that a rollout running ahead would overwrite.
+    async_rollouts = "current"
 
     def __init__(self, cfg: AEPOConfig) -> None:
         super().__init__(cfg)

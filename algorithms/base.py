@@ -91,6 +91,11 @@ class Algorithm:
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     Config: ClassVar[type] = AlgorithmConfig
+    #: What asynchronous training (``train.max_staleness >= 1``) may feed it: "partial"
+    #: (stale trajectories, and episodes whose turns span a weight push), "whole" (stale
+    #: trajectories, each group sampled by one version: no partial rollouts), "current"
+    #: (on-policy groups only: the synchronous loop). The config refuses what it does not allow.
+    async_rollouts: ClassVar[Literal["partial", "whole", "current"]] = "partial"
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg

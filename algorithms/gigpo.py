@@ -148,6 +148,9 @@ class GiGPO(Algorithm):
     name = "gigpo"
     description = "GiGPO: episode-level GRPO advantage + step-level advantage over anchor states"
     Config = GiGPOConfig
+    # Anchor-state groups compare the actions the group's trajectories took from one state:
+    # those must come from one policy, so no episode may span a weight push.
+    async_rollouts = "whole"
 
     def __init__(self, cfg: GiGPOConfig) -> None:
         super().__init__(cfg)

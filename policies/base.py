@@ -131,6 +131,9 @@ class Policy:
     Config: ClassVar[type] = PolicyConfig
     #: the tokenizer of the served model (prompts are its token ids; replies are decoded by it)
     tokenizer: Any
+    #: the version of the weights it generates with (learner updates applied: 0 = initial),
+    #: set by whoever loads new weights; recorded on every turn (``Turn.policy_version``)
+    version: int = 0
 
     @classmethod
     def from_config(cls, cfg: Config, model: Any, tokenizer: Any) -> Policy:
