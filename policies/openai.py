@@ -105,14 +105,19 @@ class OpenAIPolicy(Policy):
             "and use the openai backend for evaluation (agentrl eval --endpoint URL)")
 
     # -- HTTP ----------------------------------------------------------------------------
+    def _root(self) -> str:
+        """The API root this request goes to (a load-balancing backend picks one per call)."""
+        return self.base_url
+
     def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        root = self._root()
         data = json.dumps(body).encode()
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
         last: Exception | None = None
         for attempt in range(self.max_retries + 1):
-            req = urllib.request.Request(self.base_url + path, data=data, headers=headers,
+            req = urllib.request.Request(root + path, data=data, headers=headers,
                                          method="POST")
             try:
                 with urllib.request.urlopen(req, timeout=self.timeout) as resp:
@@ -121,13 +126,13 @@ class OpenAIPolicy(Policy):
                 detail = e.read().decode(errors="replace")[:500]
                 if e.code < 500:  # a bad request will not get better by retrying
                     raise OpenAIServerError(
-                        f"{self.base_url}{path} answered HTTP {e.code}: {detail}") from None
+                        f"{root}{path} answered HTTP {e.code}: {detail}") from None
                 last = OpenAIServerError(f"HTTP {e.code}: {detail}")
             except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
                 last = e
             time.sleep(0.5 * 2**attempt)
         raise OpenAIServerError(
-            f"no answer from {self.base_url}{path} after {self.max_retries + 1} tries ({last}); "
+            f"no answer from {root}{path} after {self.max_retries + 1} tries ({last}); "
             "is the server running (e.g. `vllm serve MODEL --port 8000`) and is base_url its "
             "/v1 root?")
 
