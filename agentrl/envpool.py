@@ -435,7 +435,98 @@ class InProcessPool(_SlotPool):
                 self.stats["recycled"] += 1
 
 
-class ProcessPool(_SlotPool):
+class _WorkerSlots(_SlotPool):
+    """What the isolated pools share (`ProcessPool`; `agentrl.raypool.RayPool`): slots grouped
+    ``envs_per_worker`` to a worker (a process, a Ray actor), the request timeouts, the env
+    registration sent to workers, the slots whose env was lost with a replaced worker, and
+    recycling. Subclasses start (`_start`) and stop (`_stop_workers`) workers, objects with an
+    ``episodes`` counter kept in ``self._workers``."""
+
+    #: where envs run, for the message when an env cannot be sent there
+    where = "worker processes"
+
+    def __init__(self, env_id: str, env_kwargs: dict[str, Any] | None, num_envs: int,
+                 step_timeout: float | None, reset_timeout: float | None,
+                 envs_per_worker: int, recycle_after: int | None,
+                 build_timeout: float | None) -> None:
+        if envs_per_worker < 1:
+            raise ValueError("envs_per_worker must be >= 1")
+        super().__init__(env_id, env_kwargs, num_envs, recycle_after)
+        self.step_timeout = step_timeout
+        self.reset_timeout = reset_timeout if reset_timeout is not None else step_timeout
+        self.build_timeout = ENV_BUILD_TIMEOUT if build_timeout is None else build_timeout
+        self.envs_per_worker = envs_per_worker
+        self._lost: dict[int, str] = {}  # slot -> why its env is gone (its worker was replaced)
+        self._built: set[int] = set()  # slots whose env exists in their worker, as far as known
+        try:
+            self._blob = pickle.dumps((env_id, self.env_kwargs, self.spec))
+        except Exception as e:
+            raise ValueError(
+                f"{env_id}: its entry point {self.spec.entry_point!r} or kwargs cannot be sent "
+                f"to {self.where} ({type(e).__name__}: {e}). Register it with a "
+                "'package.module:Class' string or a module-level class, keep kwargs "
+                "picklable, or use env.pool=inprocess.") from e
+        self._workers: list[Any] = [None] * -(-num_envs // envs_per_worker)
+
+    def _start(self, w: int) -> None:
+        """Start worker ``w`` (replacing what ``self._workers[w]`` held)."""
+        raise NotImplementedError
+
+    def _stop_workers(self, old: list[Any]) -> None:
+        """Stop these (replaced) workers."""
+        raise NotImplementedError
+
+    def _started(self, slot: int) -> None:
+        self._lost.pop(slot, None)
+        self._workers[slot // self.envs_per_worker].episodes += 1
+
+    def _recycle(self, resetting: set[int]) -> None:
+        if not self.recycle_after:
+            return
+        old = []
+        for w, wk in enumerate(self._workers):
+            busy = [s for s in self._slots_of(w) if self._active[s] and s not in resetting]
+            if wk is not None and wk.episodes >= self.recycle_after and not busy:
+                old.append(wk)
+                self._start(w)
+        self._stop_workers(old)
+        self.stats["recycled"] += len(old)
+
+    def _slots_of(self, w: int) -> range:
+        return range(w * self.envs_per_worker, min((w + 1) * self.envs_per_worker, self.num_envs))
+
+    def _replace(self, w: int, why: str) -> None:
+        """Kill worker ``w`` and start another; its slots' steps fail with ``why`` until reset."""
+        raise NotImplementedError
+
+    def _expire(self, w: int, q: Any, reqs: list[tuple[int, str, Any, Any]],
+                out: list[EnvResult | None]) -> None:
+        """Worker ``w`` ran past the deadline of its first queued request ``q[0]``."""
+        raise NotImplementedError
+
+    def _pump(self, queues: dict[int, Any], deadlines: dict[int, float],
+              reqs: list[tuple[int, str, Any, Any]], out: list[EnvResult | None],
+              serve: Callable[[float | None], None]) -> None:
+        """Until every worker's queue of requests is answered: ``serve(timeout)`` waits up to
+        ``timeout`` seconds (None = no limit) for answers and takes them; a worker past its
+        deadline expires (`_expire`). Interrupted (Ctrl-C) or fatal: answers still in flight
+        would be read by the next batch as its own, so workers with pending requests are
+        replaced."""
+        try:
+            while queues:
+                wait = min(deadlines[w] for w in queues) - time.monotonic()
+                serve(None if wait == float("inf") else max(wait, 0))
+                now = time.monotonic()
+                for w in [w for w in queues if deadlines[w] <= now]:
+                    self._expire(w, queues.pop(w), reqs, out)
+        except BaseException:
+            for w in list(queues):
+                if not self._closed:
+                    self._replace(w, "the pool was interrupted while this env was running")
+            raise
+
+
+class ProcessPool(_WorkerSlots):
     """``num_envs`` env slots in worker processes (see the module docstring).
 
     Args:
@@ -459,27 +550,9 @@ class ProcessPool(_SlotPool):
                  step_timeout: float | None = None, reset_timeout: float | None = None,
                  envs_per_worker: int = 1, recycle_after: int | None = None,
                  build_timeout: float | None = None) -> None:
-        if envs_per_worker < 1:
-            raise ValueError("envs_per_worker must be >= 1")
-        super().__init__(env_id, env_kwargs, num_envs, recycle_after)
-        self.step_timeout = step_timeout
-        self.reset_timeout = reset_timeout if reset_timeout is not None else step_timeout
-        self.build_timeout = ENV_BUILD_TIMEOUT if build_timeout is None else build_timeout
-        self.envs_per_worker = envs_per_worker
-        self._workers: list[_Worker | None] = []
-        self._lost: dict[int, str] = {}  # slot -> why its env is gone (its worker was replaced)
-        self._built: set[int] = set()  # slots whose env exists in their worker, as far as known
-        try:
-            self._blob = pickle.dumps((env_id, self.env_kwargs, self.spec))
-        except Exception as e:
-            raise ValueError(
-                f"{env_id}: its entry point {self.spec.entry_point!r} or kwargs cannot be sent "
-                f"to worker processes ({type(e).__name__}: {e}). Register it with a "
-                "'package.module:Class' string or a module-level class, keep kwargs "
-                "picklable, or use env.pool=inprocess.") from e
-        n_workers = -(-num_envs // envs_per_worker)
-        self._workers = [None] * n_workers
-        for w in range(n_workers):
+        super().__init__(env_id, env_kwargs, num_envs, step_timeout, reset_timeout,
+                         envs_per_worker, recycle_after, build_timeout)
+        for w in range(len(self._workers)):
             self._start(w)
         # Stops the workers when an unclosed pool is garbage-collected or the interpreter
         # exits; holds the worker list, not the pool. Workers are not daemons (a daemon
@@ -514,24 +587,8 @@ class ProcessPool(_SlotPool):
             self._finalizer()  # runs _stop once; a no-op afterwards
         super().close()
 
-    def _started(self, slot: int) -> None:
-        self._lost.pop(slot, None)
-        self._workers[slot // self.envs_per_worker].episodes += 1  # type: ignore[union-attr]
-
-    def _recycle(self, resetting: set[int]) -> None:
-        if not self.recycle_after:
-            return
-        old = []
-        for w, wk in enumerate(self._workers):
-            busy = [s for s in self._slots_of(w) if self._active[s] and s not in resetting]
-            if wk is not None and wk.episodes >= self.recycle_after and not busy:
-                old.append(wk)
-                self._start(w)
+    def _stop_workers(self, old: list[Any]) -> None:
         _stop(old)
-        self.stats["recycled"] += len(old)
-
-    def _slots_of(self, w: int) -> range:
-        return range(w * self.envs_per_worker, min((w + 1) * self.envs_per_worker, self.num_envs))
 
     def _run_batch(self, reqs: list[tuple[int, str, Any, Any]]) -> list[EnvResult]:
         if self._closed:
@@ -585,26 +642,16 @@ class ProcessPool(_SlotPool):
             except OSError:
                 pass  # a dead worker shows up below as EOF on its pipe
             deadlines[w] = self._deadline(wk, reqs[q[0]], now)  # type: ignore[arg-type]
-        try:
-            while queues:
-                by_handle = {}
-                for w in queues:
-                    wk = self._workers[w]
-                    by_handle[wk.conn] = by_handle[wk.proc.sentinel] = w  # type: ignore[union-attr]
-                wait = min(deadlines[w] for w in queues) - time.monotonic()
-                ready = mpc.wait(list(by_handle), None if wait == float("inf") else max(wait, 0))
-                for w in {by_handle[h] for h in ready}:
-                    self._drain(w, queues, deadlines, reqs, out)
-                now = time.monotonic()
-                for w in [w for w in queues if deadlines[w] <= now]:
-                    self._expire(w, queues.pop(w), reqs, out)
-        except BaseException:
-            # Interrupted (Ctrl-C) or fatal: answers still in flight would be read by the next
-            # batch as its own, so workers with pending requests are replaced.
-            for w in list(queues):
-                if not self._closed:
-                    self._replace(w, "the pool was interrupted while this env was running")
-            raise
+
+        def serve(timeout: float | None) -> None:
+            by_handle = {}
+            for w in queues:
+                wk = self._workers[w]
+                by_handle[wk.conn] = by_handle[wk.proc.sentinel] = w
+            for w in {by_handle[h] for h in mpc.wait(list(by_handle), timeout)}:
+                self._drain(w, queues, deadlines, reqs, out)
+
+        self._pump(queues, deadlines, reqs, out, serve)
         return out  # type: ignore[return-value]
 
     def _drain(self, w: int, queues: dict[int, deque[int]], deadlines: dict[int, float],

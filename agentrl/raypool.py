@@ -40,14 +40,13 @@ from typing import TYPE_CHECKING, Any
 
 from agentrl.envpool import (
     CLOSE_GRACE,
-    ENV_BUILD_TIMEOUT,
     WORKER_START_TIMEOUT,
     EnvResult,
     _call,
     _close_quietly,
     _env_factory,
     _failure,
-    _SlotPool,
+    _WorkerSlots,
 )
 
 if TYPE_CHECKING:
@@ -134,7 +133,7 @@ class _Actor:
     episodes: int = 0  # successful resets since it started (recycling)
 
 
-class RayPool(_SlotPool):
+class RayPool(_WorkerSlots):
     """``num_envs`` env slots in Ray actors (see the module docstring).
 
     Args:
@@ -152,31 +151,20 @@ class RayPool(_SlotPool):
         ray_cfg: cluster settings (`agentrl.config.RayConfig`; None = its defaults).
     """
 
+    where = "Ray actors"
+
     def __init__(self, env_id: str, env_kwargs: dict[str, Any] | None, num_envs: int, *,
                  step_timeout: float | None = None, reset_timeout: float | None = None,
                  envs_per_worker: int = 1, recycle_after: int | None = None,
                  build_timeout: float | None = None, ray_cfg: RayConfig | None = None) -> None:
         from agentrl.config import RayConfig
 
-        if envs_per_worker < 1:
-            raise ValueError("envs_per_worker must be >= 1")
-        super().__init__(env_id, env_kwargs, num_envs, recycle_after)
+        super().__init__(env_id, env_kwargs, num_envs, step_timeout, reset_timeout,
+                         envs_per_worker, recycle_after, build_timeout)
         rc = ray_cfg or RayConfig()
-        self.step_timeout = step_timeout
-        self.reset_timeout = reset_timeout if reset_timeout is not None else step_timeout
-        self.build_timeout = ENV_BUILD_TIMEOUT if build_timeout is None else build_timeout
-        self.envs_per_worker = envs_per_worker
-        try:
-            self._blob = pickle.dumps((env_id, self.env_kwargs, self.spec))
-        except Exception as e:
-            raise ValueError(
-                f"{env_id}: its entry point {self.spec.entry_point!r} or kwargs cannot be sent "
-                f"to Ray actors ({type(e).__name__}: {e}). Register it with a "
-                "'package.module:Class' string or a module-level class, keep kwargs "
-                "picklable, or use env.pool=inprocess.") from e
         self._ray = connect(rc.address, rc.num_cpus)
         self._connected = True
-        n_actors = -(-num_envs // envs_per_worker)
+        n_actors = len(self._workers)
         total = float(self._ray.cluster_resources().get("CPU", 0.0))
         if n_actors * rc.worker_cpus > total:
             self._release()
@@ -187,16 +175,13 @@ class RayPool(_SlotPool):
         self._cls = self._ray.remote(num_cpus=rc.worker_cpus, max_restarts=0,
                                      max_task_retries=0)(EnvActor)
         self._path = [p or os.getcwd() for p in sys.path]  # "" is this directory
-        self._lost: dict[int, str] = {}  # slot -> why its env is gone (its actor was replaced)
-        self._built: set[int] = set()  # slots whose env exists in their actor, as far as known
-        self._actors: list[_Actor | None] = [None] * n_actors
         for w in range(n_actors):
             self._start(w)
 
     # -- introspection (tests, benchmarks) ------------------------------------------------
     def actor(self, slot: int) -> Any:
         """The Ray actor handle holding ``slot``."""
-        return self._actors[slot // self.envs_per_worker].handle  # type: ignore[union-attr]
+        return self._workers[slot // self.envs_per_worker].handle  # type: ignore[union-attr]
 
     def worker_pid(self, slot: int) -> int:
         """Process id of the actor holding ``slot`` (on its node)."""
@@ -207,9 +192,9 @@ class RayPool(_SlotPool):
         release the cluster (a local one stops with its last pool). Safe to call twice."""
         if self._closed:
             return
-        live = [a for a in self._actors if a is not None]
-        self._actors = [None] * len(self._actors)
-        self._stop(live)
+        live = [a for a in self._workers if a is not None]
+        self._workers = [None] * len(self._workers)
+        self._stop_workers(live)
         self._release()
         super().close()
 
@@ -229,42 +214,23 @@ class RayPool(_SlotPool):
     def _start(self, w: int) -> None:
         self._built.difference_update(self._slots_of(w))
         handle = self._cls.options(name=None).remote(self._path, self._blob)
-        self._actors[w] = _Actor(handle, time.monotonic())
+        self._workers[w] = _Actor(handle, time.monotonic())
 
-    def _stop(self, actors: list[_Actor]) -> None:
+    def _stop_workers(self, actors: list[_Actor]) -> None:
         refs = [a.handle.close.remote() for a in actors]
         if refs:
             self._ray.wait(refs, num_returns=len(refs), timeout=CLOSE_GRACE)
         for a in actors:
             self._ray.kill(a.handle, no_restart=True)
 
-    def _slots_of(self, w: int) -> range:
-        return range(w * self.envs_per_worker, min((w + 1) * self.envs_per_worker, self.num_envs))
-
     def _replace(self, w: int, why: str) -> None:
         """Kill actor ``w`` and start another; its slots' next steps fail with ``why`` until
         they are reset."""
-        self._ray.kill(self._actors[w].handle, no_restart=True)  # type: ignore[union-attr]
+        self._ray.kill(self._workers[w].handle, no_restart=True)  # type: ignore[union-attr]
         self.stats["restarts"] += 1
         for s in self._slots_of(w):
             self._lost[s] = why
         self._start(w)
-
-    def _started(self, slot: int) -> None:
-        self._lost.pop(slot, None)
-        self._actors[slot // self.envs_per_worker].episodes += 1  # type: ignore[union-attr]
-
-    def _recycle(self, resetting: set[int]) -> None:
-        if not self.recycle_after:
-            return
-        old = []
-        for w, a in enumerate(self._actors):
-            busy = [s for s in self._slots_of(w) if self._active[s] and s not in resetting]
-            if a is not None and a.episodes >= self.recycle_after and not busy:
-                old.append(a)
-                self._start(w)
-        self._stop(old)
-        self.stats["recycled"] += len(old)
 
     # -- requests -------------------------------------------------------------------------
     def _limit(self, a: _Actor, slot: int, cmd: str) -> tuple[float, str]:
@@ -286,36 +252,26 @@ class RayPool(_SlotPool):
                 out[i] = _failure("env_error", self._lost[slot])
                 continue
             w = slot // self.envs_per_worker
-            ref = self._actors[w].handle.run.remote(slot, cmd, arg, options)  # type: ignore[union-attr]
+            ref = self._workers[w].handle.run.remote(slot, cmd, arg, options)  # type: ignore[union-attr]
             queues.setdefault(w, deque()).append((i, ref))
         now = time.monotonic()
-        deadlines = {w: now + self._limit(self._actors[w], *reqs[q[0][0]][:2])[0]  # type: ignore[arg-type]
+        deadlines = {w: now + self._limit(self._workers[w], *reqs[q[0][0]][:2])[0]  # type: ignore[arg-type]
                      for w, q in queues.items()}
-        try:
-            while queues:
-                heads = {q[0][1]: w for w, q in queues.items()}
-                wait = min(deadlines.values()) - time.monotonic()
-                done, _ = self._ray.wait(list(heads), num_returns=1,
-                                         timeout=None if wait == float("inf") else max(wait, 0))
-                for ref in done:
-                    self._take(heads[ref], queues, deadlines, reqs, out)
-                now = time.monotonic()
-                for w in [w for w in queues if deadlines[w] <= now]:
-                    self._expire(w, queues.pop(w), reqs, out)
-        except BaseException:
-            # Interrupted: answers still queued in an actor would be read by no one, and its
-            # envs are mid-request; replace those actors.
-            for w in list(queues):
-                if not self._closed:
-                    self._replace(w, "the pool was interrupted while this env was running")
-            raise
+
+        def serve(timeout: float | None) -> None:
+            heads = {q[0][1]: w for w, q in queues.items()}  # each actor's oldest request
+            done, _ = self._ray.wait(list(heads), num_returns=1, timeout=timeout)
+            for ref in done:
+                self._take(heads[ref], queues, deadlines, reqs, out)
+
+        self._pump(queues, deadlines, reqs, out, serve)
         return out  # type: ignore[return-value]
 
     def _take(self, w: int, queues: dict[int, deque[tuple[int, Any]]],
               deadlines: dict[int, float], reqs: list[tuple[int, str, Any, Any]],
               out: list[EnvResult | None]) -> None:
         """Collect the finished head request of actor ``w``; a dead actor ends its queue."""
-        a = self._actors[w]
+        a = self._workers[w]
         assert a is not None
         i, ref = queues[w][0]
         slot, cmd = reqs[i][0], reqs[i][1]
@@ -347,7 +303,7 @@ class RayPool(_SlotPool):
 
     def _expire(self, w: int, q: deque[tuple[int, Any]], reqs: list[tuple[int, str, Any, Any]],
                 out: list[EnvResult | None]) -> None:
-        a = self._actors[w]
+        a = self._workers[w]
         assert a is not None
         i = q[0][0]
         limit, what = self._limit(a, reqs[i][0], reqs[i][1])
