@@ -565,8 +565,13 @@ def _cross_checks(cfg: Config) -> None:
 
 def _async_checks(cfg: Config) -> None:
     """Asynchronous training only where it is sound: what the algorithm allows
-    (``Algorithm.async_rollouts``), an in-process backend with a weight copy, one player."""
+    (``Algorithm.async_rollouts``), an in-process backend with a weight copy, one player, one
+    process; remote servers with one process pushing weights."""
     t = cfg.train
+    if cfg.policy.backend == "vllm_server" and t.strategy != "single":
+        raise ConfigError("policy.backend=vllm_server runs with train.strategy=single (every "
+                          "rank would push its weights to the servers): use the vllm or hf "
+                          "backend under torchrun")
     if t.max_staleness == 0:
         if t.partial_rollouts:
             raise ConfigError("train.partial_rollouts needs train.max_staleness >= 1")

@@ -43,6 +43,10 @@ def test_config_refuses_what_an_algorithm_cannot_take() -> None:
         load_config(None, CORRIDOR + ["train.partial_rollouts=true"])
     with pytest.raises(ConfigError, match="policy.backend=hf"):
         load_config(None, CORRIDOR + ["train.max_staleness=1", "policy.backend=vllm"])
+    with pytest.raises(ConfigError, match="strategy=single"):
+        load_config(None, CORRIDOR + ["train.max_staleness=1", "train.strategy=ddp"])
+    with pytest.raises(ConfigError, match="vllm_server runs with train.strategy=single"):
+        load_config(None, CORRIDOR + ["policy.backend=vllm_server", "train.strategy=fsdp"])
 
 
 def _loop(tiny_model: Any, tiny_tok: Any, overrides: list[str], pool: Any,
