@@ -24,6 +24,7 @@ import random
 import re
 import shutil
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -99,9 +100,10 @@ def _write_manifest(tmp: str, iteration: int) -> None:
 
 
 def save(run_dir: str, iteration: int, model: Any, tokenizer: Any, extra: dict[str, Any],
-         config_text: str, keep: int = 2) -> str:
+         config_text: str, keep: int = 2, write: Callable[[str], None] | None = None) -> str:
     """Write checkpoint ``step_<iteration>`` atomically (manifest last, then a rename); prune to
-    the newest ``keep`` only once it is complete.
+    the newest ``keep`` only once it is complete. ``write(tmp)`` adds files of its own (e.g.
+    torch.distributed.checkpoint shards) before the manifest.
 
     Raises:
         CheckpointError: the write failed (e.g. a full disk); the previous checkpoints are kept.
@@ -120,6 +122,8 @@ def save(run_dir: str, iteration: int, model: Any, tokenizer: Any, extra: dict[s
         tokenizer.save_pretrained(os.path.join(tmp, "model"))
         fault_point("checkpoint_write")
         torch.save(extra, os.path.join(tmp, "state.pt"))
+        if write is not None:
+            write(tmp)
         with open(os.path.join(tmp, "config.yaml"), "w", encoding="utf-8") as f:
             f.write(config_text)
         with open(os.path.join(tmp, "trainer_state.json"), "w", encoding="utf-8") as f:

@@ -165,6 +165,11 @@ class TrainConfig:
                                        "more compute)")
     cpu_offload: bool = F(False, "fsdp: keep sharded parameters, gradients and optimizer "
                           "state in host memory (the GPU holds one layer's weights at a time)")
+    checkpoint_format: Literal["full", "sharded"] = F(
+        "full", "'full': optimizer state gathered into state.pt (one-process format); "
+        "'sharded': model and optimizer state also written by every rank with "
+        "torch.distributed.checkpoint (CHECKPOINT/sharded, no gather of the optimizer state), "
+        "loaded on any number of ranks")
     memory_check: Literal["error", "warn", "off"] = F(
         "error", "before the first rollout, estimate the learner's memory (weights, gradients, "
         "optimizer, reference, activations, KV cache) and stop with what to change when it "

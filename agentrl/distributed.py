@@ -214,7 +214,7 @@ class DistributedLearner(LocalLearner):
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if self.strategy == "fsdp":
+        if self.strategy == "fsdp" and "optimizer" in state:
             # Full moments (from any number of ranks) are cut to this rank's shard of each
             # parameter, as FSDP2 laid the parameter out.
             params = [p for g in self.optimizer.param_groups for p in g["params"]]
@@ -289,3 +289,44 @@ def groups_per_rank(groups: int) -> int:
         raise ValueError(f"rollout.groups={groups} does not split into {w} ranks: set it to a "
                          f"multiple of {w} (each rank rolls out whole groups)")
     return groups // w
+
+
+# -- torch.distributed.checkpoint: sharded model and optimizer state ---------------------------
+
+SHARDED = "sharded"  # the directory of a checkpoint that holds them
+
+def _dcp_state(learner: LocalLearner) -> dict[str, Any]:
+    from torch.distributed.checkpoint.state_dict import (
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    if len(learner.optimizer.param_groups) > 1:
+        raise ValueError("train.checkpoint_format=sharded: the algorithm trains parameters of its "
+                         "own (a PPO critic or value head), which the sharded format does not "
+                         "hold; use train.checkpoint_format=full")
+    return {"model": get_model_state_dict(learner.model),
+            "optim": get_optimizer_state_dict(learner.model, learner.optimizer)}
+
+
+def save_sharded(learner: LocalLearner, path: str) -> None:
+    """Every rank writes its shards of the model and optimizer state to ``path``
+    (`torch.distributed.checkpoint.save`; one process: the whole state)."""
+    import torch.distributed.checkpoint as dcp
+
+    dcp.save(_dcp_state(learner), checkpoint_id=path)
+
+
+def load_sharded(learner: LocalLearner, path: str) -> None:
+    """Load ``path`` (written by any number of ranks) into this learner, each rank reading
+    the pieces of its own shards (`torch.distributed.checkpoint.load` reshards)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    state = _dcp_state(learner)
+    dcp.load(state, checkpoint_id=path)
+    set_model_state_dict(learner.model, state["model"])
+    set_optimizer_state_dict(learner.model, learner.optimizer, state["optim"])

@@ -596,7 +596,8 @@ class LocalLearner:
                 "reference": self.reference.state_dict() if own_ref else None}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
+        if "optimizer" in state:  # absent from a sharded checkpoint: agentrl.distributed
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if state.get("reference") is not None and self.reference not in (None, self.model):
             self.reference.load_state_dict(state["reference"])

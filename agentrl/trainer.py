@@ -27,16 +27,19 @@ from agentrl.batch import Batch
 from agentrl.checkpoint import seed_everything
 from agentrl.config import Config, config_to_dict
 from agentrl.distributed import (
+    SHARDED,
     NullLogger,
     generation_model,
     groups_per_rank,
     init_distributed,
+    load_sharded,
     make_learner,
+    save_sharded,
 )
 from agentrl.envpool import make_pool
 from agentrl.evaluate import EVAL_SAMPLER_SEED, eval_rollout_config, evaluate, summarize
 from agentrl.faults import Interrupted, StopOnSignal, fault_point
-from agentrl.learner import apply_tis
+from agentrl.learner import LocalLearner, apply_tis
 from agentrl.lora import MergedCheckpoint, build_lora_model, lora_scale, merged_state_dict
 from agentrl.memory import check as memory_check
 from agentrl.memory import estimate as memory_estimate
@@ -142,7 +145,15 @@ class Trainer:
         format: it resumes on any number of ranks); every rank's RNG states go in it."""
         rngs = {"rng": checkpoint.rng_state(), "trainer_rng": self.rng.getstate(),
                 "policy": self.policy.state_dict()}
-        extra = {**self.learner.state_dict(),  # optimizer, scheduler, reference (collective)
+        sharded = self.cfg.train.checkpoint_format == "sharded"
+        # sharded: the optimizer state goes to CHECKPOINT/sharded, each rank its own shards
+        learner = {k: v for k, v in LocalLearner.state_dict(self.learner).items()
+                   if k != "optimizer"} if sharded else self.learner.state_dict()
+
+        def write(tmp: str | None) -> None:
+            save_sharded(self.learner, os.path.join(C.broadcast(tmp), SHARDED))
+
+        extra = {**learner,  # optimizer, scheduler, reference (collective)
                  "algorithm": self.algorithm.state_dict(), **rngs,
                  "eval_history": self.eval_history,
                  "lineup": self.lineup.state_dict() if self.lineup is not None else None}
@@ -150,13 +161,17 @@ class Trainer:
             extra["rank_rng"] = C.gather_lists([rngs])
         model = MergedCheckpoint(self.full_model) if self.cfg.policy.lora else self.full_model
         path = checkpoint.save(self.run_dir, self.iteration, model, self.tokenizer,
-                               extra, self.config_text, self.cfg.train.keep_checkpoints) \
-            if self.is_main else ""
+                               extra, self.config_text, self.cfg.train.keep_checkpoints,
+                               write if sharded else None) if self.is_main else ""
+        if sharded and not self.is_main:
+            write(None)
         return C.broadcast(path)
 
     def _restore(self, path: str) -> None:
         st = checkpoint.load_state(path)
         self.learner.load_state_dict(st)
+        if os.path.isdir(os.path.join(path, SHARDED)):  # on any number of ranks
+            load_sharded(self.learner, os.path.join(path, SHARDED))
         self.algorithm.load_state_dict(st["algorithm"])
         ranks = st.get("rank_rng") or []
         if C.world_size() == len(ranks) or self.rank == 0:  # rank 0 of any run continues

@@ -44,7 +44,7 @@ def two_rank_results(tmp_path_factory: pytest.TempPathFactory) -> dict:
     out = tmp_path_factory.mktemp("dist") / "results.pt"
     torchrun(["-m", "agentrl.testing.distributed", str(out), ",".join(ALGOS),
               ",".join(STRATEGIES)])
-    return torch.load(out, weights_only=False)
+    return {**torch.load(out, weights_only=False), "dir": out.parent}
 
 
 @pytest.mark.parametrize("algo", ALGOS)
@@ -74,6 +74,21 @@ def test_optimizer_state_resumes_across_rank_counts(two_rank_results: dict, stra
             assert torch.equal(rt["loaded"][k][name], v), (strategy, k, name)
 
 
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_sharded_checkpoint_of_two_ranks_loads_in_one_process(two_rank_results: dict,
+                                                              strategy: str) -> None:
+    from agentrl.testing.distributed import load_sharded_single
+
+    gathered = two_rank_results[(strategy, "sharded")]
+    path = two_rank_results["dir"] / f"dcp-{strategy}"
+    assert sorted(p.name for p in path.glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+    state, _ = load_sharded_single(str(path))
+    assert state.keys() == gathered.keys() and gathered
+    for k, st in gathered.items():
+        for name, v in st.items():
+            assert torch.equal(state[k][name], v), (strategy, k, name)
+
+
 def test_strategy_and_launch_must_agree(monkeypatch: pytest.MonkeyPatch) -> None:
     from agentrl.distributed import init_distributed
 
@@ -93,21 +108,29 @@ QUICK = ["train.iterations=1", "rollout.groups=2", "rollout.group_size=3", "roll
          "log.trajectories_every=1"]
 
 
-@pytest.mark.slow  # ~1 min: three launches, each training a tokenizer and a tiny model
-def test_train_under_torchrun_resumes_across_rank_counts(tmp_path) -> None:
+@pytest.mark.slow  # ~1 min each: three launches, each training a tokenizer and a tiny model
+@pytest.mark.parametrize("fmt", ["full", "sharded"])
+def test_train_under_torchrun_resumes_across_rank_counts(tmp_path, fmt: str) -> None:
     """`torchrun -m agentrl train` with FSDP2 on 2 ranks writes one run (rank 0 alone), whose
-    checkpoint resumes in one process; that one resumes on 2 ranks under DDP."""
+    checkpoint resumes in one process; that one resumes on 2 ranks under DDP. ``sharded``:
+    the optimizer state is in torch.distributed.checkpoint shards, resharded on load."""
     from agentrl import checkpoint
     from agentrl.types import read_json_lines
 
     run = tmp_path / "run"
-    common = [f"output_dir={tmp_path}", "run_name=run", *QUICK]
+    common = [f"output_dir={tmp_path}", "run_name=run", f"train.checkpoint_format={fmt}",
+              *QUICK]
     torchrun(["-m", "agentrl", "train", "train.strategy=fsdp", *common])
     st = checkpoint.load_state(str(run / "checkpoints" / "step_1"))
     assert len(st["rank_rng"]) == 2  # every rank's RNG states
     assert st["rank_rng"][0]["trainer_rng"] != st["rank_rng"][1]["trainer_rng"]
-    exp_avg = next(iter(st["optimizer"]["state"].values()))["exp_avg"]
-    assert type(exp_avg) is torch.Tensor  # gathered, not a shard
+    if fmt == "sharded":
+        assert "optimizer" not in st
+        shards = sorted(p.name for p in (run / "checkpoints" / "step_1" / "sharded").iterdir())
+        assert shards == [".metadata", "__0_0.distcp", "__1_0.distcp"]
+    else:
+        exp_avg = next(iter(st["optimizer"]["state"].values()))["exp_avg"]
+        assert type(exp_avg) is torch.Tensor  # gathered, not a shard
     subprocess.run([sys.executable, "-m", "agentrl", "train", "--resume", str(run),
                     "train.iterations=2", "train.strategy=single"], check=True,
                    env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True)

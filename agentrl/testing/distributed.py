@@ -14,6 +14,7 @@ algorithm whose `advantages` uses batch-wide statistics passes only if it reduce
 
 from __future__ import annotations
 
+import os
 import random
 import sys
 from typing import Any
@@ -122,6 +123,31 @@ def checkpoint_roundtrip(strategy: str) -> dict[str, Any]:
             "loaded": learner.state_dict()["optimizer"]["state"]}
 
 
+def sharded_checkpoint(strategy: str, trajs: list[Trajectory], path: str) -> dict[str, Any]:
+    """One GRPO update on this rank's ``trajs``, then the model and optimizer state written with
+    torch.distributed.checkpoint to ``path`` (each rank its shards); returns the full optimizer
+    state (gathered), which a learner on another number of ranks must load back."""
+    from agentrl.distributed import save_sharded
+
+    learner, algo, _ = _learner("grpo", "token-mean", strategy)
+    batch = algo.build_batch(trajs, 0)
+    batch.attach(learner.score(batch, algo.requires))
+    algo.credit(batch)
+    learner.update(batch, random.Random(0))
+    save_sharded(learner, path)
+    return learner.state_dict()["optimizer"]["state"]
+
+
+def load_sharded_single(path: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """A one-process learner loaded from the sharded checkpoint ``path``: (its optimizer
+    state, its model state)."""
+    from agentrl.distributed import load_sharded
+
+    learner, _, model = _learner("grpo", "token-mean", "single")
+    load_sharded(learner, path)
+    return learner.optimizer.state_dict()["state"], model.state_dict()
+
+
 def reference(algo_name: str, agg: str) -> tuple[float, dict[str, torch.Tensor]]:
     """The one-process result on the whole batch."""
     return run_case(algo_name, agg, "single", make_trajectories())
@@ -144,6 +170,8 @@ def main(argv: list[str]) -> None:
             for agg in AGG_MODES:
                 results[(strategy, algo_name, agg)] = run_case(algo_name, agg, strategy, mine)
         results[(strategy, "roundtrip")] = checkpoint_roundtrip(strategy)
+        results[(strategy, "sharded")] = sharded_checkpoint(
+            strategy, mine, os.path.join(os.path.dirname(out_path), f"dcp-{strategy}"))
     if rank == 0:
         torch.save(results, out_path)
     dist.barrier()
