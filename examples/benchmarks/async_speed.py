@@ -49,6 +49,7 @@ def run(env: str, staleness: int, warmup: int, iterations: int) -> dict[str, Any
     path, extra = ENVS[env]
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_config(path, [*extra, f"output_dir={tmp}", "log.progress=false",
+                                 "eval.episodes=2",  # no evaluation runs: no eval workers
                                  "log.tensorboard=false", "eval.before_training=false",
                                  "train.checkpoint_every=0", f"train.iterations={warmup + iterations}",
                                  f"train.max_staleness={staleness}"])
