@@ -119,8 +119,13 @@ class GuideWalker(MultiAgentTextEnv):
     game_name = "guide_walker"
     cooperative = True
 
-    def __init__(self, size: int = 3, rounds: int = 4, **kwargs: Any) -> None:
-        self.size, self.rounds = int(size), int(rounds)
+    def __init__(self, size: int = 3, rounds: int = 4, view: str = "map", **kwargs: Any) -> None:
+        """``view``: what the guide reads: ``"map"`` (the grid, W walker, G goal) or
+        ``"offset"`` (where the goal lies from the walker, e.g. "1 north, 2 east": the same
+        private information, in words a small model can learn to read)."""
+        if view not in ("map", "offset"):
+            raise ValueError(f"view={view!r}: use 'map' or 'offset'")
+        self.size, self.rounds, self.view = int(size), int(rounds), view
         super().__init__(**kwargs)
 
     def make_game(self) -> Any:
@@ -135,14 +140,21 @@ class GuideWalker(MultiAgentTextEnv):
                   f"must reach the goal within {self.rounds} moves. Each round the guide says "
                   "one direction, then the walker steps.")
         if agent == "guide":
-            return common + (" You are the guide: you see the map (W walker, G goal); the "
-                             "walker does not. Reply say north, say south, say east or say west.")
+            sees = ("you see the map (W walker, G goal)" if self.view == "map" else
+                    "you know where the goal lies from the walker")
+            return common + (f" You are the guide: {sees}; the walker does not. Reply say "
+                             "north, say south, say east or say west.")
         return common + (" You are the walker: you cannot see the goal; listen to the guide. "
                          "Reply north, south, east or west.")
 
     def render_view(self, agent: str, obs: Any) -> str:
         g = self.game
         left = g.rounds - g.moves
+        if agent == "guide" and self.view == "offset":
+            dr, dc = g.goal[0] - g.pos[0], g.goal[1] - g.pos[1]
+            parts = ([f"{abs(dr)} {'north' if dr < 0 else 'south'}"] if dr else []) + (
+                [f"{abs(dc)} {'east' if dc > 0 else 'west'}"] if dc else [])
+            return "Goal from the walker: " + ", ".join(parts) + f" (moves left: {left})"
         if agent == "guide":
             rows = []
             for r in range(g.size):

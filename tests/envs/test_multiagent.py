@@ -5,6 +5,7 @@ behave as their rules say."""
 from __future__ import annotations
 
 import random
+import re
 from collections import Counter
 from typing import Any
 
@@ -259,6 +260,21 @@ def test_guide_walker_needs_talk_and_the_scripted_team_always_succeeds() -> None
             if term:
                 break
         assert info["success"] and set(info["outcome"].values()) == {"win"}
+
+
+def test_guide_walker_offset_view_names_the_way_and_passes_the_checker() -> None:
+    env = agentrl.make_env("agentrl/GuideWalker-v0", view="offset")
+    for s in range(30):
+        obs, _ = env.reset(seed=s)
+        g = env.unwrapped.game
+        dr, dc = g.goal[0] - g.pos[0], g.goal[1] - g.pos[1]
+        said = {d: int(n) for n, d in re.findall(r"(\d) (north|south|east|west)", obs)}
+        assert said.get("south", 0) - said.get("north", 0) == dr
+        assert said.get("east", 0) - said.get("west", 0) == dc
+        assert "W" not in obs and "(moves left: 4)" in obs
+    check_multiagent_env(env)
+    with pytest.raises(ValueError, match="view"):
+        agentrl.make_env("agentrl/GuideWalker-v0", view="picture")
 
 
 def test_textarena_keeps_the_process_random_stream_and_replays_a_seed() -> None:
