@@ -98,8 +98,8 @@ class Trainer:
             model, cfg.train, r.temperature, self.algorithm, r.top_k, r.top_p,
             response_budget=r.max_new_tokens * (1 if r.context == "window" else r.max_turns))
         self.policy = make_policy(cfg, self.full_model, tok)
-        if self.rank:
-            self.policy.seed(cfg.seed + 7919 * self.rank)
+        # The training sampler's stream follows the run's seed (each rank its own).
+        self.policy.seed(cfg.seed + 7919 * self.rank)
         self.builder = PromptBuilder(tok, cfg.rollout)
         self.pool = make_pool(cfg.env, self.groups * cfg.rollout.group_size, ray_cfg=cfg.ray)
         # Multi-agent envs: who holds the other seats (self-play, a frozen player, a league).

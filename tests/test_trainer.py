@@ -113,3 +113,14 @@ def test_episodes_lost_to_a_crashed_env_are_logged_but_not_trained_on(tmp_path) 
     assert len(seen) == 8 - m["env/env_error"]
     assert all(t.termination != "env_error" for t in seen)
     tr.close()
+
+
+def test_the_training_sampler_follows_the_run_seed(tmp_path) -> None:
+    """Runs with different seeds sample from different streams (and one seed, one stream)."""
+    states = []
+    for i, seed in enumerate((1, 2, 1)):
+        tr = Trainer(_cfg(tmp_path, f"seed={seed}", f"run_name=s{i}"))
+        states.append(tr.policy.state_dict()["generator"])
+        tr.close()
+    assert not torch.equal(states[0], states[1])
+    assert torch.equal(states[0], states[2])
