@@ -445,13 +445,13 @@ SWEEP = ["train.iterations=2", "rollout.groups=4", "rollout.group_size=4", "eval
          *QUIET]
 # Per family: fewer generated games than a real run (generating 100 takes minutes); for
 # ALFWorld's slow engine fewer random episodes of text for the tokenizer; for ToolUse, whose
-# only reward is a right answer, bigger groups.
+# only reward is a right answer, and WebShop, whose untrained policy rarely scores, bigger groups.
 SMALLER = {"TextWorld": ["env.kwargs.num_games=4", "env.train_seeds=4"],
            "ALFWorld": ["env.kwargs.num_games=6", "env.eval_kwargs.num_games=1",
                         "env.train_seeds=6", "policy.tiny_corpus_episodes=8",
                         "rollout.groups=3"],
            "ScienceWorld": ["rollout.groups=3"],
-           "ToolUse": ["rollout.group_size=8"]}
+           "ToolUse": ["rollout.group_size=8"], "WebShop": ["rollout.group_size=8"]}
 
 
 def _builtin_ids() -> list[Any]:
