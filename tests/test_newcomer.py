@@ -172,7 +172,9 @@ def test_alfworld_process_pool_reports_progress_first_and_ctrl_c_says_what_was_k
     proc = subprocess.Popen(
         [sys.executable, "-m", "agentrl.cli", "train", "env.id=agentrl/ALFWorld-v0",
          "env.pool=process", "env.kwargs.num_games=12", f"output_dir={tmp_path}"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        # A test run started in the background inherits an ignored SIGINT; a terminal's is not.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         lines = _read_until(proc, lambda ln: "/12 games" in ln or "1/12" in ln, 600)
         # The first thing a user sees is where the run goes; then what is slow and how slow.

@@ -101,7 +101,8 @@ class Recording(HFPolicy):
 
 
 def test_the_trainer_drives_the_lifecycle_through_the_base_class(tmp_path) -> None:
-    """A backend loaded by module path gets, per iteration, sleep -> update_weights -> wake;
+    """A backend loaded by module path is seeded with the run's seed once built; it gets, per
+    iteration, sleep -> update_weights -> wake;
     its sampler state is saved around each evaluation and in every checkpoint; close at the
     end. The checkpoint holds exactly what state_dict returned."""
     cfg = load_config(None, SMALL + ["policy.backend=test_policies:Recording",
@@ -114,9 +115,9 @@ def test_the_trainer_drives_the_lifecycle_through_the_base_class(tmp_path) -> No
     it = ["sleep", "update_weights", "wake"]
     ev = ["state_dict", "seed", "load_state_dict"]
     ck = ["state_dict"]
-    # before-eval, iteration 1 (+ mid-run eval, checkpoint), iteration 2 (+ checkpoint),
-    # final eval, final checkpoint, close
-    assert calls == ev + it + ev + ck + it + ck + ev + ck + ["close"], calls
+    # the run's seed, before-eval, iteration 1 (+ mid-run eval, checkpoint), iteration 2
+    # (+ checkpoint), final eval, final checkpoint, close
+    assert calls == ["seed"] + ev + it + ev + ck + it + ck + ev + ck + ["close"], calls
     from agentrl import checkpoint
 
     st = checkpoint.load_state(checkpoint.latest(tr.run_dir))
