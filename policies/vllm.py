@@ -36,7 +36,8 @@ What it guarantees, and how:
   not move the argmax.
 
 Install: GPU ``pip install 'agentrl[vllm]'``; CPU ``bash examples/setup_vllm_cpu.sh`` (its own
-venv, ``.venv-vllm``). LoRA adapters are not synced: agentrl trains full weights only.
+venv, ``.venv-vllm``). With ``policy.lora`` the engine gets the merged weights (base + adapter)
+after each update; vLLM's LoRA hot-swap is not used.
 """
 
 from __future__ import annotations
