@@ -97,7 +97,8 @@ class RolloutConfig:
         "whitespace, tokenisation): 'keep_prefix' trains on the stored tokens and records the "
         "turn (extra['template_drift']); 'error' stops with the turn")
     constrained: bool = F(False, "decode only admissible actions (needs envs that list them)")
-    max_new_tokens: int = F(64, "token limit per reply", ge=1)
+    max_new_tokens: int = F(64, "token limit per reply (constrained decoding raises it to fit the "
+                                    "longest admissible action)", ge=1)
     temperature: float = F(1.0, "sampling temperature (also used by the learner)", gt=0)
     top_p: float = F(1.0, "nucleus sampling", gt=0, le=1)
     top_k: int = F(0, "top-k sampling (0 = off)", ge=0)

@@ -34,7 +34,7 @@ import copy
 import time
 import uuid
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from agentrl.chat import truncate_to_tokens
@@ -90,6 +90,11 @@ class _Ready:
     candidates: list[list[int]] | None
     context_reset: bool = False  # context_ids replaced the context (history policy)
     call_error: str | None = None  # tool_call: why the reply was not one valid call
+
+
+def _overrun(candidates: list[list[int]] | None, budget: int) -> int:
+    """Tokens by which the longest admissible reply (EOS included) exceeds ``budget``."""
+    return max(0, max((len(x) for x in candidates or ()), default=0) - budget)
 
 
 class RolloutEngine:
@@ -233,7 +238,8 @@ class RolloutEngine:
                                                policy.eos_token_id)
             cands = builder.candidates(actions) if c.constrained else None
             r = _Ready(ep, prompt, new_ctx, cands)
-            if len(prompt) + self._reserve <= c.max_context_tokens:
+            if len(prompt) + self._reserve + _overrun(cands, c.max_new_tokens) \
+                    <= c.max_context_tokens:
                 ready.append(r)
             elif c.history_policy == "all" or not ep.traj.turns:
                 ep.traj.termination = "context_limit"
@@ -289,8 +295,13 @@ class RolloutEngine:
         for idx in by_policy.values():
             policy = self._player(ready[idx[0]].ep)[0]
             cands = [ready[i].candidates for i in idx] if self.cfg.constrained else None
-            for i, g in zip(idx, policy.generate([ready[i].prompt for i in idx], sampling,
-                                                 cands)):
+            sp = sampling
+            if cands:  # a constrained reply is never cut: the budget fits the longest action
+                longest = sampling.max_new_tokens + max(_overrun(c, sampling.max_new_tokens)
+                                                        for c in cands)
+                if longest > sampling.max_new_tokens:
+                    sp = replace(sampling, max_new_tokens=longest)
+            for i, g in zip(idx, policy.generate([ready[i].prompt for i in idx], sp, cands)):
                 gens[i] = g
         return gens, (time.perf_counter() - t0) / len(gens)
 

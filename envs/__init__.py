@@ -16,8 +16,8 @@ from agentrl.registry import register_env
 # Every env whose admissible actions the tiny model picks from: the reply is the action itself,
 # decoded under the constraint; no penalty for invalid actions (there are none), a small cost
 # per turn so shorter successes score higher.
-# (Under constrained decoding a reply ends when it completes an action, so max_new_tokens only
-# needs to fit the longest action.)
+# (Under constrained decoding a reply ends when it completes an action, and the token budget
+# stretches to the longest admissible action, so max_new_tokens is a floor there.)
 _CHOOSE = {"context": "window", "history": 2, "action_format": "raw", "constrained": True,
            "invalid_penalty": 0.0, "step_penalty": 0.01}
 _WITH_TASK = "{task}\nPrevious actions: {last_actions}\n{observation}"

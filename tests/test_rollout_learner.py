@@ -237,3 +237,19 @@ def test_dumps_from_before_shaping_had_its_own_field_still_load(tmp_path) -> Non
     assert [u.shaping for u in t.turns] == pytest.approx([-0.11, -0.11])
     assert t.total_reward == pytest.approx(0.78) and t.env_return == 1.0
     assert "env_reward" not in t.turns[0].__dict__ and read_jsonl(str(p))[0].to_dict() == t.to_dict()
+
+
+def test_constrained_replies_are_never_cut_by_the_token_limit(tiny_tok, tiny_model) -> None:
+    """Under constrained decoding the budget stretches to the longest admissible action: with
+    max_new_tokens=1 (shorter than every Corridor action) each reply still completes an action,
+    and the learner scores the longer replies as the sampler did."""
+    eng = _engine(tiny_tok, tiny_model, constrained=True, action_format="raw", max_new_tokens=1)
+    trajs = eng.run([0, 0, 1, 1])
+    turns = [t for tr in trajs for t in tr.turns]
+    assert turns and all(len(t.action_ids) > 1 for t in turns)
+    assert all(t.finish_reason != "length" and t.action_valid for t in turns)
+    assert all(t.action in ("go east", "go west", "take coin") for t in turns)
+    batch = make_batch(trajs, tiny_tok.pad_token_id)
+    lp = _learner(tiny_model).score(batch, {"old_logprobs"}).logprobs
+    mask = batch.loss_mask > 0
+    assert (lp[mask] - batch.old_logprobs[mask]).abs().max().item() < 1e-5
