@@ -92,9 +92,9 @@ class _Ready:
     call_error: str | None = None  # tool_call: why the reply was not one valid call
 
 
-def _overrun(candidates: list[list[int]] | None, budget: int) -> int:
-    """Tokens by which the longest admissible reply (EOS included) exceeds ``budget``."""
-    return max(0, max((len(x) for x in candidates or ()), default=0) - budget)
+def _longest(candidates: list[list[int]] | None) -> int:
+    """Tokens of the longest admissible reply (EOS included); 0 without candidates."""
+    return max((len(x) for x in candidates or ()), default=0)
 
 
 class RolloutEngine:
@@ -238,8 +238,8 @@ class RolloutEngine:
                                                policy.eos_token_id)
             cands = builder.candidates(actions) if c.constrained else None
             r = _Ready(ep, prompt, new_ctx, cands)
-            if len(prompt) + self._reserve + _overrun(cands, c.max_new_tokens) \
-                    <= c.max_context_tokens:
+            overrun = max(0, _longest(cands) - c.max_new_tokens)  # see _generate
+            if len(prompt) + self._reserve + overrun <= c.max_context_tokens:
                 ready.append(r)
             elif c.history_policy == "all" or not ep.traj.turns:
                 ep.traj.termination = "context_limit"
@@ -295,12 +295,10 @@ class RolloutEngine:
         for idx in by_policy.values():
             policy = self._player(ready[idx[0]].ep)[0]
             cands = [ready[i].candidates for i in idx] if self.cfg.constrained else None
-            sp = sampling
-            if cands:  # a constrained reply is never cut: the budget fits the longest action
-                longest = sampling.max_new_tokens + max(_overrun(c, sampling.max_new_tokens)
-                                                        for c in cands)
-                if longest > sampling.max_new_tokens:
-                    sp = replace(sampling, max_new_tokens=longest)
+            # A constrained reply is never cut: the budget stretches to the longest action.
+            longest = max((_longest(c) for c in cands or ()), default=0)
+            sp = replace(sampling, max_new_tokens=longest) \
+                if longest > sampling.max_new_tokens else sampling
             for i, g in zip(idx, policy.generate([ready[i].prompt for i in idx], sp, cands)):
                 gens[i] = g
         return gens, (time.perf_counter() - t0) / len(gens)
