@@ -142,9 +142,10 @@ class TrainConfig:
     epochs: int = F(1, "passes over each iteration's batch", ge=1)
     minibatches: int = F(1, "optimizer steps per epoch", ge=1)
     micro_batch_tokens: int = F(16384, "token budget per forward/backward (grad accumulation)", ge=1)
-    pack: bool = F(True, "pack several sequences into each row of a micro-batch (position ids "
-                   "restart per sequence, block-diagonal attention) instead of padding every "
-                   "sequence to the longest; same loss and gradients, fewer tokens computed")
+    pack: bool = F(True, "run a micro-batch's sequences end to end in one row (position ids "
+                   "restart per sequence; with sdpa or flash attention each attends to itself "
+                   "only, else block-diagonal masked bins) instead of padding every sequence "
+                   "to the longest; same loss and gradients, no padding computed")
     sort_by_length: bool = F(True, "form micro-batches from sequences of similar length "
                              "(less padding; the loss is the same)")
     grad_clip: float = F(1.0, "max grad norm of the policy, and apart of the algorithm's own "

@@ -39,6 +39,8 @@ from agentrl.batch import Batch, Scores
 from agentrl.config import TrainConfig
 from agentrl.lora import adapters_disabled, has_adapters
 from agentrl.policies.base import truncate_logits
+from agentrl.varlen import boundaries, enable_varlen, packs_exactly, runs_varlen, varlen_call
+from agentrl.varlen import decoder as _decoder
 
 if TYPE_CHECKING:
     from agentrl.algorithms.base import Algorithm
@@ -64,13 +66,6 @@ class ModelOutputs:
     values: torch.Tensor | None = None  # (n, L) value head on ``hidden``
 
 
-def _decoder(model: nn.Module) -> nn.Module:
-    base = getattr(model, "model", None) or getattr(model, "base_model", None)
-    if base is None:
-        raise TypeError(f"{type(model).__name__}: cannot find the decoder (model.model)")
-    return base
-
-
 def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
     """First-fit-decreasing bins of row indices whose lengths sum to at most ``capacity``
     (a row longer than the capacity gets a bin of its own)."""
@@ -90,15 +85,18 @@ def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
 
 def _packed_hidden(decoder: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                    capacity: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-    """Run right-padded rows (n, L) packed several to a row of length ``capacity`` (>= L):
-    each sequence keeps its tokens and its positions 0..len-1, and position ids restarting at
-    0 make transformers mask attention block-diagonally (a token sees only its own sequence).
-    Returns (hidden (R, capacity, H), packed row of each input row (n,), its offset (n,)), or
-    None when packing saves no row.
+    """Run right-padded rows (n, L) packed: each sequence keeps its tokens and its positions
+    0..len-1. A model that runs varlen (`agentrl.varlen`) gets them all in one row with no
+    filler (`_varlen_hidden`); otherwise they go several to a row of length ``capacity``
+    (>= L), and position ids restarting at 0 make transformers mask attention
+    block-diagonally (a token sees only its own sequence). Returns (hidden (R, row length,
+    H), packed row of each input row (n,), its offset (n,)), or None when packing saves no row.
     """
     n, L = input_ids.shape
     L = max(L, capacity)
     lengths = attention_mask.sum(-1)
+    if runs_varlen(decoder):
+        return _varlen_hidden(decoder, input_ids, attention_mask, lengths.tolist())
     bins = pack_rows(lengths.tolist(), L)
     if len(bins) >= n:
         return None
@@ -124,29 +122,27 @@ def _packed_hidden(decoder: nn.Module, input_ids: torch.Tensor, attention_mask: 
     return hidden, row_of, offset
 
 
+def _varlen_hidden(decoder: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                   lengths: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded rows (n, L) concatenated into one row of their real tokens only (no
+    filler), each sequence attending to itself (`agentrl.varlen`). Returns (hidden
+    (1, sum(lengths), H), row 0 for every input row (n,), each row's offset (n,))."""
+    dev = input_ids.device
+    n = len(lengths)
+    offset = torch.zeros(n, dtype=torch.long)
+    offset[1:] = torch.tensor(lengths[:-1], dtype=torch.long).cumsum(0)
+    i_idx, t_idx = attention_mask.nonzero(as_tuple=True)  # every real token, row by row
+    ids, pos = input_ids[i_idx, t_idx][None], t_idx[None]
+    with varlen_call():
+        hidden = decoder(input_ids=ids, attention_mask=None, position_ids=pos, use_cache=False,
+                         **boundaries(lengths, dev)).last_hidden_state
+    return hidden, torch.zeros(n, dtype=torch.long, device=dev), offset.to(dev)
+
+
 def supports_packing(model: nn.Module) -> bool:
     """Whether ``model`` masks attention between sequences packed in one row by their position
-    ids (transformers' sdpa/eager/flash masks do; an older or custom model may not). Checked
-    on a few tokens: a sequence must give the same hidden states alone and packed after
-    another."""
-    dec = _decoder(model)
-    dev = next(model.parameters()).device
-    vocab = model.get_input_embeddings().weight.shape[0]
-    ids = (torch.arange(9, device=dev) * 7 + 3) % vocab
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            alone = dec(input_ids=ids[None, 4:], position_ids=torch.arange(5, device=dev)[None],
-                        use_cache=False).last_hidden_state[0]
-            pos = torch.cat([torch.arange(4), torch.arange(5)]).to(dev)[None]
-            packed = dec(input_ids=ids[None], attention_mask=None, position_ids=pos,
-                         use_cache=False).last_hidden_state[0, 4:]
-    except Exception:  # a model that rejects the packed call cannot pack
-        return False
-    finally:
-        model.train(was_training)
-    return bool(torch.allclose(alone, packed, atol=1e-4, rtol=1e-3))
+    ids (transformers' sdpa/eager/flash masks do; an older or custom model may not)."""
+    return packs_exactly(model)
 
 
 def action_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -178,9 +174,10 @@ def token_outputs(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
     ``top_k`` / ``top_p`` the distribution is truncated as the sampler truncated it
     (`truncate_logits`, after the constraint mask), so logprobs and entropy are those of the
     behaviour policy; the sampled token always stays in the kept set. With ``pack`` the rows
-    (right-padded) are packed several to a row of ``max(L, pack_capacity)`` tokens
-    (`_packed_hidden`): the same outputs (up to float rounding) for fewer tokens through the
-    model; the model must mask packed sequences (`supports_packing`). ``scorer`` runs
+    (right-padded) run packed (`_packed_hidden`): all in one row with no filler and attention
+    per sequence when the model runs varlen (`agentrl.varlen`), else several to a row of
+    ``max(L, pack_capacity)`` tokens; the same outputs (up to float rounding) for fewer tokens
+    through the model; the model must mask packed sequences (`supports_packing`). ``scorer`` runs
     `action_logits` in place of ``model`` (the distributed learner's DDP / FSDP module).
     """
     n, L = input_ids.shape
@@ -261,16 +258,21 @@ def critic_hidden(critic: nn.Module, mb: Batch) -> torch.Tensor:
 
 
 def micro_batches(batch: Batch, rows: list[int], token_budget: int, packed: bool = False,
-                  by_length: bool = False) -> list[list[int]]:
+                  by_length: bool = False, varlen: bool = False) -> list[list[int]]:
     """Split ``rows`` into micro-batches of at most ``token_budget`` tokens through the model.
 
     Padded (default), a micro-batch costs rows x its longest row; ``by_length`` first orders
     the rows longest first, so each micro-batch holds similar lengths (little padding).
     ``packed``, the rows are planned into `pack_rows` bins as long as the batch's longest row
     (the capacity `token_outputs` packs to), and a micro-batch is whole bins, bins x capacity
-    within the budget.
+    within the budget; ``packed`` and ``varlen`` (the model concatenates a micro-batch into
+    one row, `agentrl.varlen`), a micro-batch is a `pack_rows` bin of the budget itself: its
+    real tokens are all it costs.
     """
     lengths = batch.attention_mask.sum(-1).tolist()
+    if packed and varlen:
+        return [[rows[i] for i in sorted(b)]
+                for b in pack_rows([lengths[r] for r in rows], token_budget)]
     if packed:
         cap = int(batch.input_ids.shape[1])
         per = max(1, token_budget // max(1, cap))  # bins per micro-batch
@@ -371,6 +373,10 @@ class LocalLearner:
         if "ref_logprobs" in algorithm.requires:
             self.reference = self._make_reference(model)
         self.pack = cfg.pack and supports_packing(model)
+        # packed rows attend per sequence with no filler where the attention allows it
+        self.varlen = self.pack and enable_varlen(model)
+        if self.varlen and self.reference is not None:
+            enable_varlen(self.reference)
         if cfg.pack and not self.pack:
             warnings.warn(f"train.pack: {type(model).__name__} does not mask sequences packed "
                           "in one row by position ids; training on padded rows instead",
@@ -450,7 +456,7 @@ class LocalLearner:
 
     def _micro_batches(self, batch: Batch, rows: list[int]) -> list[list[int]]:
         return micro_batches(batch, rows, self.cfg.micro_batch_tokens, self.pack,
-                             self.cfg.sort_by_length)
+                             self.cfg.sort_by_length, self.varlen)
 
     @torch.no_grad()
     def _pass(self, batch: Batch, rows: list[int], model: nn.Module, entropy: bool = False,

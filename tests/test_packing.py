@@ -3,6 +3,7 @@ the loss and gradients of padded ones; micro-batch plans cover every row once.""
 
 from __future__ import annotations
 
+import copy
 import random
 
 import pytest
@@ -17,6 +18,7 @@ from agentrl.policies.hf import HFPolicy
 from agentrl.prompts import PromptBuilder
 from agentrl.registry import get_algorithm
 from agentrl.rollout import RolloutEngine
+from agentrl.varlen import VARLEN, boundaries, enable_varlen, runs_varlen, varlen_attention
 
 
 def _mixed_full_mode_trajs(tok, model) -> list:
@@ -57,16 +59,26 @@ def test_pack_rows_first_fit_decreasing() -> None:
     assert pack_rows([5, 3, 4, 2, 6], 8) == [[4, 3], [0, 1], [2]]
 
 
-def test_packed_loss_and_gradients_equal_padded(tiny_tok, tiny_model) -> None:
+def _bins_only(learner: LocalLearner) -> LocalLearner:
+    """The learner packing into bins with sdpa's block-diagonal mask (no varlen attention)."""
+    learner.model.config._attn_implementation = "sdpa"
+    learner.varlen = False
+    return learner
+
+
+@pytest.mark.parametrize("varlen", [True, False], ids=["varlen", "bins"])
+def test_packed_loss_and_gradients_equal_padded(tiny_tok, tiny_model, varlen) -> None:
     trajs = _mixed_full_mode_trajs(tiny_tok, tiny_model)
     lengths = [sum(len(t.context_ids) + len(t.action_ids) for t in tr.turns) for tr in trajs]
     assert max(lengths) > 2 * min(lengths)  # really mixed
     results = []
     for pack in (False, True):
-        model = type(tiny_model)(tiny_model.config)
+        model = type(tiny_model)(copy.deepcopy(tiny_model.config))
         model.load_state_dict(tiny_model.state_dict())
         learner = _learner(model, pack)
-        assert learner.pack == pack
+        assert learner.pack == pack and learner.varlen == pack  # sdpa models run varlen
+        if pack and not varlen:
+            _bins_only(learner)
         batch = make_batch(trajs, tiny_tok.pad_token_id)
         _credit(learner, batch)
         mb = batch.select(range(batch.num_rows))
@@ -86,14 +98,17 @@ def test_packed_loss_and_gradients_equal_padded(tiny_tok, tiny_model) -> None:
     assert g0.abs().sum() > 0
 
 
-def test_packed_update_equals_padded_update(tiny_tok, tiny_model) -> None:
+@pytest.mark.parametrize("varlen", [True, False], ids=["varlen", "bins"])
+def test_packed_update_equals_padded_update(tiny_tok, tiny_model, varlen) -> None:
     # a whole update (micro-batches planned differently) leaves the same weights
     trajs = _mixed_full_mode_trajs(tiny_tok, tiny_model)
     finals = []
     for pack in (False, True):
-        model = type(tiny_model)(tiny_model.config)
+        model = type(tiny_model)(copy.deepcopy(tiny_model.config))
         model.load_state_dict(tiny_model.state_dict())
         learner = _learner(model, pack)
+        if pack and not varlen:
+            _bins_only(learner)
         learner.cfg.micro_batch_tokens = 300  # several micro-batches either way
         batch = make_batch(trajs, tiny_tok.pad_token_id)
         _credit(learner, batch)
@@ -118,6 +133,12 @@ def test_micro_batch_plans_cover_every_row_once(tiny_tok, tiny_model) -> None:
     sorted_plan = micro_batches(batch, rows, 2 * L, by_length=True)
     firsts = [lengths[mb[0]] for mb in sorted_plan]
     assert firsts == sorted(firsts, reverse=True)
+    # varlen: a micro-batch is its real tokens, within the budget (a longer row goes alone)
+    budget = int(1.5 * L)
+    plan = micro_batches(batch, rows, budget, packed=True, varlen=True)
+    assert sorted(r for mb in plan for r in mb) == rows
+    assert all(sum(lengths[r] for r in mb) <= budget or len(mb) == 1 for mb in plan)
+    assert len(plan) < len(rows)
 
 
 class _NoPackingLM(nn.Module):
@@ -149,3 +170,53 @@ def test_models_that_cannot_pack_train_padded(tiny_model) -> None:
     with pytest.warns(UserWarning, match="train.pack"):
         learner = _learner(bad, pack=True)
     assert learner.pack is False
+
+
+def test_varlen_attention_is_sdpa_without_boundaries(tiny_tok, tiny_model) -> None:
+    # generation and padded training through a varlen model: bitwise sdpa's outputs
+    model = type(tiny_model)(copy.deepcopy(tiny_model.config))
+    model.load_state_dict(tiny_model.state_dict())
+    model.eval()
+    ids = torch.tensor([[5, 6, 7, 8, 9], [5, 6, 7, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    with torch.no_grad():
+        before = model(input_ids=ids, attention_mask=mask).logits
+        assert enable_varlen(model) and runs_varlen(model)
+        assert model.config._attn_implementation == VARLEN
+        after = model(input_ids=ids, attention_mask=mask).logits
+    assert torch.equal(before, after)
+
+
+def _reference_attention(q, k, v, lengths, window=None):
+    """Each sequence alone through plain softmax attention (GQA by repeating key heads)."""
+    rep = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
+    outs, a = [], 0
+    for n in lengths:
+        s = q[:, :, a:a + n] @ k[:, :, a:a + n].transpose(-1, -2) / q.shape[-1] ** 0.5
+        i = torch.arange(n)
+        keep = i[:, None] >= i[None, :]
+        if window is not None:
+            keep &= i[:, None] - i[None, :] < window
+        outs.append(s.masked_fill(~keep, float("-inf")).softmax(-1) @ v[:, :, a:a + n])
+        a += n
+    return torch.cat(outs, 2).transpose(1, 2)
+
+
+@pytest.mark.parametrize("window", [None, 3])
+def test_varlen_attention_attends_within_each_sequence(window) -> None:
+    g = torch.Generator().manual_seed(0)
+    lengths = [4, 7, 1, 5]
+    T = sum(lengths)
+    q = torch.randn(1, 4, T, 8, generator=g, requires_grad=True)
+    k = torch.randn(1, 2, T, 8, generator=g, requires_grad=True)  # grouped-query: 2 kv heads
+    v = torch.randn(1, 2, T, 8, generator=g, requires_grad=True)
+    out, _ = varlen_attention(nn.Module(), q, k, v, None, sliding_window=window,
+                              **boundaries(lengths, "cpu"))
+    ref = _reference_attention(q, k, v, lengths, window)
+    assert out.shape == (1, T, 4, 8)
+    assert torch.allclose(out, ref, atol=1e-5)
+    grads = torch.autograd.grad(out.square().sum(), (q, k, v))
+    ref_grads = torch.autograd.grad(ref.square().sum(), (q, k, v))
+    for a, b in zip(grads, ref_grads, strict=True):
+        assert torch.allclose(a, b, atol=1e-4)

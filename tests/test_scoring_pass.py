@@ -55,7 +55,9 @@ def test_one_scoring_pass_per_iteration(tmp_path, case: str) -> None:
         def record(_mod, args, kwargs, _out):  # noqa: ANN001, ANN202
             if not state["collecting"]:  # generation during rollout is not the learner's
                 ids = kwargs.get("input_ids", args[0] if args else None)
-                calls.append((name, torch.is_grad_enabled(), int(ids.shape[0])))
+                cu = kwargs.get("cu_seq_lens_q")  # a varlen row holds several sequences
+                seqs = int(ids.shape[0]) if cu is None else cu.numel() - 1
+                calls.append((name, torch.is_grad_enabled(), seqs))
         return record
 
     handles = [_decoder(tr.model).register_forward_hook(hook("policy"), with_kwargs=True)]

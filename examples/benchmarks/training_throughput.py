@@ -7,8 +7,11 @@ every run sees the same weights) in three ways:
 
 - ``padded``: micro-batches in batch order, every row padded to the micro-batch's longest;
 - ``sorted``: the same, rows ordered by length first (``train.sort_by_length``);
-- ``packed``: several sequences per row, position ids restarting per sequence, block-diagonal
-  attention (``train.pack``, the default).
+- ``bins``: several sequences per row (first-fit-decreasing bins as long as the longest
+  sequence), position ids restarting per sequence, sdpa's block-diagonal mask: each row pays
+  attention over its whole length and its unfilled room;
+- ``packed``: the default (``train.pack``): a micro-batch's sequences end to end in one row
+  with no filler, attention run sequence by sequence (`agentrl.varlen`).
 
 Tokens/s counts real tokens only (prompt + replies, no padding). Runs alternate; ratios come
 from the same round. Also printed: packed vs padded loss and gradient differences on one
@@ -20,6 +23,7 @@ machine's measured matmul FLOP/s).
 
 from __future__ import annotations
 
+import copy
 import random
 import time
 from typing import Any
@@ -29,7 +33,9 @@ import torch
 from examples.benchmarks import machine
 from examples.benchmarks.multiturn_generation import FULL
 
-MODES = {"padded": (False, False), "sorted": (False, True), "packed": (True, False)}
+# name: (train.pack, train.sort_by_length, varlen attention)
+MODES = {"padded": (False, False, False), "sorted": (False, True, False),
+         "bins": (True, False, False), "packed": (True, False, True)}
 
 
 def mixed_batch(model_name: str, per_limit: int, sizes: dict[str, int]) -> tuple[Any, Any, Any]:
@@ -64,17 +70,27 @@ def mixed_batch(model_name: str, per_limit: int, sizes: dict[str, int]) -> tuple
     return trajs, tok, models
 
 
-def learner_for(model: Any, pack: bool, by_length: bool, budget: int) -> Any:
+def learner_for(model: Any, pack: bool, by_length: bool, budget: int,
+                varlen: bool = True) -> Any:
+    """A learner on ``model``; without ``varlen`` on a copy that keeps sdpa attention, so
+    packed rows are bins with a block-diagonal mask."""
     from agentrl.config import TrainConfig, load_config
     from agentrl.learner import LocalLearner
     from agentrl.registry import get_algorithm
 
+    if pack and not varlen:
+        model = copy.deepcopy(model)
     acfg = load_config(None, ["algorithm.name=grpo"]).algorithm
     algo = get_algorithm("grpo")(acfg)
     algo.setup(model)
-    return LocalLearner(model, TrainConfig(lr=1e-30, micro_batch_tokens=budget, pack=pack,
-                                           sort_by_length=by_length, weight_decay=0.0),
-                        1.0, algo)
+    learner = LocalLearner(model, TrainConfig(lr=1e-30, micro_batch_tokens=budget, pack=pack,
+                                              sort_by_length=by_length, weight_decay=0.0),
+                           1.0, algo)
+    if pack and not varlen:
+        model.config._attn_implementation = "sdpa"
+        learner.varlen = False
+    assert learner.varlen == (pack and varlen)
+    return learner
 
 
 def make(trajs: list[Any], tok: Any, learner: Any) -> Any:
@@ -118,7 +134,9 @@ def executed_tokens(learner: Any, batch: Any) -> int:
     random.Random(0).shuffle(order)  # as `update` orders the rows with the same rng
     for mb in learner._micro_batches(batch, order):
         ls = [lengths[r] for r in mb]
-        if learner.pack:
+        if learner.varlen:
+            total += sum(ls)
+        elif learner.pack:
             total += len(pack_rows(ls, cap)) * cap
         else:
             total += max(ls) * len(ls)
@@ -127,7 +145,7 @@ def executed_tokens(learner: Any, batch: Any) -> int:
 
 def bench_model(name: str, model: Any, trajs: list[Any], tok: Any, pairs: int, budget: int,
                 flops_ceiling: float) -> dict[str, Any]:
-    learners = {k: learner_for(model, p, s, budget) for k, (p, s) in MODES.items()}
+    learners = {k: learner_for(model, p, s, budget, v) for k, (p, s, v) in MODES.items()}
     batches = {k: make(trajs, tok, lrn) for k, lrn in learners.items()}
     real = int(batches["padded"].attention_mask.sum())
     rows = batches["padded"].num_rows
@@ -152,7 +170,7 @@ def bench_model(name: str, model: Any, trajs: list[Any], tok: Any, pairs: int, b
               + ", ".join(f"{x:.0f}" for x in tps[k])
               + f"); model runs {ex} tokens ({ex / real:.2f}x the real ones)")
     out = {}
-    for k in ("sorted", "packed"):
+    for k in ("sorted", "bins", "packed"):
         r = machine.paired_ratios(tps[k], tps["padded"])
         out[k] = r
         print(f"  {k} / padded tokens/s per round: {', '.join(f'{x:.2f}' for x in r)} -> "
@@ -171,7 +189,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--budget", type=int, default=16384, help="train.micro_batch_tokens")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
-    machine.header("training throughput: padded vs length-sorted vs packed micro-batches")
+    machine.header("training throughput: padded vs length-sorted vs binned vs packed micro-batches")
     lim = machine.limits()
     print(f"measured now: {lim['flops'] / 1e9:.1f} GFLOP/s fp32 matmul")
     trajs, tok, models = mixed_batch("tiny", a.per_limit, {"hidden 256 x 4 layers": 256})
