@@ -24,6 +24,11 @@ model (`agentrl.lora.apply_lora` with one adapter per role; one model in memory)
   ``roles/<role>/model/`` the base merged with that role's adapter, ``model/`` the first
   role's. `agentrl eval` plays each role's seats with its own ``roles/<role>/model/``.
 
+What the roles share: the frozen base, the sampler, and an algorithm's own parameters (a value
+head or critic is updated in every role's pass). The HF backend keeps keys/values for prefix
+reuse (``rollout.context=full``) under the adapter that computed them only, so when the roles
+alternate turns a prompt is run in full rather than reused.
+
 Adapter names are the role names with every character other than letters, digits, ``_`` and
 ``-`` replaced by ``_`` (`adapter_name`).
 """
