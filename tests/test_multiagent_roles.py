@@ -234,6 +234,20 @@ def test_both_adapters_train_and_each_role_has_its_model(runs: dict[str, Any]) -
     assert any(not torch.equal(one[k], two[k]) for k in one)  # not a sum, not the same
     base = load_file(os.path.join(runs["full"], "base_model", "model.safetensors"))
     assert any(not torch.equal(base[k], two[k]) for k in base)
+    # roles/<role>/model is the base with that role's adapter (PEFT's own loading agrees)
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    ids = torch.randint(5, 100, (2, 9))
+    for role in ROLES:
+        merged_model = AutoModelForCausalLM.from_pretrained(os.path.join(cp, "roles", role,
+                                                                         "model"))
+        adapted = PeftModel.from_pretrained(
+            AutoModelForCausalLM.from_pretrained(os.path.join(runs["full"], "base_model")),
+            os.path.join(cp, "adapter", role))
+        with torch.no_grad():
+            diff = (merged_model(input_ids=ids).logits - adapted(input_ids=ids).logits).abs()
+        assert float(diff.max()) < 1e-4, role
     rows = [r for r in _metrics(runs["full"]) if "train/loss" in r]
     assert len(rows) == 3
     assert all({"train/player_1/loss", "train/player_2/loss"} <= set(r) for r in rows)
