@@ -246,6 +246,11 @@ class MultiAgentConfig:
     league_size: int = F(5, "league: snapshots kept in the pool (the oldest leave)", ge=1)
     league_self_play: float = F(0.2, "league: share of groups played in self-play instead of "
                                 "against a snapshot", ge=0, le=1)
+    policies: Literal["shared", "per_role"] = F(
+        "shared", "trained seats: 'shared' (one policy plays every role, its role in the "
+        "prompt) or 'per_role' (one LoRA adapter per role on one frozen base, each trained "
+        "on its own role's trajectories only; needs policy.lora, policy.backend=hf, "
+        "train.strategy=single, train.max_staleness=0)")
 
 
 @dataclass
@@ -564,6 +569,7 @@ def _cross_checks(cfg: Config) -> None:
             raise ConfigError(f"rollout.tool_parser: {r.tool_parser!r} is not a parser; choose "
                               f"one of {sorted(TOOL_PARSERS)}")
     _async_checks(cfg)
+    _per_role_checks(cfg)
     n = cfg.rollout.groups * cfg.rollout.group_size
     if cfg.train.minibatches > n and cfg.rollout.context == "full":
         raise ConfigError(f"train.minibatches={cfg.train.minibatches} exceeds the {n} trajectories "
@@ -603,6 +609,35 @@ def _async_checks(cfg: Config) -> None:
     if t.strategy != "single":
         raise ConfigError(f"train.max_staleness >= 1 runs with train.strategy=single; under "
                           f"torchrun ({t.strategy}) set train.max_staleness=0")
+
+
+def _per_role_checks(cfg: Config) -> None:
+    """``multiagent.policies=per_role``: adapters on one model in this process, and a game."""
+    if cfg.multiagent.policies != "per_role":
+        return
+    pre = "multiagent.policies=per_role"
+    if cfg.policy.lora is None:
+        raise ConfigError(f"{pre} trains one LoRA adapter per role: set policy.lora (e.g. "
+                          "policy.lora={r: 8, alpha: 16})")
+    if cfg.policy.backend != "hf":
+        raise ConfigError(f"{pre} switches adapters between generate calls on the learner's "
+                          f"own model: set policy.backend=hf (not {cfg.policy.backend})")
+    if cfg.train.strategy != "single":
+        raise ConfigError(f"{pre} runs in one process: set train.strategy=single (not "
+                          f"{cfg.train.strategy})")
+    if cfg.train.max_staleness:
+        raise ConfigError(f"{pre} generates with the learner's own adapters: set "
+                          "train.max_staleness=0")
+    if cfg.multiagent.opponent == "league":
+        raise ConfigError(f"{pre}: league snapshots hold one policy, not one per role: use "
+                          "multiagent.opponent=self or a checkpoint")
+    from agentrl.registry import ENVS, load_builtin_envs
+
+    load_builtin_envs()
+    entry = ENVS.get(cfg.env.id)
+    if entry is None or not entry.multiagent:
+        raise ConfigError(f"{pre} needs a multi-agent env (registered with multiagent=True); "
+                          f"{cfg.env.id} is single-agent: use multiagent.policies=shared")
 
 
 #: Keys of the ``env`` section that describe one particular env: a config file's values for

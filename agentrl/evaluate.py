@@ -262,6 +262,28 @@ def _build_policy(target: EvalTarget, device: str | None, endpoint: str | None) 
     return make_policy(cfg, model, tok)
 
 
+def _role_policies(target: EvalTarget, device: str | None, env_id: str,
+                   env_kwargs: dict[str, Any]) -> dict[str, Policy]:
+    """For a checkpoint of a ``multiagent.policies=per_role`` run (`agentrl.roles`): role ->
+    a backend with that role's merged model (``roles/<role>/model``), so each role's seats
+    play with their own policy. {} for any other target."""
+    from agentrl.roles import adapter_name, env_roles, role_model_dirs
+
+    if target.model_path is None or not os.path.isdir(target.model_path):
+        return {}
+    dirs = role_model_dirs(os.path.dirname(os.path.normpath(target.model_path)))
+    if not dirs:
+        return {}
+    out: dict[str, Policy] = {}
+    for role in env_roles(env_id, env_kwargs):
+        d = dirs.get(adapter_name(role))
+        if d is None:
+            raise EvalError(f"{target.spec}: a per-role checkpoint without a model for role "
+                            f"{role!r} of {env_id} (it has {sorted(dirs)})")
+        out[role] = _build_policy(dataclasses.replace(target, model_path=d), device, None)
+    return out
+
+
 def _with_endpoint(cfg: Config, url: str, name: str) -> Config:
     """``cfg`` with its policy section switched to the openai backend at ``url`` serving
     ``name`` (the shared settings kept, and the API key variable of an openai section)."""
@@ -309,6 +331,10 @@ def evaluate_target(target: EvalTarget, s: EvalSettings, progress: bool = False,
         raise EvalError(str(e)) from None
     policy = _build_policy(target, s.device, s.endpoint)
     policy.seed(sampler_seed)
+    roles = {} if s.endpoint is not None else _role_policies(target, s.device, env_id,
+                                                             env_kwargs)
+    for p in roles.values():
+        p.seed(sampler_seed)
     pool = make_pool(dataclasses.replace(cfg.env, id=env_id), min(len(seeds), 64), env_kwargs,
                      cfg.ray)
     bar = None
@@ -318,13 +344,15 @@ def evaluate_target(target: EvalTarget, s: EvalSettings, progress: bool = False,
         bar = tqdm(desc=f"eval {target.name}", unit="turn", leave=False, dynamic_ncols=True)
     try:
         engine = make_engine(policy, pool, PromptBuilder(policy.tokenizer, cfg.rollout),
-                             eval_rollout_config(cfg), env_id, lineup)
+                             eval_rollout_config(cfg), env_id, lineup, roles)
         summary, trajs = evaluate(engine, seeds, greedy=greedy, repeats=s.repeats, progress=bar)
     finally:
         pool.close()
         if lineup is not None:
             lineup.close()
         policy.close()  # e.g. vllm: the engine and its model directory, before the next target
+        for p in roles.values():
+            p.close()
         if bar is not None:
             bar.close()
     summary.update({"target": target.spec, "kind": target.kind, "env_id": env_id,

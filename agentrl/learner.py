@@ -332,8 +332,10 @@ class Learner(Protocol):
         (`SCORE_NAMES`), plus one pass of the reference model for ``ref_logprobs``."""
         ...
 
-    def update(self, batch: Batch, rng: random.Random) -> dict[str, float]:
-        """Optimizer steps on ``batch`` (advantages filled); returns ``train/*`` metrics."""
+    def update(self, batch: Batch, rng: random.Random, step_schedule: bool = True
+               ) -> dict[str, float]:
+        """Optimizer steps on ``batch`` (advantages filled), then one LR schedule step unless
+        ``step_schedule`` is false; returns ``train/*`` metrics."""
         ...
 
     def export_weights(self) -> nn.Module:
@@ -509,8 +511,11 @@ class LocalLearner:
                       values=out.get("values"), ref_logprobs=ref)
 
     # -- update --------------------------------------------------------------------------
-    def update(self, batch: Batch, rng: random.Random) -> dict[str, float]:
-        """Epochs x minibatches of optimizer steps on ``batch`` with gradient accumulation.
+    def update(self, batch: Batch, rng: random.Random, step_schedule: bool = True
+               ) -> dict[str, float]:
+        """Epochs x minibatches of optimizer steps on ``batch`` with gradient accumulation,
+        then one step of the LR schedule (``step_schedule=False``: none, for a caller that
+        splits one iteration's update into several calls, `agentrl.roles`).
 
         Entropy is always computed, so ``train/entropy`` is logged for every algorithm; it
         carries gradient only when the loss needs it (``"entropy" in algorithm.loss_requires``),
@@ -583,7 +588,8 @@ class LocalLearner:
                 self.optimizer.step()
                 if self.progress is not None:
                     self.progress.update(1)
-        self.scheduler.step()
+        if step_schedule:
+            self.scheduler.step()
         metrics = {f"train/{k}": sums[k] / max(1, counts[k]) for k in sums}
         metrics["train/grad_norm"] = sum(grad_norms) / max(1, len(grad_norms))
         if algo_norms:

@@ -8,8 +8,9 @@ text env whose ``info["agent"]`` names who moves next (see `agentrl.envs.multiag
   trajectories share an ``episode_id``, carry their ``role``, and get the group id
   ``<group>/<role>``, so group baselines are per (task seed, role).
 - ``_acting``: per slot, the live episode of the agent the env says moves next.
-- ``_player``: the agent's seat holder from the `Lineup`: the engine's own policy, or a fixed
-  `Player` (a frozen checkpoint), whose trajectories are recorded with ``player`` set.
+- ``_player``: the agent's seat holder from the `Lineup`: the engine's own policy (with one
+  policy per role, ``role_policies``, that role's), or a fixed `Player` (a frozen checkpoint),
+  whose trajectories are recorded with ``player`` set.
 - ``_prompt``: an agent that cannot act (turn or context limit) ends the whole game.
 - ``_record``: the turn goes to the mover (with ``episode_turn``, its place in the game); the
   rewards the step gave the other agents (``info["rewards"]``, e.g. a loser's -1 on the
@@ -225,14 +226,16 @@ def make_lineup(cfg: Config, run_dir: str) -> Lineup | None:
 
 
 def make_engine(policy: Policy, pool: EnvPool, builder: PromptBuilder, cfg: RolloutConfig,
-                env_id: str, lineup: Lineup | None = None) -> RolloutEngine:
-    """The rollout engine for ``env_id``: the multi-agent one for multi-agent envs."""
+                env_id: str, lineup: Lineup | None = None,
+                role_policies: dict[str, Policy] | None = None) -> RolloutEngine:
+    """The rollout engine for ``env_id``: the multi-agent one for multi-agent envs
+    (``role_policies``: see `MultiAgentRolloutEngine`)."""
     from agentrl.registry import ENVS, load_builtin_envs
 
     load_builtin_envs()
     entry = ENVS.get(env_id)
     if entry is not None and entry.multiagent:
-        return MultiAgentRolloutEngine(policy, pool, builder, cfg, env_id, lineup)
+        return MultiAgentRolloutEngine(policy, pool, builder, cfg, env_id, lineup, role_policies)
     return RolloutEngine(policy, pool, builder, cfg, env_id)
 
 
@@ -241,12 +244,17 @@ class MultiAgentRolloutEngine(RolloutEngine):
 
     Args:
         lineup: who holds each seat (default `SelfPlay`).
+        role_policies: role -> the backend the trained (or evaluated) policy's seats of that
+            role generate with (one policy per role, `agentrl.roles`); roles not in it, and
+            every role when it is None, use ``policy``.
     """
 
     def __init__(self, policy: Policy, pool: EnvPool, builder: PromptBuilder,
-                 cfg: RolloutConfig, env_id: str, lineup: Lineup | None = None) -> None:
+                 cfg: RolloutConfig, env_id: str, lineup: Lineup | None = None,
+                 role_policies: dict[str, Policy] | None = None) -> None:
         super().__init__(policy, pool, builder, cfg, env_id)
         self.lineup = lineup or SelfPlay()
+        self.role_policies = dict(role_policies or {})
         self._games: dict[int, dict[str, LiveEpisode]] = {}  # slot -> agent -> its episode
         self._seats: dict[tuple[int, str], Player | None] = {}
         self._mover: dict[int, str] = {}
@@ -304,7 +312,9 @@ class MultiAgentRolloutEngine(RolloutEngine):
 
     def _player(self, ep: LiveEpisode) -> tuple[Policy, PromptBuilder]:
         seat = self._seats.get(ep.key)
-        return (seat.policy, seat.builder) if seat is not None else (self.policy, self.builder)
+        if seat is not None:
+            return seat.policy, seat.builder
+        return self.role_policies.get(ep.agent, self.policy), self.builder
 
     def _prompt(self, acting: list[LiveEpisode]) -> list[_Ready]:
         ready = super()._prompt(acting)

@@ -51,6 +51,7 @@ from agentrl.preflight import preflight
 from agentrl.progress import is_terminal, phase
 from agentrl.prompts import PromptBuilder
 from agentrl.registry import get_algorithm
+from agentrl.roles import RoleAdapters, adapter_name, env_roles
 from agentrl.types import Trajectory, write_jsonl
 from agentrl.viewer import record_turn_advantages
 
@@ -73,8 +74,12 @@ class Trainer:
             C.barrier()
         self.resume_from = checkpoint.latest(self.run_dir) if resume else None
         seed_everything(cfg.seed)
+        # multiagent.policies=per_role: one adapter per role of the game (`agentrl.roles`)
+        roles = env_roles(cfg.env.id, cfg.env.kwargs) \
+            if cfg.multiagent.policies == "per_role" else None
         if cfg.policy.lora is not None:  # frozen base + adapters (new, or the checkpoint's)
-            model, tok = build_lora_model(cfg, self.run_dir, self.resume_from)
+            model, tok = build_lora_model(cfg, self.run_dir, self.resume_from,
+                                          [adapter_name(r) for r in roles] if roles else None)
         elif self.resume_from:
             # The tokenizer (and tiny model) must be the checkpoint's, not rebuilt.
             model, tok = load_pretrained(os.path.join(self.resume_from, "model"), cfg.policy.dtype)
@@ -100,16 +105,19 @@ class Trainer:
         self.policy = make_policy(cfg, self.full_model, tok)
         # The training sampler's stream follows the run's seed (each rank its own).
         self.policy.seed(cfg.seed + 7919 * self.rank)
+        self.roles = RoleAdapters(model, roles) if roles else None
+        role_policies = self.roles.policies(self.policy) if self.roles else None
         self.builder = PromptBuilder(tok, cfg.rollout)
         self.pool = make_pool(cfg.env, self.groups * cfg.rollout.group_size, ray_cfg=cfg.ray)
         # Multi-agent envs: who holds the other seats (self-play, a frozen player, a league).
         self.lineup = make_lineup(cfg, self.run_dir)
         self.engine = make_engine(self.policy, self.pool, self.builder, cfg.rollout, cfg.env.id,
-                                  self.lineup)
+                                  self.lineup, role_policies)
         self.eval_pool = make_pool(cfg.env, min(cfg.eval.episodes, 64),
                                    {**cfg.env.kwargs, **cfg.env.eval_kwargs}, cfg.ray)
         self.eval_engine = make_engine(self.policy, self.eval_pool, self.builder,
-                                       eval_rollout_config(cfg), cfg.env.id)
+                                       eval_rollout_config(cfg), cfg.env.id,
+                                       role_policies=role_policies)
         start = checkpoint.checkpoint_iteration(self.resume_from) if self.resume_from else 0
         if resume:  # metrics rows, dumps and eval files past the checkpoint are redone
             checkpoint.discard_after(self.run_dir, start)
@@ -159,7 +167,8 @@ class Trainer:
                  "lineup": self.lineup.state_dict() if self.lineup is not None else None}
         if C.is_distributed():
             extra["rank_rng"] = C.gather_lists([rngs])
-        model = MergedCheckpoint(self.full_model) if self.cfg.policy.lora else self.full_model
+        model = MergedCheckpoint(self.full_model, self.tokenizer) if self.cfg.policy.lora \
+            else self.full_model
         path = checkpoint.save(self.run_dir, self.iteration, model, self.tokenizer,
                                extra, self.config_text, self.cfg.train.keep_checkpoints,
                                write if sharded else None) if self.is_main else ""
@@ -315,7 +324,8 @@ class Trainer:
         c = self.cfg
         recompute = c.policy.recompute_old_logprobs or c.train.tis_cap > 0
         wants = self.algorithm.requires | ({"old_logprobs"} if recompute else set())
-        scores = self.learner.score(batch, wants)
+        scores = self.roles.score(self.learner, batch, wants) if self.roles \
+            else self.learner.score(batch, wants)
         m = logprob_mismatch(scores, batch)
         batch.attach(scores, recompute_old_logprobs="old_logprobs" in wants)
         m.update({f"algo/{k}": v for k, v in self.algorithm.credit(batch).items()})
@@ -325,9 +335,13 @@ class Trainer:
 
     def _update(self, batch: Batch) -> dict[str, float]:
         c = self.cfg
-        self.learner.progress = self._bar("update", c.train.epochs * c.train.minibatches, "step")
+        steps = c.train.epochs * c.train.minibatches * (len(self.roles.rows(batch))
+                                                        if self.roles else 1)
+        self.learner.progress = self._bar("update", steps, "step")
         fault_point("update")
         try:
+            if self.roles:  # each role's rows with its own adapter, one LR schedule step
+                return self.roles.update(self.learner, batch, self.rng)
             return self.learner.update(batch, self.rng)
         finally:
             if self.learner.progress is not None:

@@ -137,7 +137,7 @@ class HFPolicy(Policy):
         self.reuse_kv, self.kv_cache_bytes = reuse_kv, kv_cache_bytes
         self.share_prefill = share_prefill
         self._store = PrefixStore(kv_cache_bytes)
-        self._store_version: tuple[int, ...] = ()
+        self._store_version: tuple[Any, ...] = ()
         self._logits_to_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
         # counters for benchmarks: prompt tokens run through the model vs reused from the cache
         self.stats = {"prompt_tokens": 0, "prefill_tokens": 0, "reused_tokens": 0}
@@ -164,10 +164,13 @@ class HFPolicy(Policy):
         """Drop the keys/values kept for prefix reuse."""
         self._store = PrefixStore(self.kv_cache_bytes)
 
-    def _weights_version(self) -> tuple[int, ...]:
+    def _weights_version(self) -> tuple[Any, ...]:
         # Every in-place write to a parameter (optimizer step, load_state_dict) bumps its
-        # version counter: a store built under other weights is never reused.
-        return tuple(p._version for p in self.model.parameters())
+        # version counter: a store built under other weights is never reused. Nor is one
+        # built under another LoRA adapter of the same model (`agentrl.roles`).
+        wrapper = getattr(self.model, "peft_wrapper", None)
+        active = (str(wrapper.active_adapter),) if wrapper is not None else ()
+        return tuple(p._version for p in self.model.parameters()) + active
 
     def seed(self, seed: int) -> None:
         self._generator.manual_seed(seed)
