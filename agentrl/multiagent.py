@@ -30,7 +30,7 @@ import os
 import random
 import uuid
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from agentrl.envpool import EnvResult
@@ -46,14 +46,23 @@ if TYPE_CHECKING:
 
 @dataclass
 class Player:
-    """A fixed (never trained) seat holder: a generation backend and its prompt builder."""
+    """A fixed (never trained) seat holder: a generation backend and its prompt builder, and
+    for a checkpoint of a ``multiagent.policies=per_role`` run one backend per role (each
+    seat played by its own role's model)."""
 
     name: str
     policy: Policy
     builder: PromptBuilder
+    roles: dict[str, Policy] = field(default_factory=dict)
+
+    def policy_for(self, role: str) -> Policy:
+        """The backend that plays ``role``'s seat."""
+        return self.roles.get(role, self.policy)
 
     def close(self) -> None:
         self.policy.close()
+        for p in self.roles.values():
+            p.close()
 
 
 class Lineup:
@@ -172,7 +181,29 @@ def _as_rng_state(state: Any) -> tuple:
 
 def load_player(path: str, cfg: Config, name: str | None = None) -> Player:
     """A frozen player from a model directory (a checkpoint's ``model/``, a league snapshot, or
-    a hub name), on the Hugging Face backend, seeded from ``cfg.seed`` and its name."""
+    a hub name), on the Hugging Face backend, seeded from ``cfg.seed`` and its name. The
+    checkpoint of a ``multiagent.policies=per_role`` run (``roles/<role>/model`` beside
+    ``model/``) plays each role's seats with that role's model."""
+    from agentrl.roles import adapter_name, env_roles, role_model_dirs
+
+    name = name or os.path.basename(os.path.normpath(path))
+    policy, tok = _frozen_policy(path, cfg, name)
+    roles: dict[str, Policy] = {}
+    dirs = role_model_dirs(os.path.dirname(os.path.normpath(path))) if os.path.isdir(path) \
+        else {}
+    if dirs:
+        for role in env_roles(cfg.env.id, cfg.env.kwargs):
+            d = dirs.get(adapter_name(role))
+            if d is None:
+                raise ValueError(f"{path}: a per-role checkpoint without a model for role "
+                                 f"{role!r} of {cfg.env.id} (it has {sorted(dirs)})")
+            roles[role] = _frozen_policy(d, cfg, f"{name}:{role}")[0]
+    return Player(name, policy, PromptBuilder(tok, cfg.rollout), roles)
+
+
+def _frozen_policy(path: str, cfg: Config, name: str) -> tuple[Policy, Any]:
+    """(an HF backend on the frozen model at ``path`` seeded from ``cfg.seed`` and ``name``,
+    its tokenizer)."""
     import torch
 
     from agentrl.models import load_pretrained, resolve_device
@@ -184,9 +215,8 @@ def load_player(path: str, cfg: Config, name: str | None = None) -> Player:
     for p in model.parameters():
         p.requires_grad_(False)
     policy = HFPolicy(model, tok, batch_size=cfg.rollout.batch_size)
-    name = name or os.path.basename(os.path.normpath(path))
     policy.seed(cfg.seed + sum(name.encode()))
-    return Player(name, policy, PromptBuilder(tok, cfg.rollout))
+    return policy, tok
 
 
 def player_path(spec: str) -> str:
@@ -313,7 +343,7 @@ class MultiAgentRolloutEngine(RolloutEngine):
     def _player(self, ep: LiveEpisode) -> tuple[Policy, PromptBuilder]:
         seat = self._seats.get(ep.key)
         if seat is not None:
-            return seat.policy, seat.builder
+            return seat.policy_for(ep.agent), seat.builder
         return self.role_policies.get(ep.agent, self.policy), self.builder
 
     def _prompt(self, acting: list[LiveEpisode]) -> list[_Ready]:

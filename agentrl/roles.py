@@ -22,7 +22,8 @@ model (`agentrl.lora.apply_lora` with one adapter per role; one model in memory)
   ``train/<role>/grad_norm`` each role's own.
 - Checkpoints (`agentrl.lora.MergedCheckpoint`): ``adapter/<role>/`` for each adapter,
   ``roles/<role>/model/`` the base merged with that role's adapter, ``model/`` the first
-  role's. `agentrl eval` plays each role's seats with its own ``roles/<role>/model/``.
+  role's. `agentrl eval` plays each role's seats with its own ``roles/<role>/model/``, and so
+  does the checkpoint as a frozen opponent (`agentrl.multiagent.load_player`).
 
 What the roles share: the frozen base, the sampler, and an algorithm's own parameters (a value
 head or critic is updated in every role's pass). The HF backend keeps keys/values for prefix

@@ -320,3 +320,38 @@ def test_per_role_refuses_what_cannot_work(override: str, match: str) -> None:
 def test_per_role_needs_a_multi_agent_env() -> None:
     with pytest.raises(ConfigError, match=r"needs a multi-agent env"):
         load_config(None, ["multiagent.policies=per_role", "policy.lora={r: 4}"])
+
+
+def test_a_per_role_checkpoint_as_opponent_plays_each_seat_with_its_role_model(
+        runs: dict[str, Any]) -> None:
+    from agentrl.envpool import InProcessPool
+    from agentrl.multiagent import MultiAgentRolloutEngine, Versus, load_player, player_path
+    from agentrl.prompts import PromptBuilder
+
+    cfg = _cfg(runs["root"], "opp", 1)
+    cp = checkpoint.latest(runs["full"])
+    player = load_player(player_path(runs["full"]), cfg, "frozen")
+    assert sorted(player.roles) == ROLES
+    for role, p in player.roles.items():  # each seat's backend holds its own role's model
+        saved = load_file(os.path.join(cp, "roles", role, "model", "model.safetensors"))
+        sd = p.model.state_dict()
+        assert all(torch.equal(sd[k], saved[k]) for k in saved), role
+    me = load_player(os.path.join(cp, "roles", "player_1", "model"), cfg, "me")
+    assert me.roles == {}  # a plain model directory: one backend for every seat
+    pool = InProcessPool(cfg.env.id, cfg.env.kwargs, 4)
+    engine = MultiAgentRolloutEngine(me.policy, pool, me.builder, cfg.rollout, cfg.env.id,
+                                     Versus([player], seed=0))
+    try:
+        _, live = engine._start([0, 0, 1, 1], ["g0"] * 2 + ["g1"] * 2)
+        seated = [ep for ep in live.values() if engine._seats.get(ep.key) is player]
+        assert {ep.agent for ep in seated} == set(ROLES)  # the seats rotate within a group
+        for ep in live.values():
+            want = player.roles[ep.agent] if ep in seated else me.policy
+            assert engine._player(ep)[0] is want
+        trajs = engine.run([0, 0, 1, 1], ["g0"] * 2 + ["g1"] * 2)
+        assert {t.role for t in trajs if t.player == "frozen"} == set(ROLES)
+        assert all(t.termination in ("success", "failure", "truncated") for t in trajs)
+    finally:
+        pool.close()
+        player.close()
+        me.close()
