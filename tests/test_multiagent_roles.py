@@ -326,7 +326,6 @@ def test_a_per_role_checkpoint_as_opponent_plays_each_seat_with_its_role_model(
         runs: dict[str, Any]) -> None:
     from agentrl.envpool import InProcessPool
     from agentrl.multiagent import MultiAgentRolloutEngine, Versus, load_player, player_path
-    from agentrl.prompts import PromptBuilder
 
     cfg = _cfg(runs["root"], "opp", 1)
     cp = checkpoint.latest(runs["full"])
