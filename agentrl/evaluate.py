@@ -267,21 +267,16 @@ def _role_policies(target: EvalTarget, device: str | None, env_id: str,
     """For a checkpoint of a ``multiagent.policies=per_role`` run (`agentrl.roles`): role ->
     a backend with that role's merged model (``roles/<role>/model``), so each role's seats
     play with their own policy. {} for any other target."""
-    from agentrl.roles import adapter_name, env_roles, role_model_dirs
+    from agentrl.roles import role_models
 
-    if target.model_path is None or not os.path.isdir(target.model_path):
+    if target.model_path is None:
         return {}
-    dirs = role_model_dirs(os.path.dirname(os.path.normpath(target.model_path)))
-    if not dirs:
-        return {}
-    out: dict[str, Policy] = {}
-    for role in env_roles(env_id, env_kwargs):
-        d = dirs.get(adapter_name(role))
-        if d is None:
-            raise EvalError(f"{target.spec}: a per-role checkpoint without a model for role "
-                            f"{role!r} of {env_id} (it has {sorted(dirs)})")
-        out[role] = _build_policy(dataclasses.replace(target, model_path=d), device, None)
-    return out
+    try:
+        dirs = role_models(target.model_path, env_id, env_kwargs)
+    except ValueError as e:
+        raise EvalError(f"{target.spec}: {e}") from None
+    return {role: _build_policy(dataclasses.replace(target, model_path=d), device, None)
+            for role, d in dirs.items()}
 
 
 def _with_endpoint(cfg: Config, url: str, name: str) -> Config:

@@ -184,20 +184,15 @@ def load_player(path: str, cfg: Config, name: str | None = None) -> Player:
     a hub name), on the Hugging Face backend, seeded from ``cfg.seed`` and its name. The
     checkpoint of a ``multiagent.policies=per_role`` run (``roles/<role>/model`` beside
     ``model/``) plays each role's seats with that role's model."""
-    from agentrl.roles import adapter_name, env_roles, role_model_dirs
+    from agentrl.roles import role_models
 
+    try:
+        dirs = role_models(path, cfg.env.id, cfg.env.kwargs)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
     name = name or os.path.basename(os.path.normpath(path))
     policy, tok = _frozen_policy(path, cfg, name)
-    roles: dict[str, Policy] = {}
-    dirs = role_model_dirs(os.path.dirname(os.path.normpath(path))) if os.path.isdir(path) \
-        else {}
-    if dirs:
-        for role in env_roles(cfg.env.id, cfg.env.kwargs):
-            d = dirs.get(adapter_name(role))
-            if d is None:
-                raise ValueError(f"{path}: a per-role checkpoint without a model for role "
-                                 f"{role!r} of {cfg.env.id} (it has {sorted(dirs)})")
-            roles[role] = _frozen_policy(d, cfg, f"{name}:{role}")[0]
+    roles = {role: _frozen_policy(d, cfg, f"{name}:{role}")[0] for role, d in dirs.items()}
     return Player(name, policy, PromptBuilder(tok, cfg.rollout), roles)
 
 

@@ -195,10 +195,24 @@ def merge_role_metrics(per: dict[str, dict[str, float]]) -> dict[str, float]:
     return out
 
 
-def role_model_dirs(checkpoint_dir: str) -> dict[str, str]:
-    """adapter name -> ``roles/<adapter>/model`` of a per-role checkpoint ({} for others)."""
-    root = os.path.join(checkpoint_dir, ROLES_DIR)
+def role_models(model_dir: str, env_id: str, env_kwargs: dict[str, Any]) -> dict[str, str]:
+    """role -> its merged model directory, for the ``model/`` directory of a per-role
+    checkpoint (``roles/<adapter>/model`` beside it); {} for any other model directory. A
+    role of ``env_id`` without a model there is a ValueError."""
+    if not os.path.isdir(model_dir):
+        return {}
+    root = os.path.join(os.path.dirname(os.path.normpath(model_dir)), ROLES_DIR)
     if not os.path.isdir(root):
         return {}
-    return {a: os.path.join(root, a, "model") for a in sorted(os.listdir(root))
+    dirs = {a: os.path.join(root, a, "model") for a in sorted(os.listdir(root))
             if os.path.isdir(os.path.join(root, a, "model"))}
+    if not dirs:
+        return {}
+    out = {}
+    for role in env_roles(env_id, env_kwargs):
+        d = dirs.get(adapter_name(role))
+        if d is None:
+            raise ValueError(f"a per-role checkpoint without a model for role {role!r} of "
+                             f"{env_id} (it has {sorted(dirs)})")
+        out[role] = d
+    return out

@@ -56,9 +56,10 @@ def varlen_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
     p = dropout if module.training else 0.0
     window = kwargs.get("sliding_window")
     bounds = cu.tolist()
+    if bounds[0] != 0 or bounds[-1] != query.shape[2]:
+        raise ValueError(f"varlen attention: sequence boundaries {bounds[0]}..{bounds[-1]} do "
+                         f"not cover the row's {query.shape[2]} tokens")
     sizes = [b - a for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
-    if bounds[-1] < query.shape[2]:  # trailing tokens outside every sequence: attend alone
-        sizes.append(query.shape[2] - bounds[-1])
     outs = []
     # split, not slices: a split's backward is one concatenation, a slice's a full-size zero
     # tensor per sequence
