@@ -122,14 +122,12 @@ def _dispatch(args: argparse.Namespace) -> int:
             print(f"{k:<{w}}  {ALGORITHMS[k].description}")
         return 0
     if args.cmd == "check-env":
-        from agentrl import make_env
-        from agentrl.registry import ENVS
+        from agentrl import is_multiagent, make_env
         from agentrl.testing import check_env, check_multiagent_env
 
         env = make_env(args.env_id, **_kwargs(args.kwargs))
-        entry = ENVS.get(args.env_id)
         try:
-            if entry is not None and entry.multiagent:
+            if is_multiagent(args.env_id):
                 check_multiagent_env(env)
                 print(f"{args.env_id}: passes check_multiagent_env")
             else:

@@ -631,11 +631,9 @@ def _per_role_checks(cfg: Config) -> None:
     if cfg.multiagent.opponent == "league":
         raise ConfigError(f"{pre}: league snapshots hold one policy, not one per role: use "
                           "multiagent.opponent=self or a checkpoint")
-    from agentrl.registry import ENVS, load_builtin_envs
+    from agentrl.registry import is_multiagent
 
-    load_builtin_envs()
-    entry = ENVS.get(cfg.env.id)
-    if entry is None or not entry.multiagent:
+    if not is_multiagent(cfg.env.id):
         raise ConfigError(f"{pre} needs a multi-agent env (registered with multiagent=True); "
                           f"{cfg.env.id} is single-agent: use multiagent.policies=shared")
 

@@ -236,11 +236,9 @@ def player_path(spec: str) -> str:
 
 def make_lineup(cfg: Config, run_dir: str) -> Lineup | None:
     """The lineup ``cfg.multiagent`` asks for (None for single-agent envs)."""
-    from agentrl.registry import ENVS, load_builtin_envs
+    from agentrl.registry import is_multiagent
 
-    load_builtin_envs()
-    entry = ENVS.get(cfg.env.id)
-    if entry is None or not entry.multiagent:
+    if not is_multiagent(cfg.env.id):
         return None
     m = cfg.multiagent
     if m.opponent == "self":
@@ -255,11 +253,9 @@ def make_engine(policy: Policy, pool: EnvPool, builder: PromptBuilder, cfg: Roll
                 role_policies: dict[str, Policy] | None = None) -> RolloutEngine:
     """The rollout engine for ``env_id``: the multi-agent one for multi-agent envs
     (``role_policies``: see `MultiAgentRolloutEngine`)."""
-    from agentrl.registry import ENVS, load_builtin_envs
+    from agentrl.registry import is_multiagent
 
-    load_builtin_envs()
-    entry = ENVS.get(env_id)
-    if entry is not None and entry.multiagent:
+    if is_multiagent(env_id):
         return MultiAgentRolloutEngine(policy, pool, builder, cfg, env_id, lineup, role_policies)
     return RolloutEngine(policy, pool, builder, cfg, env_id)
 

@@ -108,6 +108,13 @@ def unrecorded_info(env_id: str) -> frozenset[str]:
     return frozenset(entry.unrecorded_info) if entry else frozenset()
 
 
+def is_multiagent(env_id: str) -> bool:
+    """Whether ``env_id`` was registered as a multi-agent game (``register_env(multiagent=True)``)."""
+    load_builtin_envs()
+    entry = ENVS.get(env_id)
+    return entry is not None and entry.multiagent
+
+
 def load_builtin_envs() -> None:
     """Import `agentrl.envs`, whose modules register the built-in ids."""
     importlib.import_module("agentrl.envs")

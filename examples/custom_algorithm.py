@@ -15,9 +15,8 @@ from typing import Any
 
 import torch
 
+from agentrl import Algorithm, AlgorithmConfig, F
 from agentrl.algorithms import functional as Fn
-from agentrl.algorithms.base import Algorithm, AlgorithmConfig
-from agentrl.config import F
 
 
 @dataclass
@@ -45,8 +44,7 @@ class REINFORCE(Algorithm):
 
 
 def main(argv: list[str]) -> dict[str, Any]:
-    from agentrl.config import load_config
-    from agentrl.trainer import Trainer
+    from agentrl import Trainer, load_config
 
     cfg = load_config(None, ["algorithm.name=examples.custom_algorithm:REINFORCE",
                              "run_name=reinforce", "log.progress=false", *argv])

@@ -12,7 +12,7 @@ import sys
 from typing import Any
 
 import agentrl
-from agentrl.envs.base import TextEnv
+from agentrl import TextEnv
 
 
 class GuessNumber(TextEnv):
@@ -40,9 +40,7 @@ agentrl.register_env("examples/GuessNumber-v0", entry_point=GuessNumber,
 
 
 def main(argv: list[str]) -> dict[str, Any]:
-    from agentrl.config import load_config
-    from agentrl.testing import check_env
-    from agentrl.trainer import Trainer
+    from agentrl import Trainer, check_env, load_config
 
     check_env(agentrl.make_env("examples/GuessNumber-v0"))
     cfg = load_config(None, [

@@ -21,7 +21,7 @@ from gymnasium import spaces
 from pettingzoo import AECEnv
 
 import agentrl
-from agentrl.envs.multiagent.base import MultiAgentTextEnv, begin_aec_step, start_aec
+from agentrl import MultiAgentTextEnv, begin_aec_step, start_aec
 
 
 class NimAEC(AECEnv):
@@ -90,9 +90,7 @@ agentrl.register_env("examples/Nim-v0", entry_point=Nim, description="Nim with 7
 
 
 def main(argv: list[str]) -> dict[str, Any]:
-    from agentrl.config import load_config
-    from agentrl.testing import check_multiagent_env
-    from agentrl.trainer import Trainer
+    from agentrl import Trainer, check_multiagent_env, load_config
 
     check_multiagent_env(agentrl.make_env("examples/Nim-v0"))
     cfg = load_config(None, [

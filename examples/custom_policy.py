@@ -22,29 +22,19 @@ import random
 import sys
 from typing import Any
 
-from agentrl.policies import Policy
-from agentrl.policies.base import CandidateTrie, Generation, SamplingParams
+from agentrl import CandidateTrie, Generation, Policy, SamplingParams, SeededRNG
 
 
-class RandomAdmissible(Policy):
+class RandomAdmissible(SeededRNG, Policy):
     """Uniform over the admissible actions; seeded, checkpointable, no weights."""
 
     def __init__(self, tokenizer: Any, seed: int = 0) -> None:
         self.tokenizer = tokenizer
-        self._rng = random.Random(seed)
+        self.rng = random.Random(seed)
 
     @classmethod
     def from_config(cls, cfg: Any, model: Any, tokenizer: Any) -> RandomAdmissible:
         return cls(tokenizer, cfg.seed)  # the model is not needed: nothing to run
-
-    def seed(self, seed: int) -> None:
-        self._rng.seed(seed)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"rng": self._rng.getstate()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._rng.setstate(state["rng"])
 
     def generate(self, prompts: list[list[int]], sampling: SamplingParams,
                  candidates: list[list[list[int]] | None] | None = None) -> list[Generation]:
@@ -57,7 +47,7 @@ class RandomAdmissible(Policy):
         return [self._pick(list(dict.fromkeys(map(tuple, c)))) for c in candidates]
 
     def _pick(self, cands: list[tuple[int, ...]]) -> Generation:
-        choice = list(self._rng.choice(cands))
+        choice = list(self.rng.choice(cands))
         trie = CandidateTrie([list(c) for c in cands])
         logprobs, allowed = [], []
         for k in range(len(choice)):
@@ -73,7 +63,7 @@ class RandomAdmissible(Policy):
 def main(argv: list[str], out: str | None = None) -> list[tuple[str, dict[str, Any]]]:
     """``agentrl eval`` of the random baseline on the quickstart's held-out split (``argv``:
     config overrides; ``out``: where to write eval.json, eval.md and the trajectories)."""
-    from agentrl.evaluate import EvalSettings, run_eval_command
+    from agentrl import EvalSettings, run_eval_command
 
     return run_eval_command(
         [], untrained=[_quickstart_path()], progress=False, out=out,

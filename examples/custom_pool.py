@@ -21,8 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
-from agentrl.envpool import EnvResult
-from agentrl.registry import make_env
+from agentrl import EnvResult, make_env
 
 
 class ThreadPool:
@@ -90,8 +89,7 @@ class ThreadPool:
 
 
 def main(argv: list[str]) -> dict[str, Any]:
-    from agentrl.config import load_config
-    from agentrl.trainer import Trainer
+    from agentrl import Trainer, load_config
 
     cfg = load_config(None, [f"env.pool={__name__}:ThreadPool", "run_name=threadpool",
                              "log.progress=false", *argv])

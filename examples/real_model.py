@@ -19,8 +19,7 @@ import sys
 import time
 from typing import Any
 
-from agentrl.config import load_config
-from agentrl.trainer import Trainer
+from agentrl import Trainer, load_config
 
 CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
                       "smollm2_textworld.yaml")

@@ -19,6 +19,7 @@ what it can do. A backend's ``policy:`` config section is its ``Config`` datacla
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -180,6 +181,29 @@ class Policy:
 
     def close(self) -> None:
         """Release what the backend holds (engine, model directory, connections)."""
+
+
+class SeededRNG:
+    """The sampler-RNG lifecycle of a backend that draws from a `random.Random` (``self.rng``):
+    `seed`, `state_dict` and `load_state_dict`, so checkpoints and evaluation restore it.
+
+    List it before `Policy`: ``class MyPolicy(SeededRNG, Policy)``, and set
+    ``self.rng = random.Random(seed)`` in ``__init__``.
+    """
+
+    rng: random.Random
+
+    def seed(self, seed: int) -> None:
+        """Reseed the sampler (evaluation samples from its own fixed seed)."""
+        self.rng.seed(seed)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The sampler's random state, for checkpoints."""
+        return {"rng": self.rng.getstate()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` returned."""
+        self.rng.setstate(state["rng"])
 
 
 class CandidateTrie:

@@ -45,7 +45,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from agentrl.policies import OpenAIConfig
-from agentrl.policies.base import CandidateTrie, Generation, Policy, SamplingParams
+from agentrl.policies.base import CandidateTrie, Generation, Policy, SamplingParams, SeededRNG
 
 if TYPE_CHECKING:
     from agentrl.config import Config
@@ -55,7 +55,7 @@ class OpenAIServerError(RuntimeError):
     """The server refused a request or returned something without token ids/logprobs."""
 
 
-class OpenAIPolicy(Policy):
+class OpenAIPolicy(SeededRNG, Policy):
     """Generation through an OpenAI-compatible ``/completions`` endpoint.
 
     Args:
@@ -79,7 +79,7 @@ class OpenAIPolicy(Policy):
         self.base_url, self.model, self.tokenizer = url, model, tokenizer
         self.api_key, self.timeout, self.max_retries = api_key, timeout, max_retries
         self.concurrency = max(1, concurrency)
-        self._rng = random.Random()
+        self.rng = random.Random()
 
     @classmethod
     def from_config(cls, cfg: Config, model: Any, tokenizer: Any) -> OpenAIPolicy:
@@ -87,16 +87,6 @@ class OpenAIPolicy(Policy):
         p = cfg.policy
         return cls(p.base_url, p.served_model or p.model, tokenizer,
                    api_key=os.environ.get(p.api_key_env) or None)
-
-    def seed(self, seed: int) -> None:
-        """Seed the per-request sampling seeds (and the client-side constrained sampler)."""
-        self._rng.seed(seed)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"rng": self._rng.getstate()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._rng.setstate(state["rng"])
 
     def update_weights(self, source: Any) -> None:
         raise NotImplementedError(
@@ -143,7 +133,7 @@ class OpenAIPolicy(Policy):
             self.seed(sampling.seed)
         cands = candidates or [None] * len(prompts)
         # Seeds drawn up front, in prompt order, so results do not depend on thread timing.
-        seeds = [self._rng.randrange(2**31) for _ in prompts]
+        seeds = [self.rng.randrange(2**31) for _ in prompts]
         with ThreadPoolExecutor(min(self.concurrency, max(1, len(prompts)))) as ex:
             return list(ex.map(lambda p, c, s: self._one(p, sampling, c, s),
                                prompts, cands, seeds))

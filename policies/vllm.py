@@ -53,7 +53,7 @@ import torch
 from torch import nn
 
 from agentrl.policies import VLLMConfig
-from agentrl.policies.base import CandidateTrie, Generation, Policy, SamplingParams
+from agentrl.policies.base import CandidateTrie, Generation, Policy, SamplingParams, SeededRNG
 
 if TYPE_CHECKING:
     from agentrl.config import Config
@@ -160,7 +160,7 @@ class TrieLogitsProcessor(_LogitsProcessorBase):  # type: ignore[misc,valid-type
         return logits
 
 
-class VLLMPolicy(Policy):
+class VLLMPolicy(SeededRNG, Policy):
     """Generation with an in-process vLLM engine.
 
     Args:
@@ -191,7 +191,7 @@ class VLLMPolicy(Policy):
         import vllm
 
         self.tokenizer, self.model_path, self.sleep_level = tokenizer, model_path, sleep_level
-        self._rng = random.Random(seed)
+        self.rng = random.Random(seed)
         self._owned_dir: str | None = None
         self._asleep = False
         self._weights_discarded = False  # sleep level 2 dropped them: a sync must come first
@@ -254,16 +254,6 @@ class VLLMPolicy(Policy):
             gpu_memory_utilization=p.gpu_memory_utilization, sleep_level=p.sleep_level,
             kv_cache_gb=p.kv_cache_gb, enforce_eager=p.enforce_eager)
 
-    def seed(self, seed: int) -> None:
-        """Seed the per-request sampling seeds (vLLM samples each request with its own)."""
-        self._rng.seed(seed)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"rng": self._rng.getstate()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._rng.setstate(state["rng"])
-
     # -- memory and weights --------------------------------------------------------------
     def sleep(self) -> None:
         """GPU with ``sleep_level > 0``: free the engine's memory for the learner's update."""
@@ -318,7 +308,7 @@ class VLLMPolicy(Policy):
             extra[_GREEDY_T_KEY] = sp.temperature
         return vllm.SamplingParams(
             n=1, max_tokens=sp.max_new_tokens, temperature=0.0 if sp.greedy else sp.temperature,
-            top_p=sp.top_p, top_k=sp.top_k or 0, seed=self._rng.randrange(2**31), logprobs=0,
+            top_p=sp.top_p, top_k=sp.top_k or 0, seed=self.rng.randrange(2**31), logprobs=0,
             stop=list(sp.stop) or None, stop_token_ids=[self.eos_token_id],
             skip_special_tokens=False, detokenize=bool(sp.stop), extra_args=extra or None)
 
