@@ -17,7 +17,13 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from agentrl.registry import is_multiagent, make_env, register_algorithm, register_env
+from agentrl.registry import (
+    is_multiagent,
+    make_env,
+    register_algorithm,
+    register_env,
+    register_tool_parser,
+)
 from agentrl.types import Trajectory, Turn
 
 __version__ = "0.1.0"
@@ -54,7 +60,7 @@ _LAZY: dict[str, str] = {
 }
 
 __all__ = [
-    "make_env", "register_env", "register_algorithm", "is_multiagent", "Trajectory", "Turn",
+    "make_env", "register_env", "register_algorithm", "register_tool_parser", "is_multiagent", "Trajectory", "Turn",
     "__version__", "load_config", "Config", "ConfigError", "F", "Trainer", "EvalSettings",
     "run_eval_command", "TextEnv", "MultiAgentTextEnv", "start_aec", "begin_aec_step",
     "Algorithm", "AlgorithmConfig", "Policy", "PolicyConfig", "SamplingParams", "Generation",

@@ -23,7 +23,60 @@ from typing import Any
 
 import torch
 
-from agentrl.types import Trajectory, to_samples
+from agentrl.context import context_mode
+from agentrl.types import Trajectory, Turn
+
+
+@dataclass
+class Sample:
+    """One training sequence: ``input_ids`` with per-token training targets.
+
+    All lists have the same length L. Position ``i`` describes token ``input_ids[i]``: whether it
+    was sampled (``loss_mask``), its sampler logprob, which turn of which trajectory it belongs
+    to (``turn_index``, -1 on context tokens) and, if constrained, the ids that were allowed.
+    """
+
+    input_ids: list[int]
+    loss_mask: list[int]
+    old_logprobs: list[float]
+    turn_index: list[int]
+    trajectory_index: int
+    allowed_ids: dict[int, list[int]] = field(default_factory=dict)  # position -> allowed ids
+
+
+def to_samples(trajectories: Sequence[Trajectory]) -> list[Sample]:
+    """Flatten trajectories into training samples, as their context mode groups the turns (one
+    per trajectory in ``full`` mode, one per turn in ``window`` mode). Pure bookkeeping: the ids
+    are used exactly as sampled."""
+    samples: list[Sample] = []
+    for ti, traj in enumerate(trajectories):
+        restarts = [k for k, t in enumerate(traj.turns) if t.context_reset]
+        for turns in context_mode(traj.context_mode).samples(traj.num_turns, restarts):
+            cur = _new_sample(ti)
+            for k in turns:
+                _append_turn(cur, traj.turns[k], k)
+            samples.append(cur)
+    return samples
+
+
+def _new_sample(ti: int) -> Sample:
+    return Sample(input_ids=[], loss_mask=[], old_logprobs=[], turn_index=[], trajectory_index=ti)
+
+
+def _append_turn(s: Sample, turn: Turn, k: int) -> None:
+    n_ctx = len(turn.context_ids)
+    s.input_ids += turn.context_ids
+    s.loss_mask += [0] * n_ctx
+    s.old_logprobs += [0.0] * n_ctx
+    s.turn_index += [-1] * n_ctx
+    start = len(s.input_ids)
+    s.input_ids += turn.action_ids
+    s.loss_mask += [1] * len(turn.action_ids)
+    s.old_logprobs += list(turn.logprobs)
+    s.turn_index += [k] * len(turn.action_ids)
+    if turn.allowed_ids is not None:
+        for j, ids in enumerate(turn.allowed_ids):
+            s.allowed_ids[start + j] = list(ids)
 
 
 class Table(dict[str, torch.Tensor]):

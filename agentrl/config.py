@@ -563,7 +563,7 @@ def _cross_checks(cfg: Config) -> None:
         raise ConfigError(f"rollout.history_policy={r.history_policy} applies to "
                           "rollout.context=full (window mode keeps rollout.history turns)")
     if r.action_format == "tool_call":
-        from agentrl.toolcalls import TOOL_PARSERS
+        from agentrl.registry import TOOL_PARSERS
 
         if r.tool_parser not in TOOL_PARSERS:
             raise ConfigError(f"rollout.tool_parser: {r.tool_parser!r} is not a parser; choose "

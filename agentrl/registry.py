@@ -194,3 +194,32 @@ def get_algorithm(name: str) -> type:
             + f" Registered: {', '.join(sorted(ALGORITHMS))}"
         )
     return ALGORITHMS[name]
+
+
+# ----------------------------------------------------------------------------- tool parsers
+
+#: ``rollout.tool_parser`` name -> ``"pkg.module:Class"`` or a factory (a class with ``parse``
+#: and ``example``). Names live here, light, so the config checks them without importing the
+#: parsers; `agentrl.toolcalls.get_tool_parser` builds one.
+TOOL_PARSERS: dict[str, str | Callable[[], Any]] = {
+    "hermes": "agentrl.toolcalls:HermesParser",
+    "json": "agentrl.toolcalls:JSONParser",
+}
+
+
+def register_tool_parser(name: str, factory: Callable[[], Any]) -> None:
+    """Make ``rollout.tool_parser=<name>`` use ``factory()`` (a class with ``parse``/``example``)."""
+    TOOL_PARSERS[name] = factory
+
+
+def tool_parser_factory(name: str) -> Callable[[], Any]:
+    """The factory registered as ``name`` (imported when it is a ``"pkg.module:Class"`` string)."""
+    if name not in TOOL_PARSERS:
+        raise ValueError(f"unknown rollout.tool_parser {name!r}; choose one of "
+                         f"{sorted(TOOL_PARSERS)} or register one with "
+                         "agentrl.register_tool_parser")
+    entry = TOOL_PARSERS[name]
+    if isinstance(entry, str):
+        mod, _, attr = entry.partition(":")
+        return getattr(importlib.import_module(mod), attr)
+    return entry

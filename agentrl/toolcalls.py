@@ -17,16 +17,17 @@ A reply that is not exactly one well-formed call of a known tool (no call, malfo
 call cut off by the token limit, several calls, an unknown tool, wrong arguments) is an invalid
 action whose observation says what was wrong and how to call a tool; it never raises.
 
-Parsers are pluggable: `register_tool_parser` adds one for another template's format.
+Parsers are pluggable: `agentrl.register_tool_parser` adds one for another template's format.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from agentrl.registry import tool_parser_factory
 
 
 @dataclass
@@ -150,21 +151,9 @@ def _one_call_error(calls: list[ToolCall], errors: list[str], example: str) -> s
     return None
 
 
-TOOL_PARSERS: dict[str, Callable[[], ToolCallParser]] = {"hermes": HermesParser,
-                                                         "json": JSONParser}
-
-
-def register_tool_parser(name: str, factory: Callable[[], ToolCallParser]) -> None:
-    """Make ``rollout.tool_parser=<name>`` use ``factory()`` (a class with ``parse``/``example``)."""
-    TOOL_PARSERS[name] = factory
-
-
 def get_tool_parser(name: str) -> ToolCallParser:
-    if name not in TOOL_PARSERS:
-        raise ValueError(f"unknown rollout.tool_parser {name!r}; choose one of "
-                         f"{sorted(TOOL_PARSERS)} or register one with "
-                         "agentrl.toolcalls.register_tool_parser")
-    return TOOL_PARSERS[name]()
+    """A new parser of the kind registered as ``name`` (`agentrl.registry.TOOL_PARSERS`)."""
+    return tool_parser_factory(name)()
 
 
 # ------------------------------------------------------------------------- tools <-> actions

@@ -11,7 +11,7 @@ import pytest
 import torch
 from chatml import QWEN3, QWEN25, SMOLLM2, chatml_tokenizer
 
-from agentrl.batch import make_batch
+from agentrl.batch import make_batch, to_samples
 from agentrl.chat import TemplateDriftError
 from agentrl.config import RolloutConfig
 from agentrl.envpool import InProcessPool
@@ -22,7 +22,7 @@ from agentrl.policies.base import Generation, Policy, SamplingParams
 from agentrl.policies.hf import HFPolicy
 from agentrl.prompts import PromptBuilder
 from agentrl.rollout import RolloutEngine
-from agentrl.types import Trajectory, to_samples
+from agentrl.types import Trajectory
 
 TEMPLATES = {"smollm2": SMOLLM2, "qwen2.5": QWEN25, "qwen3": QWEN3}
 _TOKS: dict[str, Any] = {}

@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import CorridorEnv
 
-from agentrl.batch import make_batch
+from agentrl.batch import make_batch, to_samples
 from agentrl.config import RolloutConfig, TrainConfig, load_config
 from agentrl.context import CONTEXT_MODES, context_mode
 from agentrl.envpool import InProcessPool
@@ -18,7 +18,7 @@ from agentrl.policies.hf import HFPolicy
 from agentrl.prompts import PromptBuilder, parse_action
 from agentrl.registry import get_algorithm, register_env
 from agentrl.rollout import RolloutEngine
-from agentrl.types import read_jsonl, to_samples, write_jsonl
+from agentrl.types import read_jsonl, write_jsonl
 
 
 def _engine(tok, model, **kw) -> RolloutEngine:

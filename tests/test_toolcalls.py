@@ -8,6 +8,7 @@ import re
 import pytest
 from chatml import QWEN25, chatml_tokenizer
 
+from agentrl import register_tool_parser
 from agentrl.chat import ChatTemplate, Conversation
 from agentrl.envs.tooluse.env import ToolUseEnv, tool_schemas
 from agentrl.testing import EnvCheckError, check_env
@@ -19,7 +20,6 @@ from agentrl.toolcalls import (
     check_tools,
     get_tool_parser,
     invalid_call_text,
-    register_tool_parser,
 )
 
 TOOLS = tool_schemas()
