@@ -38,8 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("kwargs", nargs="*", help="constructor key=value arguments")
     p.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    from agentrl.preflight import PreflightError
     from agentrl.progress import interrupted, reset_phases
+    from agentrl.run.preflight import PreflightError
 
     try:
         return _dispatch(args)
@@ -99,7 +99,7 @@ def _dispatch(args: argparse.Namespace) -> int:
                   "a run directory, a model directory or a hub model name)", file=sys.stderr)
             return 2
     if args.cmd == "report":
-        from agentrl.report import report_main
+        from agentrl.run.report import report_main
 
         return report_main(args.run_dir)
     if args.cmd == "envs":
@@ -142,8 +142,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def _train(build: Callable[[], Any]) -> int:
     """Build a trainer and train; on Ctrl-C say where the run stopped and what it kept."""
-    from agentrl import checkpoint
     from agentrl.progress import interrupted, reset_phases
+    from agentrl.run import checkpoint
 
     trainer = None
     try:
@@ -177,8 +177,8 @@ def _check_resumable(run_dir: str) -> None:
     """``--resume`` needs an existing run directory of ``agentrl train``; one without a complete
     checkpoint yet (killed or preempted early) starts again from iteration 0, which is what a
     restart script that always passes ``--resume`` needs."""
-    from agentrl import checkpoint
     from agentrl.config import ConfigError
+    from agentrl.run import checkpoint
 
     if not os.path.isdir(run_dir):
         parent = os.path.dirname(os.path.normpath(run_dir)) or "."
@@ -221,7 +221,6 @@ def _missing_eval_target(targets: list[str]) -> str | None:
 
 def _play(args: argparse.Namespace) -> int:
     from agentrl import make_env
-
     env = make_env(args.env_id, **_kwargs(args.kwargs))
     obs, info = env.reset(seed=args.seed)
     total = 0.0

@@ -200,10 +200,10 @@ def get_algorithm(name: str) -> type:
 
 #: ``rollout.tool_parser`` name -> ``"pkg.module:Class"`` or a factory (a class with ``parse``
 #: and ``example``). Names live here, light, so the config checks them without importing the
-#: parsers; `agentrl.toolcalls.get_tool_parser` builds one.
+#: parsers; `agentrl.rollout.toolcalls.get_tool_parser` builds one.
 TOOL_PARSERS: dict[str, str | Callable[[], Any]] = {
-    "hermes": "agentrl.toolcalls:HermesParser",
-    "json": "agentrl.toolcalls:JSONParser",
+    "hermes": "agentrl.rollout.toolcalls:HermesParser",
+    "json": "agentrl.rollout.toolcalls:JSONParser",
 }
 
 

@@ -19,14 +19,12 @@ from typing import Any
 
 import yaml
 
-from agentrl import checkpoint
 from agentrl import collectives as C
-from agentrl.alarms import alarm_metrics, logprob_mismatch, memory_metrics
-from agentrl.async_loop import AsyncRollouts
-from agentrl.batch import Batch
-from agentrl.checkpoint import seed_everything
 from agentrl.config import Config, config_to_dict
-from agentrl.distributed import (
+from agentrl.envpool import make_pool
+from agentrl.evaluate import EVAL_SAMPLER_SEED, eval_rollout_config, evaluate, summarize
+from agentrl.learn.batch import Batch
+from agentrl.learn.distributed import (
     SHARDED,
     NullLogger,
     generation_model,
@@ -36,24 +34,26 @@ from agentrl.distributed import (
     make_learner,
     save_sharded,
 )
-from agentrl.envpool import make_pool
-from agentrl.evaluate import EVAL_SAMPLER_SEED, eval_rollout_config, evaluate, summarize
-from agentrl.faults import Interrupted, StopOnSignal, fault_point
-from agentrl.learner import LocalLearner, apply_tis
-from agentrl.lora import MergedCheckpoint, build_lora_model, lora_scale, merged_state_dict
-from agentrl.memory import check as memory_check
-from agentrl.memory import estimate as memory_estimate
-from agentrl.metrics import MetricsLogger, console_line, rollout_metrics
+from agentrl.learn.learner import LocalLearner, apply_tis
+from agentrl.learn.roles import RoleAdapters, adapter_name, env_roles
 from agentrl.models import build_policy_model, load_pretrained, resolve_device
-from agentrl.multiagent import make_engine, make_lineup
+from agentrl.models.lora import MergedCheckpoint, build_lora_model, lora_scale, merged_state_dict
+from agentrl.models.memory import check as memory_check
+from agentrl.models.memory import estimate as memory_estimate
 from agentrl.policies import make_policy
-from agentrl.preflight import preflight
 from agentrl.progress import is_terminal, phase
-from agentrl.prompts import PromptBuilder
 from agentrl.registry import get_algorithm
-from agentrl.roles import RoleAdapters, adapter_name, env_roles
+from agentrl.rollout.ahead import AsyncRollouts
+from agentrl.rollout.multiagent import make_engine, make_lineup
+from agentrl.rollout.prompts import PromptBuilder
+from agentrl.run import checkpoint
+from agentrl.run.alarms import alarm_metrics, logprob_mismatch, memory_metrics
+from agentrl.run.checkpoint import seed_everything
+from agentrl.run.faults import Interrupted, StopOnSignal, fault_point
+from agentrl.run.metrics import MetricsLogger, console_line, rollout_metrics
+from agentrl.run.preflight import preflight
+from agentrl.run.viewer import record_turn_advantages
 from agentrl.types import Trajectory, write_jsonl
-from agentrl.viewer import record_turn_advantages
 
 
 class Trainer:
@@ -62,7 +62,7 @@ class Trainer:
     def __init__(self, cfg: Config, resume: bool = False, run_dir: str | None = None) -> None:
         self.cfg = cfg
         # Under torchrun (train.strategy ddp/fsdp) every rank runs this loop on its share of
-        # the groups (`agentrl.distributed`); rank 0 alone writes files.
+        # the groups (`agentrl.learn.distributed`); rank 0 alone writes files.
         init_distributed(cfg.train.strategy, cfg.policy.device)
         self.rank, self.is_main = C.rank(), C.rank() == 0
         self.groups = groups_per_rank(cfg.rollout.groups)
@@ -74,7 +74,7 @@ class Trainer:
             C.barrier()
         self.resume_from = checkpoint.latest(self.run_dir) if resume else None
         seed_everything(cfg.seed)
-        # multiagent.policies=per_role: one adapter per role of the game (`agentrl.roles`)
+        # multiagent.policies=per_role: one adapter per role of the game (`agentrl.learn.roles`)
         roles = env_roles(cfg.env.id, cfg.env.kwargs) \
             if cfg.multiagent.policies == "per_role" else None
         if cfg.policy.lora is not None:  # frozen base + adapters (new, or the checkpoint's)
@@ -451,7 +451,7 @@ class Trainer:
 
 def write_curve(run_dir: str, evals: list[dict[str, Any]]) -> str | None:
     """Plot training and held-out success rate against iteration (``curve.png``)."""
-    from agentrl.metrics import read_metrics
+    from agentrl.run.metrics import read_metrics
 
     try:
         import matplotlib

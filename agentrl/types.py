@@ -3,11 +3,11 @@
 A `Trajectory` is one episode of one agent. It keeps the exact token ids the policy sampled and
 the sampler's log-probabilities, so training never decodes and re-encodes text.
 
-Both context modes (`agentrl.context`: ``full``, one growing conversation; ``window``, each turn
+Both context modes (`agentrl.rollout.context`: ``full``, one growing conversation; ``window``, each turn
 re-prompted) share this model: ``Turn.context_ids`` holds what the mode added to the context
 before the turn's action, and the mode says which turns form one training sample.
 
-`agentrl.batch.to_samples` turns trajectories into flat training samples. This module imports
+`agentrl.learn.batch.to_samples` turns trajectories into flat training samples. This module imports
 nothing else of agentrl: it is the data model every stage shares.
 """
 
@@ -100,7 +100,7 @@ class Trajectory:
     ``episode_id`` links the per-agent views of one multi-agent episode (equal to
     ``trajectory_id`` for single-agent envs).
 
-    Multi-agent episodes (`agentrl.multiagent`) also set ``role`` (the agent's seat, e.g.
+    Multi-agent episodes (`agentrl.rollout.multiagent`) also set ``role`` (the agent's seat, e.g.
     ``player_1``; group ids are then per (task seed, role)), ``outcome`` (``win``, ``draw`` or
     ``loss``, at the end of a game) and ``player``: ``""`` when the policy being trained or
     evaluated produced the trajectory, else the name of the fixed player that did (a frozen
@@ -111,7 +111,7 @@ class Trajectory:
     group_id: str
     env_id: str
     seed: int
-    context_mode: str  # an `agentrl.context` mode: "window" or "full"
+    context_mode: str  # an `agentrl.rollout.context` mode: "window" or "full"
     turns: list[Turn] = field(default_factory=list)
     episode_id: str = ""
     task: str = ""

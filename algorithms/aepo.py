@@ -55,11 +55,11 @@ import torch
 from agentrl.algorithms import functional as Fn
 from agentrl.algorithms.base import Algorithm
 from agentrl.algorithms.grpo import GRPOConfig, outcome_advantages, trajectory_scores
-from agentrl.batch import Batch
 from agentrl.config import F
-from agentrl.learner import ModelOutputs
+from agentrl.learn.batch import Batch
+from agentrl.learn.learner import ModelOutputs
 from agentrl.registry import register_algorithm
-from agentrl.rollout import RolloutEngine
+from agentrl.rollout.engine import RolloutEngine
 from agentrl.types import Trajectory, Turn
 
 

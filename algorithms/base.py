@@ -44,9 +44,9 @@ from agentrl.algorithms import functional as Fn
 from agentrl.config import F
 
 if TYPE_CHECKING:
-    from agentrl.batch import Batch
-    from agentrl.learner import ModelOutputs
-    from agentrl.rollout import RolloutEngine
+    from agentrl.learn.batch import Batch
+    from agentrl.learn.learner import ModelOutputs
+    from agentrl.rollout.engine import RolloutEngine
     from agentrl.types import Trajectory
 
 
@@ -110,13 +110,13 @@ class Algorithm:
     @property
     def requires(self) -> frozenset[str]:
         """What the learner's scoring pass must put in the batch before `advantages`
-        (``agentrl.learner.SCORE_NAMES``). Base: ``ref_logprobs`` when the KL term is on."""
+        (``agentrl.learn.learner.SCORE_NAMES``). Base: ``ref_logprobs`` when the KL term is on."""
         return frozenset({"ref_logprobs"}) if self.cfg.kl_coef > 0 else frozenset()
 
     @property
     def loss_requires(self) -> frozenset[str]:
         """What the update's forward must return to `loss` besides logprobs
-        (``agentrl.learner.LOSS_NAMES``). Base: ``entropy`` (with gradient) for the bonus."""
+        (``agentrl.learn.learner.LOSS_NAMES``). Base: ``entropy`` (with gradient) for the bonus."""
         return frozenset({"entropy"}) if self.cfg.entropy_coef != 0 else frozenset()
 
     @property
@@ -144,7 +144,7 @@ class Algorithm:
     def build_batch(self, trajectories: list[Trajectory], pad_id: int) -> Batch:
         """Tensorize this iteration's trajectories. Override to add rows (e.g. replayed
         trajectories, flagged in ``batch.traj`` / ``batch.row``)."""
-        from agentrl.batch import make_batch
+        from agentrl.learn.batch import make_batch
 
         return make_batch(self.filter_trajectories(trajectories), pad_id)
 

@@ -35,8 +35,8 @@ import torch
 from agentrl import collectives as C
 from agentrl.algorithms.base import Algorithm
 from agentrl.algorithms.grpo import GRPOConfig, outcome_advantages
-from agentrl.batch import Batch
 from agentrl.config import F
+from agentrl.learn.batch import Batch
 from agentrl.registry import register_algorithm
 
 

@@ -52,8 +52,8 @@ import torch
 from agentrl.algorithms import functional as Fn
 from agentrl.algorithms.base import Algorithm, AlgorithmConfig
 from agentrl.algorithms.grpo import GRPOConfig, outcome_advantages, rae_advantages
-from agentrl.batch import Batch
 from agentrl.config import F
+from agentrl.learn.batch import Batch
 from agentrl.registry import register_algorithm
 
 

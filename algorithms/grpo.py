@@ -25,8 +25,8 @@ import torch
 
 from agentrl.algorithms import functional as Fn
 from agentrl.algorithms.base import Algorithm, AlgorithmConfig
-from agentrl.batch import Batch
 from agentrl.config import F
+from agentrl.learn.batch import Batch
 from agentrl.registry import register_algorithm
 
 

@@ -35,9 +35,9 @@ from torch import nn
 from agentrl import collectives as C
 from agentrl.algorithms import functional as Fn
 from agentrl.algorithms.base import Algorithm, AlgorithmConfig
-from agentrl.batch import Batch
 from agentrl.config import F
-from agentrl.learner import ModelOutputs
+from agentrl.learn.batch import Batch
+from agentrl.learn.learner import ModelOutputs
 from agentrl.registry import register_algorithm
 
 

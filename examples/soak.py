@@ -106,8 +106,7 @@ def _rss_mb(pid: int) -> float | None:
 
 
 def _latest_iteration(run_dir: str) -> int:
-    from agentrl import checkpoint
-
+    from agentrl.run import checkpoint
     try:
         cp = checkpoint.latest(run_dir)
     except checkpoint.CheckpointError:
@@ -176,7 +175,7 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _report(args, run_dir, faults, segments, seconds) -> dict[str, Any]:
-    from agentrl.metrics import read_metrics
+    from agentrl.run.metrics import read_metrics
 
     rows = [r for r in read_metrics(run_dir) if "rollout/episodes" in r]
     its = [r["iteration"] for r in rows]

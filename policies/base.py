@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import torch
 
 from agentrl.fields import F
-from agentrl.lora import LoraSettings
+from agentrl.models.lora import LoraSettings
 
 if TYPE_CHECKING:
     from agentrl.config import Config

@@ -167,7 +167,7 @@ class HFPolicy(Policy):
     def _weights_version(self) -> tuple[Any, ...]:
         # Every in-place write to a parameter (optimizer step, load_state_dict) bumps its
         # version counter: a store built under other weights is never reused. Nor is one
-        # built under another LoRA adapter of the same model (`agentrl.roles`).
+        # built under another LoRA adapter of the same model (`agentrl.learn.roles`).
         wrapper = getattr(self.model, "peft_wrapper", None)
         active = (str(wrapper.active_adapter),) if wrapper is not None else ()
         return tuple(p._version for p in self.model.parameters()) + active

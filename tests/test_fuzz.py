@@ -23,9 +23,9 @@ from hypothesis import strategies as st
 
 import agentrl
 from agentrl.config import Config, ConfigError, config_to_dict, load_config
-from agentrl.prompts import format_action, parse_action
+from agentrl.rollout.prompts import format_action, parse_action
+from agentrl.run.viewer import episode_record, render_html
 from agentrl.types import Trajectory, Turn, read_jsonl, write_jsonl
-from agentrl.viewer import episode_record, render_html
 
 _DEEP = int(os.environ.get("AGENTRL_FUZZ_EXAMPLES", "0"))
 

@@ -14,14 +14,14 @@ from typing import Any
 import pytest
 from test_report import _browse
 
-from agentrl import checkpoint
 from agentrl.config import load_config
 from agentrl.evaluate import EvalSettings, run_eval_command
-from agentrl.games import elo_ratings, rate_block
-from agentrl.multiagent import League
+from agentrl.evaluate.games import elo_ratings, rate_block
+from agentrl.rollout.multiagent import League
+from agentrl.run import checkpoint
+from agentrl.run.viewer import write_viewer
 from agentrl.trainer import Trainer
 from agentrl.types import read_jsonl
-from agentrl.viewer import write_viewer
 
 TINY = ["policy.tiny_hidden=32", "policy.tiny_layers=1", "policy.tiny_heads=2",
         "policy.tiny_corpus_episodes=30", "policy.tiny_vocab=400", "rollout.groups=3",
@@ -144,7 +144,7 @@ def test_a_greedy_elo_tournament_warns_that_its_games_repeat() -> None:
     """Greedy frozen players replay the same game for each seat assignment: --elo says so."""
     from types import SimpleNamespace
 
-    from agentrl.games import elo_tournament
+    from agentrl.evaluate.games import elo_tournament
 
     cfg = SimpleNamespace(eval=SimpleNamespace(greedy=False))
     targets = [SimpleNamespace(name=n, model_path=f"/m/{n}", cfg=cfg) for n in ("a", "b")]

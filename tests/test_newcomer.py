@@ -56,8 +56,8 @@ def test_constrained_decoding_on_template_actions_is_refused(tmp_path: Any, caps
 
 
 def test_alarms_fire_on_a_zero_gradient_and_on_lost_episodes() -> None:
-    from agentrl.alarms import alarm_metrics, firing_alarms
     from agentrl.config import AlarmConfig
+    from agentrl.run.alarms import alarm_metrics, firing_alarms
 
     cfg = AlarmConfig()
     fired = firing_alarms({"train/grad_norm": 0.0, "rollout/termination/env_error": 0.2,
@@ -437,7 +437,7 @@ def test_report_x_axes_are_whole_iterations(tmp_path: Any) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from agentrl.report import _save
+    from agentrl.run.report import _save
 
     fig, ax = plt.subplots()
     ax.plot([1, 2, 3], [0.1, 0.4, 0.2])

@@ -13,8 +13,8 @@ import time
 import torch
 from safetensors.torch import load_file
 
-from agentrl import checkpoint
 from agentrl.config import load_config
+from agentrl.run import checkpoint
 from agentrl.trainer import Trainer
 
 SMALL = ["env.kwargs={level: 3, split: train, num_games: 2}", "train.lr_schedule=constant",

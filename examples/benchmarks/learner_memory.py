@@ -1,5 +1,5 @@
 """Learner memory and speed on CPU: LoRA vs full fine-tuning, fp32 vs bf16, with and without
-activation checkpointing, and the start-up estimate (`agentrl.memory`) against the measured peak.
+activation checkpointing, and the start-up estimate (`agentrl.models.memory`) against the measured peak.
 
 Each setting runs in a fresh process (peak RSS is a process high-water mark): load the model,
 build the learner, one scoring pass and two optimizer updates (GRPO, one minibatch) on the
@@ -45,10 +45,10 @@ def one(model_name: str, overrides: list[str], rows: int, tokens: int) -> dict[s
     import torch
 
     from agentrl.config import load_config
-    from agentrl.learner import LocalLearner
-    from agentrl.lora import apply_lora, trainable_share
-    from agentrl.memory import estimate
+    from agentrl.learn.learner import LocalLearner
     from agentrl.models import build_tiny_model, load_pretrained
+    from agentrl.models.lora import apply_lora, trainable_share
+    from agentrl.models.memory import estimate
     from agentrl.registry import get_algorithm
     from agentrl.types import Trajectory, Turn
 

@@ -36,9 +36,9 @@ FULL = ["env.id=agentrl/TextWorld-CoinCollector-v0",
 
 
 def setup(model: str, extra: list[str]) -> tuple[Any, Any, Any]:
-    from agentrl.checkpoint import seed_everything
     from agentrl.config import load_config
     from agentrl.models import build_policy_model
+    from agentrl.run.checkpoint import seed_everything
 
     cfg = load_config(None, FULL + [f"policy.model={model}"] + extra)
     seed_everything(0)
@@ -51,8 +51,8 @@ def rollout(cfg: Any, net: Any, tok: Any, seeds: list[int], **policy_kw: Any,
     """One batched rollout; returns seconds in generate, the policy's token counters and ids."""
     from agentrl.envpool import InProcessPool
     from agentrl.policies.hf import HFPolicy
-    from agentrl.prompts import PromptBuilder
-    from agentrl.rollout import RolloutEngine
+    from agentrl.rollout.engine import RolloutEngine
+    from agentrl.rollout.prompts import PromptBuilder
 
     pol = HFPolicy(net, tok, batch_size=len(seeds), **policy_kw)
     pol.seed(0)
@@ -98,8 +98,8 @@ def shared_prefill(cfg: Any, net: Any, tok: Any, pairs: int) -> list[float]:
     """First turn of 16 groups x 8: each group's 8 prompts are identical."""
     from agentrl.policies.base import SamplingParams
     from agentrl.policies.hf import HFPolicy
-    from agentrl.prompts import PromptBuilder
     from agentrl.registry import make_env
+    from agentrl.rollout.prompts import PromptBuilder
 
     env = make_env(cfg.env.id, **cfg.env.kwargs)
     builder = PromptBuilder(tok, cfg.rollout)

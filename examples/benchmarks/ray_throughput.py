@@ -28,7 +28,7 @@ import statistics
 import time
 from typing import Any
 
-from agentrl import raypool
+from agentrl.envpool import ray as raypool
 from agentrl.envs.base import TextEnv
 from agentrl.registry import ENVS, register_env
 from examples.benchmarks import env_throughput as et

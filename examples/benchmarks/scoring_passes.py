@@ -2,7 +2,7 @@
 
 A scoring pass is a no-grad forward of every row of the batch before the update (old
 logprobs, reference logprobs, entropy, values, the sampler/trainer mismatch metric). The
-worker wraps ``agentrl.learner.token_outputs`` (every learner forward goes through it, in both
+worker wraps ``agentrl.learn.learner.token_outputs`` (every learner forward goes through it, in both
 versions) and counts, for one iteration of a small quickstart-like run per algorithm, the rows
 run without gradient through the policy and through the frozen reference, divided by the
 batch's rows, and the forwards with gradient (the update).
@@ -41,7 +41,7 @@ def count_iteration(overrides: list[str]) -> dict[str, float]:
     """Run one iteration and count the learner's forwards (see the module docstring)."""
     import torch
 
-    import agentrl.learner as L
+    import agentrl.learn.learner as L
     from agentrl.config import load_config
     from agentrl.trainer import Trainer
 

@@ -11,7 +11,7 @@ every run sees the same weights) in three ways:
   sequence), position ids restarting per sequence, sdpa's block-diagonal mask: each row pays
   attention over its whole length and its unfilled room;
 - ``packed``: the default (``train.pack``): a micro-batch's sequences end to end in one row
-  with no filler, attention run sequence by sequence (`agentrl.varlen`).
+  with no filler, attention run sequence by sequence (`agentrl.learn.varlen`).
 
 Tokens/s counts real tokens only (prompt + replies, no padding). Runs alternate; ratios come
 from the same round. Also printed: packed vs padded loss and gradient differences on one
@@ -40,13 +40,13 @@ MODES = {"padded": (False, False, False), "sorted": (False, True, False),
 
 def mixed_batch(model_name: str, per_limit: int, sizes: dict[str, int]) -> tuple[Any, Any, Any]:
     """(trajectories, tokenizer, {name: model}) for episodes of 4..12 turns."""
-    from agentrl.checkpoint import seed_everything
     from agentrl.config import load_config
     from agentrl.envpool import InProcessPool
     from agentrl.models import build_policy_model, build_tiny_model
     from agentrl.policies.hf import HFPolicy
-    from agentrl.prompts import PromptBuilder
-    from agentrl.rollout import RolloutEngine
+    from agentrl.rollout.engine import RolloutEngine
+    from agentrl.rollout.prompts import PromptBuilder
+    from agentrl.run.checkpoint import seed_everything
 
     cfg = load_config(None, FULL + [f"policy.model={model_name}"])
     seed_everything(0)
@@ -75,7 +75,7 @@ def learner_for(model: Any, pack: bool, by_length: bool, budget: int,
     """A learner on ``model``; without ``varlen`` on a copy that keeps sdpa attention, so
     packed rows are bins with a block-diagonal mask."""
     from agentrl.config import TrainConfig, load_config
-    from agentrl.learner import LocalLearner
+    from agentrl.learn.learner import LocalLearner
     from agentrl.registry import get_algorithm
 
     if pack and not varlen:
@@ -94,7 +94,7 @@ def learner_for(model: Any, pack: bool, by_length: bool, budget: int,
 
 
 def make(trajs: list[Any], tok: Any, learner: Any) -> Any:
-    from agentrl.batch import make_batch
+    from agentrl.learn.batch import make_batch
 
     batch = make_batch(trajs, tok.pad_token_id)
     learner.algorithm.credit(batch)
@@ -125,7 +125,7 @@ def exactness(model: Any, trajs: list[Any], tok: Any) -> tuple[float, float, flo
 
 def executed_tokens(learner: Any, batch: Any) -> int:
     """Tokens the model actually runs (padding and packing filler included)."""
-    from agentrl.learner import pack_rows
+    from agentrl.learn.learner import pack_rows
 
     lengths = batch.attention_mask.sum(-1).tolist()
     total = 0

@@ -11,13 +11,13 @@ import torch
 
 from agentrl.algorithms import functional as Fn
 from agentrl.algorithms.aepo import AEPO, AEPOConfig, branch_points, budget_split, turn_entropy
-from agentrl.batch import make_batch
 from agentrl.config import RolloutConfig
 from agentrl.envpool import InProcessPool
-from agentrl.learner import ModelOutputs
+from agentrl.learn.batch import make_batch
+from agentrl.learn.learner import ModelOutputs
 from agentrl.policies.hf import HFPolicy
-from agentrl.prompts import PromptBuilder
-from agentrl.rollout import RolloutEngine
+from agentrl.rollout.engine import RolloutEngine
+from agentrl.rollout.prompts import PromptBuilder
 from agentrl.types import Trajectory, Turn
 
 # --------------------------------------------------------------------------- sg-clip

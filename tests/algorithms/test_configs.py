@@ -1,6 +1,6 @@
 """Every registered algorithm ships a tiny CPU config (``configs/textworld_<name>.yaml``) and
 the paper configs name real algorithms with GPU settings. Loading every file in ``configs/``
-is `tests/test_config.py::test_every_shipped_config_loads`."""
+is `tests/config/test_config.py::test_every_shipped_config_loads`."""
 
 from __future__ import annotations
 

@@ -9,9 +9,9 @@ import torch
 from trajs import traj
 
 from agentrl.algorithms.base import Algorithm
-from agentrl.batch import Batch
 from agentrl.config import load_config
-from agentrl.learner import LOSS_NAMES, SCORE_NAMES
+from agentrl.learn.batch import Batch
+from agentrl.learn.learner import LOSS_NAMES, SCORE_NAMES
 from agentrl.registry import ALGORITHMS, get_algorithm
 
 get_algorithm("grpo")  # imports agentrl.algorithms, which registers every algorithm

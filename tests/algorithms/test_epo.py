@@ -18,8 +18,8 @@ from agentrl.algorithms.epo import (
     smoothing_penalty,
     turn_entropy_means,
 )
-from agentrl.batch import make_batch
-from agentrl.learner import ModelOutputs
+from agentrl.learn.batch import make_batch
+from agentrl.learn.learner import ModelOutputs
 from agentrl.types import Trajectory
 
 

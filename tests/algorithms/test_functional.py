@@ -170,9 +170,9 @@ def test_learner_normalises_seq_mean_token_sum_norm_by_the_response_budget(tiny_
     from trajs import turn
 
     from agentrl.algorithms.grpo import GRPO, GRPOConfig
-    from agentrl.batch import make_batch
     from agentrl.config import TrainConfig
-    from agentrl.learner import LocalLearner
+    from agentrl.learn.batch import make_batch
+    from agentrl.learn.learner import LocalLearner
     from agentrl.types import Trajectory
 
     b = make_batch([Trajectory("a", "g", "x", 0, "window", [turn(n_tokens=2)]),

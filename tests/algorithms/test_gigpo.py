@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from agentrl.algorithms.gigpo import GiGPO, GiGPOConfig, anchor_groups, step_returns
-from agentrl.batch import make_batch
+from agentrl.learn.batch import make_batch
 from agentrl.types import Trajectory, Turn
 
 
@@ -169,8 +169,8 @@ def test_textworld_rollout_gives_repeated_anchor_states(tiny_tok, tiny_model) ->
     from agentrl.config import RolloutConfig
     from agentrl.envpool import InProcessPool
     from agentrl.policies.hf import HFPolicy
-    from agentrl.prompts import PromptBuilder
-    from agentrl.rollout import RolloutEngine
+    from agentrl.rollout.engine import RolloutEngine
+    from agentrl.rollout.prompts import PromptBuilder
 
     rc = RolloutConfig(group_size=4, max_turns=4, context="window", history=2,
                        template="{observation}", action_format="raw", constrained=True,

@@ -7,7 +7,7 @@ import torch
 
 from agentrl.algorithms.grpo import GRPO, GRPOConfig
 from agentrl.algorithms.ppo import PPO, PPOConfig
-from agentrl.batch import make_batch
+from agentrl.learn.batch import make_batch
 from agentrl.types import Trajectory, Turn
 
 
@@ -100,7 +100,7 @@ def test_ppo_gae_spans_turns(mode: str) -> None:
 
 def _critic_setup(model, critic: str):  # noqa: ANN001, ANN202
     from agentrl.config import TrainConfig
-    from agentrl.learner import LocalLearner
+    from agentrl.learn.learner import LocalLearner
 
     algo = PPO(PPOConfig(name="ppo", critic=critic, value_clip=0.0, vf_coef=0.5))
     algo.setup(model)
@@ -177,7 +177,7 @@ def test_separate_critic_can_be_a_smaller_model(tiny_model, tiny_tok, tmp_path) 
     small.save_pretrained(tmp_path / "critic")
     tiny_tok.save_pretrained(tmp_path / "critic")
     from agentrl.config import TrainConfig
-    from agentrl.learner import LocalLearner
+    from agentrl.learn.learner import LocalLearner
 
     algo = PPO(PPOConfig(name="ppo", critic_model=str(tmp_path / "critic")))
     algo.setup(tiny_model)

@@ -9,7 +9,7 @@ import torch
 from agentrl.algorithms import functional as Fn
 from agentrl.algorithms.gigpo import GiGPO, GiGPOConfig
 from agentrl.algorithms.grpo import GRPO, GRPOConfig, outcome_advantages
-from agentrl.batch import make_batch
+from agentrl.learn.batch import make_batch
 from agentrl.types import Trajectory, Turn
 
 

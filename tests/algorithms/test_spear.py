@@ -18,7 +18,7 @@ from agentrl.algorithms.spear import (
     tool_reward_scale,
     top_std_groups,
 )
-from agentrl.learner import ModelOutputs
+from agentrl.learn.learner import ModelOutputs
 from agentrl.types import Trajectory, Turn
 
 
@@ -170,9 +170,9 @@ def test_replay_keeps_its_behaviour_logprobs_under_recompute_and_tis() -> None:
     # would have made it 1). Mismatch metric over on-policy rows only: |−.3 − (−.5)| = .2
     # (the replayed rows' .7 would have raised the mean to (4·.2 + 2·.7)/6 = .36667).
     # TIS (cap 2): on-policy weight exp(−.3 + .5) = exp(.2) = 1.221403; replayed exp(0) = 1.
-    from agentrl.alarms import logprob_mismatch
-    from agentrl.batch import Scores
-    from agentrl.learner import apply_tis
+    from agentrl.learn.batch import Scores
+    from agentrl.learn.learner import apply_tis
+    from agentrl.run.alarms import logprob_mismatch
 
     algo = spear(replay_size=1, replay_trigger=0.0)
     algo.baseline.extend([0.0, 1.0])
