@@ -20,38 +20,29 @@ from typing import Any
 import yaml
 
 from agentrl import collectives as C
+from agentrl.assemble import assemble, async_rollouts, rank_seed
 from agentrl.config import Config, config_to_dict
-from agentrl.envpool import make_pool
-from agentrl.evaluate import EVAL_SAMPLER_SEED, eval_rollout_config, evaluate, summarize
+from agentrl.evaluate import EVAL_SAMPLER_SEED, evaluate, summarize
 from agentrl.learn.batch import Batch
 from agentrl.learn.distributed import (
     SHARDED,
-    NullLogger,
-    generation_model,
     groups_per_rank,
     init_distributed,
     load_sharded,
-    make_learner,
     save_sharded,
 )
 from agentrl.learn.learner import LocalLearner, apply_tis
-from agentrl.learn.roles import RoleAdapters, adapter_name, env_roles
-from agentrl.models import build_policy_model, load_pretrained, resolve_device
-from agentrl.models.lora import MergedCheckpoint, build_lora_model, lora_scale, merged_state_dict
+from agentrl.models.lora import MergedCheckpoint, lora_scale, merged_state_dict
 from agentrl.models.memory import check as memory_check
 from agentrl.models.memory import estimate as memory_estimate
-from agentrl.policies import make_policy
 from agentrl.progress import is_terminal, phase
-from agentrl.registry import get_algorithm
-from agentrl.rollout.ahead import AsyncRollouts
-from agentrl.rollout.multiagent import make_engine, make_lineup
-from agentrl.rollout.prompts import PromptBuilder
 from agentrl.run import checkpoint
 from agentrl.run.alarms import alarm_metrics, logprob_mismatch, memory_metrics
 from agentrl.run.checkpoint import seed_everything
 from agentrl.run.faults import Interrupted, StopOnSignal, fault_point
-from agentrl.run.metrics import MetricsLogger, console_line, rollout_metrics
+from agentrl.run.metrics import console_line, rollout_metrics
 from agentrl.run.preflight import preflight
+from agentrl.run.report import write_curve
 from agentrl.run.viewer import record_turn_advantages
 from agentrl.types import Trajectory, write_jsonl
 
@@ -67,65 +58,19 @@ class Trainer:
         self.rank, self.is_main = C.rank(), C.rank() == 0
         self.groups = groups_per_rank(cfg.rollout.groups)
         self.run_dir = C.broadcast(run_dir or self._pick_run_dir(resume))
-        os.makedirs(self.run_dir, exist_ok=True)
-        for r in range(C.world_size()):  # rank 0 first: env data is fetched once
-            if r == self.rank:
-                preflight(cfg, self.run_dir)  # run dir, refusals with the fix, env data
-            C.barrier()
-        self.resume_from = checkpoint.latest(self.run_dir) if resume else None
-        seed_everything(cfg.seed)
-        # multiagent.policies=per_role: one adapter per role of the game (`agentrl.learn.roles`)
-        roles = env_roles(cfg.env.id, cfg.env.kwargs) \
-            if cfg.multiagent.policies == "per_role" else None
-        if cfg.policy.lora is not None:  # frozen base + adapters (new, or the checkpoint's)
-            model, tok = build_lora_model(cfg, self.run_dir, self.resume_from,
-                                          [adapter_name(r) for r in roles] if roles else None)
-        elif self.resume_from:
-            # The tokenizer (and tiny model) must be the checkpoint's, not rebuilt.
-            model, tok = load_pretrained(os.path.join(self.resume_from, "model"), cfg.policy.dtype)
-            model.to(resolve_device(cfg.policy.device))
-        else:
-            model, tok = build_policy_model(cfg)
-        self.model, self.tokenizer = model, tok
-        if self.rank:  # same initial weights, rank-specific rollouts
-            seed_everything(cfg.seed + 7919 * self.rank)
-        self.config_text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False, allow_unicode=True)
-        if self.is_main:
-            with open(os.path.join(self.run_dir, "config.yaml"), "w", encoding="utf-8") as f:
-                f.write(self.config_text)
-        self.algorithm = get_algorithm(cfg.algorithm.name)(cfg.algorithm)
-        self.algorithm.setup(model)
-        r = cfg.rollout
-        self.estimate_model = model  # its config and parameter counts, before any sharding
-        # What the engine samples with and checkpoints save: the model, or (FSDP) a full copy.
-        self.full_model = generation_model(model, cfg.train.strategy)
-        self.learner = make_learner(
-            model, cfg.train, r.temperature, self.algorithm, r.top_k, r.top_p,
-            response_budget=r.max_new_tokens * (1 if r.context == "window" else r.max_turns))
-        self.policy = make_policy(cfg, self.full_model, tok)
-        # The training sampler's stream follows the run's seed (each rank its own).
-        self.policy.seed(cfg.seed + 7919 * self.rank)
-        self.roles = RoleAdapters(model, roles) if roles else None
-        role_policies = self.roles.policies(self.policy) if self.roles else None
-        self.builder = PromptBuilder(tok, cfg.rollout)
-        self.pool = make_pool(cfg.env, self.groups * cfg.rollout.group_size, ray_cfg=cfg.ray)
-        # Multi-agent envs: who holds the other seats (self-play, a frozen player, a league).
-        self.lineup = make_lineup(cfg, self.run_dir)
-        self.engine = make_engine(self.policy, self.pool, self.builder, cfg.rollout, cfg.env.id,
-                                  self.lineup, role_policies)
-        self.eval_pool = make_pool(cfg.env, min(cfg.eval.episodes, 64),
-                                   {**cfg.env.kwargs, **cfg.env.eval_kwargs}, cfg.ray)
-        self.eval_engine = make_engine(self.policy, self.eval_pool, self.builder,
-                                       eval_rollout_config(cfg), cfg.env.id,
-                                       role_policies=role_policies)
+        self._prepare_run_dir(resume)
         start = checkpoint.checkpoint_iteration(self.resume_from) if self.resume_from else 0
         if resume:  # metrics rows, dumps and eval files past the checkpoint are redone
             checkpoint.discard_after(self.run_dir, start)
-        self.logger = MetricsLogger(self.run_dir, cfg.log.tensorboard,
-                                    config_to_dict(cfg) if cfg.log.wandb else None,
-                                    purge_step=start + 1 if resume else None) \
-            if self.is_main else NullLogger()
-        self.rng = random.Random(cfg.seed + 7919 * self.rank)
+        parts = assemble(cfg, self.run_dir, self.resume_from, self.groups,
+                         purge_step=start + 1 if resume else None)
+        self.parts = parts
+        self.model, self.tokenizer, self.full_model = parts.model, parts.tokenizer, parts.full_model
+        self.algorithm, self.learner, self.policy = parts.algorithm, parts.learner, parts.policy
+        self.pool, self.engine, self.lineup = parts.pool, parts.engine, parts.lineup
+        self.roles = parts.roles  # multiagent.policies=per_role: one adapter per role
+        self.eval_pool, self.eval_engine, self.logger = parts.eval_pool, parts.eval_engine, parts.logger
+        self.rng = random.Random(rank_seed(cfg.seed))
         self.iteration = 0
         self.eval_history: list[dict[str, Any]] = []
         if self.resume_from:
@@ -134,8 +79,23 @@ class Trainer:
             self.lineup.after_update(0, self.model, self.tokenizer)  # a league's first snapshot
         self.policy.version = self.iteration
         # train.max_staleness >= 1: rollouts run ahead in a thread, on a copy of the weights.
-        self.rollouts = AsyncRollouts(cfg, self.full_model, tok, self.pool, self.algorithm, self._tasks,
-                                      self.iteration) if cfg.train.max_staleness else None
+        self.rollouts = async_rollouts(cfg, parts, self._tasks, self.iteration)
+
+    def _prepare_run_dir(self, resume: bool) -> None:
+        """Preflight (rank 0 first: env data is fetched once), the checkpoint to resume from,
+        the seeds, and the resolved config.yaml."""
+        os.makedirs(self.run_dir, exist_ok=True)
+        for r in range(C.world_size()):
+            if r == self.rank:
+                preflight(self.cfg, self.run_dir)  # run dir, refusals with the fix, env data
+            C.barrier()
+        self.resume_from = checkpoint.latest(self.run_dir) if resume else None
+        seed_everything(self.cfg.seed)
+        self.config_text = yaml.safe_dump(config_to_dict(self.cfg), sort_keys=False,
+                                          allow_unicode=True)
+        if self.is_main:
+            with open(os.path.join(self.run_dir, "config.yaml"), "w", encoding="utf-8") as f:
+                f.write(self.config_text)
 
     def _pick_run_dir(self, resume: bool) -> str:
         base = os.path.join(self.cfg.output_dir, self.cfg.run_name)
@@ -200,7 +160,7 @@ class Trainer:
         seeds = list(range(e.seed_start, e.seed_start + e.episodes))
         # Evaluation samples from its own seed; training sampling resumes where it left off.
         state = self.policy.state_dict()
-        self.policy.seed(EVAL_SAMPLER_SEED + e.seed_start + 7919 * self.rank)
+        self.policy.seed(rank_seed(EVAL_SAMPLER_SEED + e.seed_start))
         with phase(f"evaluating ({tag}) on {len(seeds)} held-out episodes"):
             # Under torchrun each rank plays its share of the seeds; rank 0 summarizes them all.
             summary, trajs = evaluate(self.eval_engine, seeds[self.rank::C.world_size()],
@@ -261,7 +221,7 @@ class Trainer:
         m.update(self._update(batch))
         t2 = time.perf_counter()
         weights = self.learner.export_weights()
-        if self.cfg.policy.lora and self.cfg.policy.backend != "hf":  # engine's own weights
+        if self.cfg.policy.lora and not self.policy.shares_learner_module:  # its own copy
             weights = merged_state_dict(weights if isinstance(weights, dict)
                                         else weights.state_dict(), lora_scale(self.full_model))
         self.policy.update_weights(weights)
@@ -374,7 +334,7 @@ class Trainer:
               f"({sum(p.numel() for p in self.model.parameters()):,} parameters), "
               f"{c.rollout.groups}x{c.rollout.group_size} episodes per iteration")
         # Before anything runs: what the run will need, and a stop if it cannot fit.
-        line = memory_check(memory_estimate(self.estimate_model, c, self.algorithm,
+        line = memory_check(memory_estimate(self.model, c, self.algorithm,
                                             C.world_size()),
                             next(self.full_model.parameters()).device,
                             int(os.environ.get("LOCAL_WORLD_SIZE", "1")), c.train.memory_check)
@@ -427,7 +387,7 @@ class Trainer:
         if not self.is_main:
             self.close()
             return {"before": before, "final": final, "run_dir": self.run_dir, "checkpoint": cp}
-        curve = write_curve(self.run_dir, self.eval_history)
+        curve = write_curve(self.run_dir, self.eval_history)  # None without matplotlib
         print("[agentrl] done. held-out success: "
               + (f"{before['success_rate']:.3f} before -> " if before else "")
               + f"{final['success_rate']:.3f} after training")
@@ -447,39 +407,3 @@ class Trainer:
         if self.lineup is not None:
             self.lineup.close()
         self.policy.close()  # e.g. vllm: the engine and its model directory
-
-
-def write_curve(run_dir: str, evals: list[dict[str, Any]]) -> str | None:
-    """Plot training and held-out success rate against iteration (``curve.png``)."""
-    from agentrl.run.metrics import read_metrics
-
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    rows = [r for r in read_metrics(run_dir) if "rollout/success_rate" in r]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    if rows:
-        ax.plot([r["iteration"] for r in rows], [r["rollout/success_rate"] for r in rows],
-                label="training episodes", alpha=0.6)
-    if evals:
-        ax.plot([e["iteration"] for e in evals], [e["success_rate"] for e in evals], "o-",
-                label="held-out evaluation")
-        ax.fill_between([e["iteration"] for e in evals], [e["ci95"][0] for e in evals],
-                        [e["ci95"][1] for e in evals], alpha=0.2)
-    ax.set_xlabel("iteration")
-    from matplotlib.ticker import MaxNLocator
-
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel("success rate")
-    ax.set_ylim(-0.02, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    path = os.path.join(run_dir, "curve.png")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path

@@ -19,6 +19,9 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+#: How a multi-agent game ended for one agent (``Trajectory.outcome``).
+OUTCOMES = ("win", "draw", "loss")
+
 #: Why an episode ended. `success`/`failure` come from the env's own termination.
 TERMINATION_REASONS = (
     "success",  # env terminated with info["success"] true

@@ -125,7 +125,7 @@ def turn_entropy_means(entropy: torch.Tensor, batch: Batch) -> dict[int, tuple[f
     """
     mask = batch.loss_mask > 0
     tid = batch.turn_id[mask]  # (P,)
-    step = batch.turn_step[tid]  # (P,)
+    step = batch.turn_index[tid]  # (P,)
     ent = entropy[mask].double()
     out: dict[int, tuple[float, int]] = {}
     for t in step.unique().tolist():
@@ -191,7 +191,7 @@ class EPO(Algorithm):
         metrics = self.inner.advantages(batch)
         ref = self.reference()
         ref_turn = torch.tensor([ref.get(int(t), math.nan) if t >= c.smooth_min_turn else math.nan
-                                 for t in batch.turn_step.tolist()], dtype=torch.float32)  # (M,)
+                                 for t in batch.turn_index.tolist()], dtype=torch.float32)  # (M,)
         tok = ref_turn[batch.turn_id.clamp(min=0)]
         batch.row["epo_reference"] = torch.where(batch.turn_id >= 0, tok,
                                                  torch.full_like(tok, math.nan))  # (N, L)

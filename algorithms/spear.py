@@ -213,7 +213,7 @@ class SPEAR(Algorithm):
         batch.replayed = row_rep > 0
 
         masked = torch.tensor([self._masked(batch.trajectories[i].turns[k])
-                               for i, k in zip(batch.turn_traj.tolist(), batch.turn_step.tolist())],
+                               for i, k in zip(batch.turn_traj.tolist(), batch.turn_index.tolist())],
                               dtype=torch.bool)  # (M,)
         masked &= traj_rep[batch.turn_traj] == 0  # replayed rows were checked when stored
         if masked.any():

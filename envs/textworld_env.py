@@ -474,9 +474,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", help="folder of the archive (default: the package's data/games)")
     args = ap.parse_args(argv)
     if args.out is None:
-        import agentrl
+        from importlib.resources import files
 
-        args.out = os.path.join(os.path.dirname(agentrl.__file__), "data", "games")
+        args.out = str(files("agentrl").joinpath("data", "games"))
     seeds = list(range(args.train)) + [EVAL_SEED_OFFSET + i for i in range(args.eval)]
     out = pack_games(args.family, args.level, seeds, args.out)
     print(f"{out}: {len(seeds)} games, {os.path.getsize(out) / 1e6:.2f} MB")

@@ -13,16 +13,15 @@ section, `PolicyConfig` by default), or add an entry to `BACKENDS` from your own
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib
+import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from agentrl.fields import F
-from agentrl.policies.base import Policy, PolicyConfig
-
-if TYPE_CHECKING:
-    from agentrl.config import Config
+from agentrl.policies.base import Policy, PolicyConfig, RunConfig
 
 
 @dataclass
@@ -121,10 +120,52 @@ def backend_config(name: str) -> type:
     return BACKENDS[name][1]
 
 
-def make_policy(cfg: Config, model: Any, tokenizer: Any) -> Policy:
+# Backend settings that were flat ``policy.*`` keys before each backend had its own section:
+# old key -> (backend, key in that backend's section). Configs saved by such runs (a run
+# directory's config.yaml) hold all of them, so `--resume` of an old run must still load.
+LEGACY_POLICY_KEYS = {
+    "vllm_gpu_memory_utilization": ("vllm", "gpu_memory_utilization"),
+    "vllm_sleep_level": ("vllm", "sleep_level"),
+    "vllm_kv_cache_gb": ("vllm", "kv_cache_gb"),
+    "vllm_enforce_eager": ("vllm", "enforce_eager"),
+    "openai_base_url": ("openai", "base_url"),
+    "openai_model": ("openai", "served_model"),
+    "openai_api_key_env": ("openai", "api_key_env"),
+}
+
+
+def migrate_legacy_keys(pol: dict[str, Any], backend: str) -> dict[str, Any]:
+    """Rename the legacy flat keys of ``backend`` to its section's names (with a warning) and
+    drop those of other backends; a key given both ways keeps the new name's value."""
+    old = [k for k in pol if k in LEGACY_POLICY_KEYS]
+    if not old:
+        return pol
+    pol = dict(pol)
+    for k in old:
+        owner, new = LEGACY_POLICY_KEYS[k]
+        value = pol.pop(k)
+        if owner == backend:
+            pol.setdefault(new, value)
+    warnings.warn(f"policy: {', '.join(sorted(old))} are old names; each backend's settings now "
+                  f"sit under their own names (e.g. policy.gpu_memory_utilization for vllm, "
+                  f"policy.base_url for openai); converted", stacklevel=3)
+    return pol
+
+
+def served_section(p: PolicyConfig, url: str, name: str) -> OpenAIConfig:
+    """The ``policy:`` section ``p`` switched to the openai backend at ``url`` serving ``name``
+    (`agentrl eval --endpoint`): the shared settings kept, and the API key variable of an
+    openai section."""
+    shared = {f.name: getattr(p, f.name) for f in dataclasses.fields(PolicyConfig)}
+    own = {"api_key_env": p.api_key_env} if isinstance(p, OpenAIConfig) else {}
+    return OpenAIConfig(**{**shared, "backend": "openai", "base_url": url, "served_model": name,
+                           **own})
+
+
+def make_policy(cfg: RunConfig, model: Any, tokenizer: Any) -> Policy:
     """The generation backend ``cfg.policy.backend`` names, built from ``cfg``."""
     return backend_class(cfg.policy.backend).from_config(cfg, model, tokenizer)
 
 
-__all__ = ["BACKENDS", "OpenAIConfig", "Policy", "PolicyConfig", "VLLMConfig",
+__all__ = ["BACKENDS", "LEGACY_POLICY_KEYS", "migrate_legacy_keys", "served_section", "OpenAIConfig", "Policy", "PolicyConfig", "VLLMConfig",
            "VLLMServerConfig", "backend_class", "backend_config", "make_policy"]

@@ -21,15 +21,12 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Protocol
 
 import torch
 
 from agentrl.fields import F
 from agentrl.models.lora import LoraSettings
-
-if TYPE_CHECKING:
-    from agentrl.config import Config
 
 
 @dataclass
@@ -113,6 +110,44 @@ def truncate_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0,
     return z
 
 
+def behaviour_logprobs(logits: torch.Tensor, temperature: float = 1.0,
+                       softcap: float | None = None, allowed: torch.Tensor | None = None,
+                       top_k: int = 0, top_p: float = 1.0,
+                       keep: torch.Tensor | None = None) -> torch.Tensor:
+    """Log-probabilities of the distribution a token is drawn from, from raw next-token
+    logits: the model's final-logit softcap, then ``/ temperature``, then the constraint mask
+    (``allowed``: bool, same shape, False = never sampled), then `truncate_logits` (top-k,
+    top-p; ``keep`` as there), then ``log_softmax``. The HF sampler draws from it and the
+    learner scores sampled tokens with it, so the first PPO ratio is exactly 1.
+
+    Args:
+        logits: (..., V) float logits.
+    Returns:
+        (..., V) log-probabilities (dropped entries: about the dtype's minimum, never -inf).
+    """
+    z = logits
+    if softcap:
+        z = torch.tanh(z / softcap) * softcap
+    if temperature != 1.0:
+        z = z / temperature
+    if allowed is not None:
+        z = torch.where(allowed, z, torch.finfo(z.dtype).min)
+    if top_k > 0 or top_p < 1.0:
+        z = truncate_logits(z, top_k, top_p, keep=keep)
+    return torch.log_softmax(z, dim=-1)
+
+
+class RunConfig(Protocol):
+    """What `Policy.from_config` reads of a run's config (an `agentrl.config.Config`). The
+    config package validates each backend's section, so it sits above policies/ and backends
+    see the whole config through this protocol."""
+
+    seed: int
+    policy: PolicyConfig  # the backend's own section: ``cls.Config``
+    rollout: Any  # `agentrl.config.RolloutConfig`
+    train: Any  # `agentrl.config.TrainConfig`
+
+
 class Policy:
     """Base class of generation backends.
 
@@ -130,6 +165,19 @@ class Policy:
 
     #: the dataclass of this backend's ``policy:`` config section
     Config: ClassVar[type] = PolicyConfig
+
+    # -- capabilities: what the core and the config checks read, never a backend's name --
+    #: generates with the learner's own module (weights sync is free; LoRA adapters are used
+    #: as they are); otherwise the engine holds its own copy and receives merged weights
+    shares_learner_module: ClassVar[bool] = False
+    #: can switch LoRA adapters between generate calls (``multiagent.policies=per_role``)
+    switches_adapters: ClassVar[bool] = False
+    #: can generate from its own copy of the weights in a rollout thread while the learner
+    #: updates (``train.max_staleness >= 1``)
+    supports_async: ClassVar[bool] = True
+    #: must be driven by one process: under torchrun every rank would push its weights to
+    #: the same servers (``train.strategy=single`` only)
+    single_process: ClassVar[bool] = False
     #: the tokenizer of the served model (prompts are its token ids; replies are decoded by it)
     tokenizer: Any
     #: the version of the weights it generates with (learner updates applied: 0 = initial),
@@ -137,7 +185,7 @@ class Policy:
     version: int = 0
 
     @classmethod
-    def from_config(cls, cfg: Config, model: Any, tokenizer: Any) -> Policy:
+    def from_config(cls, cfg: RunConfig, model: Any, tokenizer: Any) -> Policy:
         """Build the backend from a resolved config (``cfg.policy`` is a ``cls.Config``), the
         learner's model (``None`` when there is none, e.g. evaluating a served endpoint) and
         its tokenizer."""

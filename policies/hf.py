@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -33,13 +33,11 @@ from agentrl.policies.base import (
     CandidateTrie,
     Generation,
     Policy,
+    RunConfig,
     SamplingParams,
-    truncate_logits,
+    behaviour_logprobs,
 )
 from agentrl.policies.kv_cache import Hit, PrefixStore, growing_cache
-
-if TYPE_CHECKING:
-    from agentrl.config import Config
 
 #: the attention implementation generation switches an sdpa model to (see `_gqa_attention`)
 GQA_SDPA = "agentrl_sdpa_gqa"
@@ -129,6 +127,9 @@ class HFPolicy(Policy):
         share_prefill: run identical prompts of a batch once (off only to measure it).
     """
 
+    shares_learner_module = True  # samples with the learner's own module
+    switches_adapters = True
+
     def __init__(self, model: nn.Module, tokenizer: Any, batch_size: int = 64,
                  reuse_kv: bool = True, kv_cache_bytes: int = 2 << 30,
                  share_prefill: bool = True) -> None:
@@ -143,7 +144,7 @@ class HFPolicy(Policy):
         self.stats = {"prompt_tokens": 0, "prefill_tokens": 0, "reused_tokens": 0}
 
     @classmethod
-    def from_config(cls, cfg: Config, model: Any, tokenizer: Any) -> HFPolicy:
+    def from_config(cls, cfg: RunConfig, model: Any, tokenizer: Any) -> HFPolicy:
         """Samples with the learner's own module (no copy, nothing to sync). Keys/values are
         kept across turns in ``full`` context mode, where later prompts extend earlier ones."""
         return cls(model, tokenizer, batch_size=cfg.rollout.batch_size,
@@ -301,32 +302,13 @@ class HFPolicy(Policy):
         cap = getattr(model.config, "final_logit_softcapping", None)
         n_steps = 0
         for s in range(steps):
-            z = logits.float()
-            if cap:
-                z = torch.tanh(z / cap) * cap
-            if sp.temperature != 1.0:
-                z = z / sp.temperature  # (B, V)
             allowed_now: list[list[int] | None] = [None] * B
-            if constrained:
-                free: list[int] = []  # free text, or already finished: nothing masked
-                rows: list[int] = []
-                cols: list[int] = []
-                for b, t in enumerate(tries):
-                    if t is None or done_host[b]:
-                        free.append(b)
-                        continue
-                    a = allowed_now[b] = t.allowed(gen[b])
-                    rows += [b] * len(a)
-                    cols += a
-                allow = torch.zeros_like(z, dtype=torch.bool)
-                allow[torch.tensor(free, dtype=torch.long, device=dev)] = True
-                allow[torch.tensor(rows, dtype=torch.long, device=dev),
-                      torch.tensor(cols, dtype=torch.long, device=dev)] = True
-                z = torch.where(allow, z, torch.finfo(z.dtype).min)
-            logp = torch.log_softmax(z, dim=-1)  # (B, V)
-            if not sp.greedy and (sp.top_k > 0 or sp.top_p < 1.0):
-                # the distribution the token is drawn from, so its logprob is the behaviour's
-                logp = torch.log_softmax(truncate_logits(logp, sp.top_k, sp.top_p), dim=-1)
+            allow = self._allowed(tries, gen, done_host, allowed_now, logits) \
+                if constrained else None
+            # greedy decoding takes the argmax of the untruncated distribution
+            logp = behaviour_logprobs(logits.float(), sp.temperature, cap, allow,
+                                      0 if sp.greedy else sp.top_k,
+                                      1.0 if sp.greedy else sp.top_p)  # (B, V)
             nxt = logp.argmax(-1) if u is None else sample_inverse_cdf(logp, u[s])  # (B,)
             tok_buf[:, s] = nxt
             lp_buf[:, s] = logp.gather(-1, nxt[:, None]).squeeze(-1)
@@ -363,6 +345,28 @@ class HFPolicy(Policy):
             self._keep(cache, mask[:, :prefill_width + n_steps - 1], prefill_width, prompts,
                        gens)
         return gens
+
+    def _allowed(self, tries: list[CandidateTrie | None], gen: list[list[int]],
+                 done: list[bool], allowed_now: list[list[int] | None],
+                 logits: torch.Tensor) -> torch.Tensor:
+        """(B, V) bool: the ids each constrained, unfinished row may take next (recorded in
+        ``allowed_now``); free-text and finished rows allow every id."""
+        dev = logits.device
+        free: list[int] = []
+        rows: list[int] = []
+        cols: list[int] = []
+        for b, t in enumerate(tries):
+            if t is None or done[b]:
+                free.append(b)
+                continue
+            a = allowed_now[b] = t.allowed(gen[b])
+            rows += [b] * len(a)
+            cols += a
+        allow = torch.zeros(logits.shape, dtype=torch.bool, device=dev)
+        allow[torch.tensor(free, dtype=torch.long, device=dev)] = True
+        allow[torch.tensor(rows, dtype=torch.long, device=dev),
+              torch.tensor(cols, dtype=torch.long, device=dev)] = True
+        return allow
 
     def _host_stops(self, nxt: list[int], gen: list[list[int]], done: list[bool],
                     allowed_now: list[list[int] | None], allowed_log: list[list[list[int]]],

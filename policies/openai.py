@@ -42,13 +42,17 @@ import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from agentrl.policies import OpenAIConfig
-from agentrl.policies.base import CandidateTrie, Generation, Policy, SamplingParams, SeededRNG
-
-if TYPE_CHECKING:
-    from agentrl.config import Config
+from agentrl.policies.base import (
+    CandidateTrie,
+    Generation,
+    Policy,
+    RunConfig,
+    SamplingParams,
+    SeededRNG,
+)
 
 
 class OpenAIServerError(RuntimeError):
@@ -69,6 +73,8 @@ class OpenAIPolicy(SeededRNG, Policy):
         max_retries: retries of a request that failed to connect or got a 5xx.
     """
 
+    supports_async = False  # the server's weights are the only copy
+
     Config = OpenAIConfig
 
     def __init__(self, base_url: str, model: str, tokenizer: Any, api_key: str | None = None,
@@ -82,7 +88,7 @@ class OpenAIPolicy(SeededRNG, Policy):
         self.rng = random.Random()
 
     @classmethod
-    def from_config(cls, cfg: Config, model: Any, tokenizer: Any) -> OpenAIPolicy:
+    def from_config(cls, cfg: RunConfig, model: Any, tokenizer: Any) -> OpenAIPolicy:
         """Talks to ``policy.base_url``; ``model`` is unused (the weights are the server's)."""
         p = cfg.policy
         return cls(p.base_url, p.served_model or p.model, tokenizer,

@@ -47,16 +47,20 @@ import random
 import shutil
 import tempfile
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
 from agentrl.policies import VLLMConfig
-from agentrl.policies.base import CandidateTrie, Generation, Policy, SamplingParams, SeededRNG
-
-if TYPE_CHECKING:
-    from agentrl.config import Config
+from agentrl.policies.base import (
+    CandidateTrie,
+    Generation,
+    Policy,
+    RunConfig,
+    SamplingParams,
+    SeededRNG,
+)
 
 try:  # the logits-processor base class must exist at import time for the subclass below
     from vllm.v1.sample.logits_processor import LogitsProcessor as _LogitsProcessorBase
@@ -180,6 +184,8 @@ class VLLMPolicy(SeededRNG, Policy):
         engine_kwargs: more ``vllm.LLM`` keyword arguments.
     """
 
+    supports_async = False  # one engine per process: no second copy to run ahead with
+
     Config = VLLMConfig
 
     def __init__(self, model_path: str, tokenizer: Any, dtype: str = "float32",
@@ -243,7 +249,7 @@ class VLLMPolicy(SeededRNG, Policy):
         return pol
 
     @classmethod
-    def from_config(cls, cfg: Config, model: Any, tokenizer: Any) -> VLLMPolicy:
+    def from_config(cls, cfg: RunConfig, model: Any, tokenizer: Any) -> VLLMPolicy:
         """An engine serving ``model``'s current weights, which `update_weights` keeps in sync."""
         from agentrl.models import resolve_device
 

@@ -48,15 +48,13 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from torch import nn
 
 from agentrl.policies import VLLMServerConfig
+from agentrl.policies.base import RunConfig
 from agentrl.policies.openai import OpenAIPolicy, OpenAIServerError
-
-if TYPE_CHECKING:
-    from agentrl.config import Config
 
 #: the name the started servers serve the model under
 SERVED_NAME = "agentrl-policy"
@@ -88,6 +86,8 @@ class VLLMServerPolicy(OpenAIPolicy):
         timeout: seconds per HTTP request.
     """
 
+    single_process = True  # every rank would push its weights to the same servers
+
     Config = VLLMServerConfig
 
     def __init__(self, urls: list[str], model: str, tokenizer: Any, weights_dir: str,
@@ -106,7 +106,7 @@ class VLLMServerPolicy(OpenAIPolicy):
         self.last_sync_seconds = 0.0
 
     @classmethod
-    def from_config(cls, cfg: Config, model: Any, tokenizer: Any) -> VLLMServerPolicy:
+    def from_config(cls, cfg: RunConfig, model: Any, tokenizer: Any) -> VLLMServerPolicy:
         """Servers at ``policy.servers``, or ``policy.num_servers`` started here serving
         ``model``'s current weights."""
         p = cfg.policy

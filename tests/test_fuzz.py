@@ -341,7 +341,7 @@ def test_hostile_viewer_page_runs_in_chromium(tmp_path) -> None:
     """The cases the properties above stand for, in a real browser: before the fix, a task of
     ``<!--<script>`` or a NaN reward left the page empty (the data block swallowed the script,
     or JSON.parse threw)."""
-    from test_report import _browse
+    from helpers import browse
 
     hostile = [Trajectory(f"t{i}", "g", "e", 0, "full", task=task, turns=[
         Turn(obs, [], [1], [float("-inf")], response="<!--", action="</script>", reward=r)])
@@ -351,7 +351,7 @@ def test_hostile_viewer_page_runs_in_chromium(tmp_path) -> None:
     page = tmp_path / "v.html"
     page.write_text(render_html([episode_record(t, "s") for t in hostile], "<!--<script>"),
                     encoding="utf-8")
-    r = _browse("file://" + str(page), "--dump-dom")
+    r = browse("file://" + str(page), "--dump-dom")
     dom = r.stdout
     assert re.search(r'id="episodes" data-count="4"', dom), (dom[-2000:], r.stderr[-2000:])
     assert "&lt;!--&lt;script&gt;" in dom and "</script>&lt;" not in dom

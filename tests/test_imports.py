@@ -57,28 +57,33 @@ def _is_type_checking(test: ast.expr) -> bool:
         isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
-def _import_nodes(tree: ast.AST) -> Iterator[ast.Import | ast.ImportFrom]:
-    """Every import statement, at any depth, except those under ``if TYPE_CHECKING:``."""
+def _import_nodes(tree: ast.AST, type_checking: bool = False
+                  ) -> Iterator[ast.Import | ast.ImportFrom]:
+    """Every import statement, at any depth, except (unless ``type_checking``) those under
+    ``if TYPE_CHECKING:``."""
     todo = [tree]
     while todo:
         node = todo.pop()
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             yield node
-        if isinstance(node, ast.If) and _is_type_checking(node.test):
+        if not type_checking and isinstance(node, ast.If) and _is_type_checking(node.test):
             todo.extend(node.orelse)
             continue
         todo.extend(ast.iter_child_nodes(node))
 
 
-def import_graph() -> dict[str, dict[str, int]]:
-    """module -> {imported module of ours: line of the first such import}."""
+def import_graph(type_checking: bool = False, names: bool = False
+                 ) -> dict[str, dict[str, int]]:
+    """module -> {imported module of ours: line of the first such import}. ``type_checking``:
+    count imports under ``if TYPE_CHECKING:`` too. ``names``: key ``from m import x`` as
+    ``m:x`` (to see which names cross a boundary)."""
     mods = _modules()
     graph: dict[str, dict[str, int]] = {m: {} for m in mods}
     for mod, path in mods.items():
         is_pkg = path.endswith("__init__.py")
         with open(path, encoding="utf-8") as f:
             tree = ast.parse(f.read(), path)
-        for node in _import_nodes(tree):
+        for node in _import_nodes(tree, type_checking):
             targets: list[str] = []
             if isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
@@ -88,9 +93,13 @@ def import_graph() -> dict[str, dict[str, int]]:
                     pkg = mod.split(".") if is_pkg else mod.split(".")[:-1]
                     pkg = pkg[:len(pkg) - (node.level - 1)]
                     base = ".".join(pkg + ([base] if base else []))
-                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in mods else base
-                           for a in node.names]
+                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in mods else
+                           f"{base}:{a.name}" if names else base for a in node.names]
             for t in targets:
+                if ":" in t:
+                    if t.partition(":")[0] in mods and t.partition(":")[0] != mod:
+                        graph[mod].setdefault(t, node.lineno)
+                    continue
                 # `import a.b.c` runs a.b.c; the nearest module of ours is the edge.
                 while t and t not in mods:
                     t = t.rpartition(".")[0]
@@ -197,3 +206,102 @@ def test_the_cycle_finder_finds_cycles() -> None:
          "f": {"e": 1}}
     assert find_cycles(g) == [["a", "b", "c", "a"], ["e", "f", "e"]]
     assert find_cycles({"a": {"b": 1}, "b": {}}) == []
+
+
+# ------------------------------------------------------------------------------- layering
+
+#: The packages of agentrl from the bottom up: a module may import its own package and the
+#: packages below it, never one above (``if TYPE_CHECKING:`` imports included). The order is
+#: the one-iteration data flow; why each sits where it does:
+LAYERS: list[tuple[str, ...]] = [
+    # leaves: the contracts (types, registry, fields) and helpers envs and algorithms share
+    ("agentrl.types", "agentrl.registry", "agentrl.fields", "agentrl.collectives",
+     "agentrl.progress", "agentrl.cache"),
+    ("agentrl.envs",),  # envs know only the leaves (register_env, the cache)
+    ("agentrl.models",),  # loading, LoRA, memory estimate: torch and transformers only
+    ("agentrl.policies",),  # backends: generate with a model (see RunConfig for the config)
+    ("agentrl.config",),  # the run's schema: gathers every backend's section by name
+    ("agentrl.envpool",),  # env slots, built from the env section
+    ("agentrl.rollout",),  # policy x envpool -> trajectories (lineups get a player loader)
+    ("agentrl.learn",),  # trajectories -> batch -> scores, update (the algorithm as Objective)
+    ("agentrl.algorithms",),  # credit and loss over learn's Batch and ModelOutputs
+    ("agentrl.run",),  # what a run writes: checkpoints, metrics, alarms, report, viewer
+    ("agentrl.testing",),  # public checkers (the distributed harness runs a learner)
+    ("agentrl.assemble",),  # the composition root: builds every part above from a config
+    ("agentrl.evaluate",),  # agentrl eval: builds policies through assemble
+    # roots: the recipe, the command, the front door
+    ("agentrl.trainer", "agentrl.cli", "agentrl.__main__", "agentrl"),
+]
+
+
+def layer_of(module: str) -> int:
+    """The index in `LAYERS` of ``module`` (the longest matching prefix)."""
+    best, depth = -1, -1
+    for i, layer in enumerate(LAYERS):
+        for p in layer:
+            if (module == p or module.startswith(p + ".")) and len(p) > depth:
+                best, depth = i, len(p)
+    if best < 0:
+        raise AssertionError(f"{module} is in no layer of tests/test_imports.py: add it")
+    return best
+
+
+def package_of(module: str) -> str:
+    """The package a module belongs to for the private-name rule: its layer entry."""
+    return max((p for layer in LAYERS for p in layer
+                if module == p or module.startswith(p + ".")), key=len)
+
+
+def upward_imports(graph: dict[str, dict[str, int]]) -> list[str]:
+    """``a -> b (file:line)`` for every import of a higher layer."""
+    mods = _modules()
+    return [f"{a} -> {b}  ({os.path.relpath(mods[a], ROOT)}:{line})"
+            for a, targets in sorted(graph.items()) for b, line in sorted(targets.items())
+            if layer_of(b.partition(":")[0]) > layer_of(a)]
+
+
+def private_imports(graph: dict[str, dict[str, int]]) -> list[str]:
+    """``a -> b:_x`` for every private name imported from another package (and every private
+    module, ``b._x``, imported from outside its package)."""
+    mods = _modules()
+    out = []
+    for a, targets in sorted(graph.items()):
+        for t, line in sorted(targets.items()):
+            mod, _, name = t.partition(":")
+            private = name.startswith("_") and not name.startswith("__") or any(
+                part.startswith("_") and not part.startswith("__") for part in mod.split("."))
+            if private and package_of(mod) != package_of(a):
+                out.append(f"{a} -> {t}  ({os.path.relpath(mods[a], ROOT)}:{line})")
+    return out
+
+
+def test_every_module_has_a_layer() -> None:
+    for m in _modules():
+        layer_of(m)
+    assert layer_of("agentrl.learn.batch") > layer_of("agentrl.rollout.context")
+    assert layer_of("agentrl") == len(LAYERS) - 1
+
+
+def test_packages_import_only_downward() -> None:
+    """Including ``if TYPE_CHECKING:`` imports: an annotation is a dependency too."""
+    bad = upward_imports(import_graph(type_checking=True))
+    assert not bad, "imports of a higher layer (see LAYERS):\n" + "\n".join(bad)
+
+
+def test_no_private_name_crosses_a_package() -> None:
+    graph = import_graph(type_checking=True, names=True)
+    assert "agentrl.envpool:rss_bytes" in graph["agentrl.run.alarms"]  # names are seen
+    bad = private_imports(graph)
+    assert not bad, "private names imported across packages:\n" + "\n".join(bad)
+
+
+def test_the_layer_checks_catch_violations() -> None:
+    """Planted edges: an upward import, a TYPE_CHECKING one, and a private name."""
+    assert upward_imports({"agentrl.types": {"agentrl.trainer": 1}}) != []
+    assert upward_imports({"agentrl.rollout.engine": {"agentrl.learn.batch": 3}}) != []
+    assert upward_imports({"agentrl.learn.batch": {"agentrl.rollout.context": 3}}) == []
+    assert private_imports({"agentrl.run.alarms": {"agentrl.envpool:_rss": 2}}) != []
+    assert private_imports({"agentrl.envpool.ray": {"agentrl.envpool:_call": 2}}) == []
+    tree = ast.parse("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import agentrl.trainer\n")
+    assert sorted(n.lineno for n in _import_nodes(tree, type_checking=True)) == [1, 3]
+    assert [n.lineno for n in _import_nodes(tree)] == [1]

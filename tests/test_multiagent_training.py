@@ -12,7 +12,7 @@ import warnings
 from typing import Any
 
 import pytest
-from test_report import _browse
+from helpers import browse
 
 from agentrl.config import load_config
 from agentrl.evaluate import EvalSettings, run_eval_command
@@ -119,7 +119,7 @@ def test_elo_and_rates_by_hand() -> None:
 
 def test_viewer_shows_a_game_side_by_side(selfplay: dict[str, Any]) -> None:
     path = write_viewer(selfplay["run_dir"])
-    dom = _browse("file://" + os.path.abspath(path), "--dump-dom").stdout
+    dom = browse("file://" + os.path.abspath(path), "--dump-dom").stdout
     assert 'class="episode game"' in dom
     card = dom[dom.index('class="episode game"'):]
     card = card[:card.index("</details>")]

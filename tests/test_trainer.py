@@ -11,17 +11,12 @@ import sys
 import time
 
 import torch
+from helpers import SMALL
 from safetensors.torch import load_file
 
 from agentrl.config import load_config
 from agentrl.run import checkpoint
 from agentrl.trainer import Trainer
-
-SMALL = ["env.kwargs={level: 3, split: train, num_games: 2}", "train.lr_schedule=constant",
-         "env.eval_kwargs={split: eval, num_games: 2}", "env.train_seeds=2",
-         "rollout.groups=2", "rollout.group_size=3", "rollout.max_turns=6",
-         "policy.tiny_corpus_episodes=4", "eval.episodes=4", "eval.every=0",
-         "log.tensorboard=false", "log.progress=false", "train.checkpoint_every=1"]
 
 
 def _cfg(tmp_path, *extra: str):

@@ -16,7 +16,6 @@ import difflib
 import math
 import types
 import typing
-import warnings
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -269,10 +268,6 @@ class Config:
     alarms: AlarmConfig = F(default_factory=AlarmConfig)
     multiagent: MultiAgentConfig = F(default_factory=MultiAgentConfig)
 
-    @property
-    def algorithm_name(self) -> str:
-        return self.algorithm.name
-
 
 # --------------------------------------------------------------------------------- building
 
@@ -452,8 +447,8 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     except KeyError as e:
         raise ConfigError(f"algorithm.name: {e.args[0]}") from e
     pol = _section(data, "policy", "{backend: hf}")
-    backend = str(pol.get("backend", "hf"))
-    pol = _migrate_policy_keys(pol, backend)
+    backend = str(pol.get("backend", policies.PolicyConfig.backend))
+    pol = policies.migrate_legacy_keys(pol, backend)
     try:
         pol_cls = policies.backend_config(backend)
     except KeyError as e:
@@ -466,38 +461,6 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     cfg.algorithm.name = name
     _cross_checks(cfg)
     return cfg
-
-
-# Backend settings that were flat ``policy.*`` keys before each backend had its own section:
-# old key -> (backend, key in that backend's section). Configs saved by such runs (a run
-# directory's config.yaml) hold all of them, so `--resume` of an old run must still load.
-LEGACY_POLICY_KEYS = {
-    "vllm_gpu_memory_utilization": ("vllm", "gpu_memory_utilization"),
-    "vllm_sleep_level": ("vllm", "sleep_level"),
-    "vllm_kv_cache_gb": ("vllm", "kv_cache_gb"),
-    "vllm_enforce_eager": ("vllm", "enforce_eager"),
-    "openai_base_url": ("openai", "base_url"),
-    "openai_model": ("openai", "served_model"),
-    "openai_api_key_env": ("openai", "api_key_env"),
-}
-
-
-def _migrate_policy_keys(pol: dict[str, Any], backend: str) -> dict[str, Any]:
-    """Rename the legacy flat keys of ``backend`` to its section's names (with a warning) and
-    drop those of other backends; a key given both ways keeps the new name's value."""
-    old = [k for k in pol if k in LEGACY_POLICY_KEYS]
-    if not old:
-        return pol
-    pol = dict(pol)
-    for k in old:
-        owner, new = LEGACY_POLICY_KEYS[k]
-        value = pol.pop(k)
-        if owner == backend:
-            pol.setdefault(new, value)
-    warnings.warn(f"policy: {', '.join(sorted(old))} are old names; each backend's settings now "
-                  f"sit under their own names (e.g. policy.gpu_memory_utilization for vllm, "
-                  f"policy.base_url for openai); converted", stacklevel=3)
-    return pol
 
 
 def _section(data: dict[str, Any], key: str, example: str) -> dict[str, Any]:
@@ -576,15 +539,23 @@ def _cross_checks(cfg: Config) -> None:
                           "of an iteration; lower it")
 
 
+def _backend(cfg: Config) -> Any:
+    """The policy backend's class, for its declared capabilities (``Policy.supports_async``,
+    ``switches_adapters``, ``single_process``...): the checks never compare backend names."""
+    from agentrl.policies import backend_class
+
+    return backend_class(cfg.policy.backend)
+
+
 def _async_checks(cfg: Config) -> None:
     """Asynchronous training only where it is sound: what the algorithm allows
     (``Algorithm.async_rollouts``), an in-process backend with a weight copy, one player, one
     process; remote servers with one process pushing weights."""
     t = cfg.train
-    if cfg.policy.backend == "vllm_server" and t.strategy != "single":
-        raise ConfigError("policy.backend=vllm_server runs with train.strategy=single (every "
-                          "rank would push its weights to the servers): use the vllm or hf "
-                          "backend under torchrun")
+    if t.strategy != "single" and _backend(cfg).single_process:
+        raise ConfigError(f"policy.backend={cfg.policy.backend} runs with train.strategy=single "
+                          "(every rank would push its weights to the servers): use a backend "
+                          "without a server of its own (vllm, hf) under torchrun")
     if t.max_staleness == 0:
         if t.partial_rollouts:
             raise ConfigError("train.partial_rollouts needs train.max_staleness >= 1")
@@ -599,7 +570,7 @@ def _async_checks(cfg: Config) -> None:
     if allows == "whole" and t.partial_rollouts:
         raise ConfigError(f"algorithm {name} needs every group sampled by one policy version: "
                           "set train.partial_rollouts=false")
-    if cfg.policy.backend not in ("hf",) and ":" not in cfg.policy.backend:
+    if not _backend(cfg).supports_async:
         raise ConfigError(f"train.max_staleness={t.max_staleness} needs a second copy of the "
                           f"weights to generate with; policy.backend={cfg.policy.backend} does "
                           "not have one here: use policy.backend=hf or train.max_staleness=0")
@@ -619,7 +590,7 @@ def _per_role_checks(cfg: Config) -> None:
     if cfg.policy.lora is None:
         raise ConfigError(f"{pre} trains one LoRA adapter per role: set policy.lora (e.g. "
                           "policy.lora={r: 8, alpha: 16})")
-    if cfg.policy.backend != "hf":
+    if not _backend(cfg).switches_adapters:
         raise ConfigError(f"{pre} switches adapters between generate calls on the learner's "
                           f"own model: set policy.backend=hf (not {cfg.policy.backend})")
     if cfg.train.strategy != "single":
@@ -695,6 +666,13 @@ def layer_config(file_data: dict[str, Any], overrides: list[str]) -> dict[str, A
     return merged
 
 
+def eval_rollout_config(cfg: Config) -> RolloutConfig:
+    """``cfg.rollout`` with the evaluation temperature (``eval.temperature``, if set)."""
+    if cfg.eval.temperature is None:
+        return cfg.rollout
+    return dataclasses.replace(cfg.rollout, temperature=cfg.eval.temperature)
+
+
 def load_config(path: str | None = None, overrides: list[str] | None = None) -> Config:
     """Load a YAML config (``None`` = the embedded quickstart) and apply ``key=value``
     overrides, over the recommended settings of the chosen env (`layer_config`)."""
@@ -729,11 +707,6 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
                                                      dataclasses.asdict(cfg.algorithm).items()
                                                      if k != "name"}}
     return d
-
-
-def save_config(cfg: Config, path: str) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        yaml.safe_dump(config_to_dict(cfg), f, sort_keys=False, allow_unicode=True)
 
 
 def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:

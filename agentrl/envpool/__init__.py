@@ -261,7 +261,7 @@ def _stop(workers: list[_Worker | None], grace: float | None = None) -> None:
 _EXIT_PRIORITY = 10
 
 
-def _rss_bytes(pid: int | str) -> int:
+def rss_bytes(pid: int | str) -> int:
     """Resident set size of a process (``"self"`` for this one) from /proc; 0 if it vanished."""
     try:
         with open(f"/proc/{pid}/statm", encoding="ascii") as f:
@@ -281,7 +281,7 @@ def _read_rss() -> dict[int, int]:
                 pgrp = int(f.read().rpartition(")")[2].split()[2])  # comm may hold spaces
         except (OSError, ValueError, IndexError):
             continue  # exited while we looked
-        groups[pgrp] = groups.get(pgrp, 0) + _rss_bytes(name)
+        groups[pgrp] = groups.get(pgrp, 0) + rss_bytes(name)
     return groups
 
 
@@ -406,7 +406,7 @@ class InProcessPool(_SlotPool):
 
     def memory(self) -> dict[str, int]:
         """``{"main": RSS bytes of this process}`` (empty where /proc does not exist)."""
-        return {"main": _rss_bytes("self")} if os.path.isdir("/proc") else {}
+        return {"main": rss_bytes("self")} if os.path.isdir("/proc") else {}
 
     def close(self) -> None:
         """Close every env. Safe to call twice."""

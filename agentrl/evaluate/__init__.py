@@ -30,9 +30,9 @@ from typing import Any
 from agentrl.config import (
     Config,
     ConfigError,
-    RolloutConfig,
     apply_overrides,
     config_from_dict,
+    eval_rollout_config,
     load_config,
 )
 from agentrl.evaluate.games import (
@@ -44,7 +44,7 @@ from agentrl.evaluate.games import (
     opponent_label,
     opponent_setup,
 )
-from agentrl.policies import OpenAIConfig, Policy, PolicyConfig, make_policy
+from agentrl.policies import OpenAIConfig, Policy, make_policy, served_section
 from agentrl.rollout.engine import RolloutEngine
 from agentrl.rollout.multiagent import make_engine
 from agentrl.run.metrics import rollout_metrics, wilson_interval
@@ -124,13 +124,6 @@ def summarize(trajs: list[Trajectory], repeats: int = 1) -> dict[str, Any]:
     if any(t.outcome for t in trajs):  # games: win / draw / loss, overall and per seat
         summary["games"] = game_rates(trajs)
     return summary
-
-
-def eval_rollout_config(cfg: Config) -> RolloutConfig:
-    """``cfg.rollout`` with the evaluation temperature (``eval.temperature``, if set)."""
-    if cfg.eval.temperature is None:
-        return cfg.rollout
-    return dataclasses.replace(cfg.rollout, temperature=cfg.eval.temperature)
 
 
 def evaluate(engine: RolloutEngine, seeds: list[int], greedy: bool = False, repeats: int = 1,
@@ -234,10 +227,7 @@ def untrained_target(config: str, overrides: list[str] | None = None) -> EvalTar
 
 def _build_policy(target: EvalTarget, device: str | None, endpoint: str | None) -> Policy:
     """A generation backend holding ``target``'s weights (or talking to ``endpoint``)."""
-    import torch
-
-    from agentrl.models import build_policy_model, load_pretrained, resolve_device
-    from agentrl.run.checkpoint import seed_everything
+    from agentrl.assemble import policy_model
 
     cfg = target.cfg
     if endpoint is not None:
@@ -249,15 +239,10 @@ def _build_policy(target: EvalTarget, device: str | None, endpoint: str | None) 
         if name == "tiny":
             raise EvalError("--endpoint: name the served model (TARGET or policy.model), so "
                             "its tokenizer can be loaded here")
-        return make_policy(_with_endpoint(cfg, endpoint, name), None,
+        return make_policy(dataclasses.replace(cfg, policy=served_section(
+                               cfg.policy, endpoint, name)), None,
                            AutoTokenizer.from_pretrained(name))
-    dev = resolve_device(device or cfg.policy.device)
-    if target.model_path is None:
-        seed_everything(cfg.seed)  # the trainer seeds before building, so "untrained" matches
-        model, tok = build_policy_model(cfg)
-    else:
-        model, tok = load_pretrained(target.model_path, cfg.policy.dtype)
-    model.to(device=dev, dtype=getattr(torch, cfg.policy.dtype))
+    model, tok = policy_model(cfg, target.model_path, device)
     return make_policy(cfg, model, tok)
 
 
@@ -266,7 +251,7 @@ def _role_policies(target: EvalTarget, device: str | None, env_id: str,
     """For a checkpoint of a ``multiagent.policies=per_role`` run (`agentrl.learn.roles`): role ->
     a backend with that role's merged model (``roles/<role>/model``), so each role's seats
     play with their own policy. {} for any other target."""
-    from agentrl.learn.roles import role_models
+    from agentrl.rollout.multiagent import role_models
 
     if target.model_path is None:
         return {}
@@ -276,16 +261,6 @@ def _role_policies(target: EvalTarget, device: str | None, env_id: str,
         raise EvalError(f"{target.spec}: {e}") from None
     return {role: _build_policy(dataclasses.replace(target, model_path=d), device, None)
             for role, d in dirs.items()}
-
-
-def _with_endpoint(cfg: Config, url: str, name: str) -> Config:
-    """``cfg`` with its policy section switched to the openai backend at ``url`` serving
-    ``name`` (the shared settings kept, and the API key variable of an openai section)."""
-    p = cfg.policy
-    shared = {f.name: getattr(p, f.name) for f in dataclasses.fields(PolicyConfig)}
-    own = {"api_key_env": p.api_key_env} if isinstance(p, OpenAIConfig) else {}
-    return dataclasses.replace(cfg, policy=OpenAIConfig(
-        **{**shared, "backend": "openai", "base_url": url, "served_model": name, **own}))
 
 
 @dataclass

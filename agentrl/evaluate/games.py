@@ -20,13 +20,12 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from agentrl.run.metrics import wilson_interval
-from agentrl.types import Trajectory
+from agentrl.types import OUTCOMES, Trajectory
 
 if TYPE_CHECKING:
     from agentrl.config import Config
     from agentrl.rollout.multiagent import Lineup
 
-OUTCOMES = ("win", "draw", "loss")
 _COUNT = {"win": "wins", "draw": "draws", "loss": "losses"}
 
 
@@ -110,7 +109,7 @@ def opponent_label(spec: str) -> str:
     """A short name for an opponent: ``random``, ``heuristic`` or the checkpoint's run@step."""
     if spec in SCRIPTED:
         return spec
-    from agentrl.rollout.multiagent import player_path
+    from agentrl.run.checkpoint import player_path
 
     try:
         path = os.path.normpath(player_path(spec))
@@ -134,7 +133,9 @@ def opponent_setup(spec: str | None, cfg: Config, env_kwargs: dict[str, Any]
         return env_kwargs, None
     if spec in SCRIPTED:
         return {**env_kwargs, "opponent": spec}, None
-    from agentrl.rollout.multiagent import Versus, load_player, player_path
+    from agentrl.assemble import load_player
+    from agentrl.rollout.multiagent import Versus
+    from agentrl.run.checkpoint import player_path
 
     if "opponent" in env_kwargs:  # the env would play the seats the frozen model should
         env_kwargs = {k: v for k, v in env_kwargs.items() if k != "opponent"}

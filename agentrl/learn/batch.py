@@ -143,7 +143,7 @@ class Batch:
             learner's own when the scoring pass recomputes them.
         turn_id: (N, L) index into the turn table for action tokens, -1 elsewhere.
         row_traj: (N,) trajectory index of each row.
-        turn_traj / turn_step: (M,) trajectory index and turn index (0-based) of each turn.
+        turn_traj / turn_index: (M,) trajectory index and turn index (0-based) of each turn.
         turn_reward: (M,) the env's reward of each turn; turn_shaping: (M,) the rollout's
             shaping (step / invalid-action penalties). The shaped reward is their sum.
         turn_valid: (M,) action validity.
@@ -166,7 +166,7 @@ class Batch:
     turn_id: torch.Tensor
     row_traj: torch.Tensor
     turn_traj: torch.Tensor
-    turn_step: torch.Tensor
+    turn_index: torch.Tensor
     turn_reward: torch.Tensor
     turn_shaping: torch.Tensor
     turn_valid: torch.Tensor
@@ -205,7 +205,7 @@ class Batch:
     def turn_state_keys(self) -> list[Any]:
         """History-free state key of each turn (M,), None where the env gave none."""
         return [t.turns[k].state_key for t, k in zip(
-            (self.trajectories[i] for i in self.turn_traj.tolist()), self.turn_step.tolist())]
+            (self.trajectories[i] for i in self.turn_traj.tolist()), self.turn_index.tolist())]
 
     def shaped_turn_reward(self) -> torch.Tensor:
         """Env reward plus shaping of each turn (M,)."""
@@ -285,12 +285,12 @@ def make_batch(trajectories: list[Trajectory], pad_id: int = 0) -> Batch:
 
     # Flat turn table, in trajectory order.
     first_turn: list[int] = []
-    turn_traj, turn_step, turn_reward, turn_shaping, turn_valid = [], [], [], [], []
+    turn_traj, turn_index, turn_reward, turn_shaping, turn_valid = [], [], [], [], []
     for ti, t in enumerate(trajectories):
         first_turn.append(len(turn_traj))
         for k, turn in enumerate(t.turns):
             turn_traj.append(ti)
-            turn_step.append(k)
+            turn_index.append(k)
             turn_reward.append(turn.reward)
             turn_shaping.append(turn.shaping)
             turn_valid.append(turn.action_valid)
@@ -311,7 +311,7 @@ def make_batch(trajectories: list[Trajectory], pad_id: int = 0) -> Batch:
         trajectories=list(trajectories), input_ids=input_ids, attention_mask=attn,
         loss_mask=loss_mask, sampler_logprobs=old_lp, old_logprobs=old_lp.clone(), turn_id=turn_id,
         row_traj=row_traj, turn_traj=torch.tensor(turn_traj, dtype=torch.long),
-        turn_step=torch.tensor(turn_step, dtype=torch.long),
+        turn_index=torch.tensor(turn_index, dtype=torch.long),
         turn_reward=torch.tensor(turn_reward, dtype=torch.float32),
         turn_shaping=torch.tensor(turn_shaping, dtype=torch.float32),
         turn_valid=torch.tensor(turn_valid, dtype=torch.bool), allowed=allowed,

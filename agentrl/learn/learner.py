@@ -30,7 +30,7 @@ import random
 import warnings
 from collections.abc import Callable, Set
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -40,10 +40,7 @@ from agentrl.learn.batch import Batch, Scores
 from agentrl.learn.varlen import boundaries, enable_varlen, packs_exactly, runs_varlen, varlen_call
 from agentrl.learn.varlen import decoder as _decoder
 from agentrl.models.lora import adapters_disabled, has_adapters
-from agentrl.policies.base import truncate_logits
-
-if TYPE_CHECKING:
-    from agentrl.algorithms.base import Algorithm
+from agentrl.policies.base import behaviour_logprobs
 
 #: What the scoring pass can compute, for ``Algorithm.requires``: the learner's own logprobs
 #: as ``old_logprobs``, the frozen reference's logprobs, per-token entropy and value-head
@@ -64,6 +61,28 @@ class ModelOutputs:
     entropy: torch.Tensor | None = None
     hidden: torch.Tensor | None = None  # (n, L, H) last hidden state at the *predicting* position
     values: torch.Tensor | None = None  # (n, L) value head on ``hidden``
+
+
+class Objective(Protocol):
+    """What the learner asks of an algorithm (`agentrl.algorithms.base.Algorithm` is one):
+    what to score and return, extra parameters, the critic, and the loss. Algorithms build on
+    `Batch` and `ModelOutputs` from this package, so the learner names them only through this
+    protocol."""
+
+    @property
+    def requires(self) -> Set[str]: ...
+
+    @property
+    def loss_requires(self) -> Set[str]: ...
+
+    @property
+    def critic_model(self) -> nn.Module | None: ...
+
+    def value(self, hidden: torch.Tensor) -> torch.Tensor: ...
+
+    def param_groups(self) -> list[dict[str, Any]]: ...
+
+    def loss(self, out: ModelOutputs, mb: Batch) -> dict[str, torch.Tensor]: ...
 
 
 def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
@@ -188,10 +207,7 @@ def token_outputs(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
                                               pack_capacity)  # logits (P, V)
     else:
         rows, cols, h, logits = scorer(input_ids, attention_mask, loss_mask, pack, pack_capacity)
-    cap = getattr(model.config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    logits = logits / temperature
+    allow = None
     if allowed:
         mask = torch.zeros_like(logits, dtype=torch.bool)
         constrained = torch.zeros(len(rows), dtype=torch.bool, device=dev)
@@ -200,11 +216,11 @@ def token_outputs(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
             if ids is not None:
                 mask[p, ids] = True
                 constrained[p] = True
-        logits = torch.where(mask | ~constrained[:, None], logits, torch.finfo(logits.dtype).min)
+        allow = mask | ~constrained[:, None]
     tok = input_ids[rows, cols]
-    if top_k > 0 or top_p < 1.0:
-        logits = truncate_logits(logits, top_k, top_p, keep=tok)
-    logp_all = torch.log_softmax(logits, dim=-1)
+    logp_all = behaviour_logprobs(logits, temperature,
+                                  getattr(model.config, "final_logit_softcapping", None), allow,
+                                  top_k, top_p, keep=tok)
     lp = torch.zeros((n, L), dtype=torch.float32, device=dev)
     lp = lp.index_put((rows, cols), logp_all.gather(-1, tok[:, None]).squeeze(-1))
     ent = None
@@ -354,7 +370,7 @@ class LocalLearner:
     """Owns the trainable model, its optimizer and LR schedule, and the frozen reference."""
 
     def __init__(self, model: nn.Module, cfg: TrainConfig, temperature: float,
-                 algorithm: Algorithm, top_k: int = 0, top_p: float = 1.0,
+                 algorithm: Objective, top_k: int = 0, top_p: float = 1.0,
                  response_budget: float | None = None) -> None:
         """``temperature`` / ``top_k`` / ``top_p``: the sampler's, so the learner scores the
         distribution the tokens were drawn from. ``response_budget``: action tokens a training

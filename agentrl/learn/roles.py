@@ -1,6 +1,6 @@
 """One trained policy per role of a multi-agent game (``multiagent.policies=per_role``).
 
-Each role of the game (its agents, `env_roles`) gets its own LoRA adapter on one frozen base
+Each role of the game (its agents, `agentrl.rollout.multiagent.env_roles`) gets its own LoRA adapter on one frozen base
 model (`agentrl.models.lora.apply_lora` with one adapter per role; one model in memory):
 
 - Generation: `RolePolicy` is the backend of one role's seats. It runs the role's adapter
@@ -23,7 +23,7 @@ model (`agentrl.models.lora.apply_lora` with one adapter per role; one model in 
 - Checkpoints (`agentrl.models.lora.MergedCheckpoint`): ``adapter/<role>/`` for each adapter,
   ``roles/<role>/model/`` the base merged with that role's adapter, ``model/`` the first
   role's. `agentrl eval` plays each role's seats with its own ``roles/<role>/model/``, and so
-  does the checkpoint as a frozen opponent (`agentrl.rollout.multiagent.load_player`).
+  does the checkpoint as a frozen opponent (`agentrl.assemble.load_player`).
 
 What the roles share: the frozen base, the sampler, and an algorithm's own parameters (a value
 head or critic is updated in every role's pass). The HF backend keeps keys/values for prefix
@@ -31,14 +31,12 @@ reuse (``rollout.context=full``) under the adapter that computed them only, so w
 alternate turns a prompt is run in full rather than reused.
 
 Adapter names are the role names with every character other than letters, digits, ``_`` and
-``-`` replaced by ``_`` (`adapter_name`).
+``-`` replaced by ``_`` (`agentrl.rollout.multiagent.adapter_name`).
 """
 
 from __future__ import annotations
 
-import os
 import random
-import re
 from collections.abc import Set
 from typing import Any
 
@@ -48,38 +46,7 @@ from torch import nn
 from agentrl.learn.batch import Batch, Scores
 from agentrl.models.lora import use_adapter
 from agentrl.policies.base import Generation, Policy, SamplingParams
-
-ROLES_DIR = "roles"  # in a checkpoint: roles/<adapter>/model/, one merged model per role
-
-
-def adapter_name(role: str) -> str:
-    """The LoRA adapter name of ``role`` (a module name: no dots)."""
-    name = re.sub(r"[^0-9A-Za-z_-]", "_", role)
-    return name if name and name != "default" else f"role_{name}"
-
-
-def env_roles(env_id: str, kwargs: dict[str, Any]) -> list[str]:
-    """The roles (agents) of multi-agent env ``env_id``: its ``possible_agents``, or else the
-    ``info["agents"]`` of a reset with seed 0."""
-    from agentrl.registry import make_env
-
-    env = make_env(env_id, **kwargs)
-    try:
-        agents = list(getattr(env.unwrapped, "possible_agents", None) or [])
-        if not agents:
-            _, info = env.reset(seed=0)
-            agents = list(info.get("agents") or [])
-    finally:
-        env.close()
-    roles = [str(a) for a in agents]
-    if len(roles) < 2:
-        raise ValueError(f"multiagent.policies=per_role: {env_id} names {roles} as its agents; "
-                         "one policy per role needs at least two")
-    names = [adapter_name(r) for r in roles]
-    if len(set(names)) < len(names):
-        raise ValueError(f"multiagent.policies=per_role: the roles {roles} of {env_id} give "
-                         f"clashing adapter names {names}")
-    return roles
+from agentrl.rollout.multiagent import adapter_name
 
 
 class RolePolicy(Policy):
@@ -192,27 +159,4 @@ def merge_role_metrics(per: dict[str, dict[str, float]]) -> dict[str, float]:
         for k in ("loss", "grad_norm"):
             if f"train/{k}" in m:
                 out[f"train/{role}/{k}"] = m[f"train/{k}"]
-    return out
-
-
-def role_models(model_dir: str, env_id: str, env_kwargs: dict[str, Any]) -> dict[str, str]:
-    """role -> its merged model directory, for the ``model/`` directory of a per-role
-    checkpoint (``roles/<adapter>/model`` beside it); {} for any other model directory. A
-    role of ``env_id`` without a model there is a ValueError."""
-    if not os.path.isdir(model_dir):
-        return {}
-    root = os.path.join(os.path.dirname(os.path.normpath(model_dir)), ROLES_DIR)
-    if not os.path.isdir(root):
-        return {}
-    dirs = {a: os.path.join(root, a, "model") for a in sorted(os.listdir(root))
-            if os.path.isdir(os.path.join(root, a, "model"))}
-    if not dirs:
-        return {}
-    out = {}
-    for role in env_roles(env_id, env_kwargs):
-        d = dirs.get(adapter_name(role))
-        if d is None:
-            raise ValueError(f"a per-role checkpoint without a model for role {role!r} of "
-                             f"{env_id} (it has {sorted(dirs)})")
-        out[role] = d
     return out

@@ -18,14 +18,11 @@ import json
 import os
 import random
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from agentrl.cache import cache_dir
-
-if TYPE_CHECKING:
-    from agentrl.config import Config
 
 TINY_CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}"
@@ -196,9 +193,11 @@ def env_corpus(env_id: str, kwargs: dict[str, Any], episodes: int, max_turns: in
     return texts
 
 
-def build_policy_model(cfg: Config) -> tuple[Any, Any]:
+def build_policy_model(cfg: Any) -> tuple[Any, Any]:
     """(model, tokenizer) per ``cfg.policy``, on its device and dtype; a tiny model's tokenizer
-    is trained on the text of ``cfg.env``."""
+    is trained on the text of ``cfg.env``. ``cfg`` is an `agentrl.config.Config` (models/ sits
+    below the config package, which validates `agentrl.models.lora.LoraSettings`); its
+    ``policy``, ``env`` and ``rollout`` sections and ``seed`` are read."""
     p = cfg.policy
     if p.model == "tiny":
         corpus = env_corpus(cfg.env.id, cfg.env.kwargs, p.tiny_corpus_episodes,

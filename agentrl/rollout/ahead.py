@@ -40,7 +40,6 @@ asynchronous run, which is itself not deterministic: where a push lands depends 
 
 from __future__ import annotations
 
-import copy
 import queue
 import random
 import threading
@@ -49,7 +48,6 @@ from typing import Any
 
 import torch
 
-from agentrl.envpool import EnvPool
 from agentrl.policies.base import Generation, Policy, SamplingParams
 from agentrl.types import Trajectory
 
@@ -86,29 +84,26 @@ class AsyncRollouts:
 
     Args:
         cfg: the run's config (``train.max_staleness >= 1``).
-        model: the learner's model; generation uses a deep copy of it.
-        tokenizer: its tokenizer.
-        pool: the training env slots (used only by the rollout thread from `start` on).
+        policy: the backend the thread generates with, on its own copy of the weights
+            (`agentrl.assemble.async_rollouts` builds it); `publish` loads new weights into it.
+        make_engine: policy -> the engine over the training env slots (used only by the
+            rollout thread from `start` on); it is given a wrapper of ``policy`` that waits
+            for fresh weights before each turn.
         algorithm: supplies ``collect(engine, seeds, group_ids)``.
         tasks: iteration -> (seeds, group ids) of that iteration's episodes.
         version: the learner's version now (the checkpoint's iteration on resume).
     """
 
-    def __init__(self, cfg: Any, model: Any, tokenizer: Any, pool: EnvPool, algorithm: Any,
-                 tasks: Callable[[int, random.Random], tuple[list[int], list[str]]],
+    def __init__(self, cfg: Any, policy: Policy, make_engine: Callable[[Policy], Any],
+                 algorithm: Any, tasks: Callable[[int, random.Random], tuple[list[int], list[str]]],
                  version: int = 0) -> None:
-        from agentrl.policies import make_policy
-        from agentrl.rollout.multiagent import make_engine
-        from agentrl.rollout.prompts import PromptBuilder
-
         self.k = cfg.train.max_staleness
         self.partial = cfg.train.partial_rollouts
         self.last = cfg.train.iterations  # no batch at or past this iteration
-        self.inner = make_policy(cfg, copy.deepcopy(model), tokenizer)
+        self.inner = policy
         self.inner.version = version
         self.policy = _Synced(self.inner, self._before_turn)
-        self.engine = make_engine(self.policy, pool, PromptBuilder(tokenizer, cfg.rollout),
-                                  cfg.rollout, cfg.env.id)
+        self.engine = make_engine(self.policy)
         self.algorithm, self.tasks = algorithm, tasks
         # Task draws of the rollout thread: its own stream (the trainer's RNG shuffles
         # minibatches in the other thread at the same time).

@@ -28,8 +28,10 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -139,10 +141,10 @@ class League(Versus):
     is restored from those directories on resume.
     """
 
-    def __init__(self, cfg: Config, run_dir: str, every: int, size: int, self_play: float,
-                 seed: int = 0) -> None:
+    def __init__(self, load: PlayerLoader, run_dir: str, every: int, size: int,
+                 self_play: float, seed: int = 0) -> None:
         super().__init__([], seed=seed, self_play=self_play)
-        self.cfg, self.run_dir, self.every, self.size = cfg, run_dir, every, size
+        self.load, self.run_dir, self.every, self.size = load, run_dir, every, size
         self.paths: list[str] = []
 
     def after_update(self, iteration: int, model: Any, tokenizer: Any) -> None:
@@ -155,7 +157,7 @@ class League(Versus):
 
     def _add(self, path: str) -> None:
         self.paths.append(path)
-        self.players.append(load_player(path, self.cfg, f"league:{os.path.basename(path)}"))
+        self.players.append(self.load(path, f"league:{os.path.basename(path)}"))
         while len(self.players) > self.size:
             self.players.pop(0).close()
             self.paths.pop(0)
@@ -179,62 +181,74 @@ def _as_rng_state(state: Any) -> tuple:
     return version, tuple(internal), gauss
 
 
-def load_player(path: str, cfg: Config, name: str | None = None) -> Player:
-    """A frozen player from a model directory (a checkpoint's ``model/``, a league snapshot, or
-    a hub name), on the Hugging Face backend, seeded from ``cfg.seed`` and its name. The
-    checkpoint of a ``multiagent.policies=per_role`` run (``roles/<role>/model`` beside
-    ``model/``) plays each role's seats with that role's model."""
-    from agentrl.learn.roles import role_models
+# ------------------------------------------------------------------------------ roles
 
+ROLES_DIR = "roles"  # in a checkpoint: roles/<adapter>/model/, one merged model per role
+
+
+def adapter_name(role: str) -> str:
+    """The LoRA adapter name of ``role`` (a module name: no dots)."""
+    name = re.sub(r"[^0-9A-Za-z_-]", "_", role)
+    return name if name and name != "default" else f"role_{name}"
+
+
+def env_roles(env_id: str, kwargs: dict[str, Any]) -> list[str]:
+    """The roles (agents) of multi-agent env ``env_id``: its ``possible_agents``, or else the
+    ``info["agents"]`` of a reset with seed 0."""
+    from agentrl.registry import make_env
+
+    env = make_env(env_id, **kwargs)
     try:
-        dirs = role_models(path, cfg.env.id, cfg.env.kwargs)
-    except ValueError as e:
-        raise ValueError(f"{path}: {e}") from None
-    name = name or os.path.basename(os.path.normpath(path))
-    policy, tok = _frozen_policy(path, cfg, name)
-    roles = {role: _frozen_policy(d, cfg, f"{name}:{role}")[0] for role, d in dirs.items()}
-    return Player(name, policy, PromptBuilder(tok, cfg.rollout), roles)
+        agents = list(getattr(env.unwrapped, "possible_agents", None) or [])
+        if not agents:
+            _, info = env.reset(seed=0)
+            agents = list(info.get("agents") or [])
+    finally:
+        env.close()
+    roles = [str(a) for a in agents]
+    if len(roles) < 2:
+        raise ValueError(f"multiagent.policies=per_role: {env_id} names {roles} as its agents; "
+                         "one policy per role needs at least two")
+    names = [adapter_name(r) for r in roles]
+    if len(set(names)) < len(names):
+        raise ValueError(f"multiagent.policies=per_role: the roles {roles} of {env_id} give "
+                         f"clashing adapter names {names}")
+    return roles
 
 
-def _frozen_policy(path: str, cfg: Config, name: str) -> tuple[Policy, Any]:
-    """(an HF backend on the frozen model at ``path`` seeded from ``cfg.seed`` and ``name``,
-    its tokenizer)."""
-    import torch
 
-    from agentrl.models import load_pretrained, resolve_device
-    from agentrl.policies.hf import HFPolicy
-
-    model, tok = load_pretrained(path, cfg.policy.dtype)
-    model.to(device=resolve_device(cfg.policy.device), dtype=getattr(torch, cfg.policy.dtype))
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    policy = HFPolicy(model, tok, batch_size=cfg.rollout.batch_size)
-    policy.seed(cfg.seed + sum(name.encode()))
-    return policy, tok
-
-
-def player_path(spec: str) -> str:
-    """The model directory of a checkpoint (``.../step_N``), a run (its latest checkpoint) or a
-    model directory / hub name, as `agentrl eval` resolves targets."""
-    from agentrl.run import checkpoint
-    spec = spec.rstrip("/")
-    if os.path.isdir(os.path.join(spec, "checkpoints")) or os.path.exists(
-            os.path.join(spec, "metrics.jsonl")):
-        latest = checkpoint.latest(spec)
-        if latest is None:
-            raise ValueError(f"{spec}: a run directory without a complete checkpoint")
-        spec = latest
-    if os.path.exists(os.path.join(spec, "trainer_state.json")):
-        return os.path.join(spec, "model")
-    if not os.path.isdir(spec):
-        raise ValueError(f"{spec!r} is not a checkpoint, run or model directory (random and "
-                         "scripted opponents are env settings: env.kwargs={opponent: random})")
-    return spec
+def role_models(model_dir: str, env_id: str, env_kwargs: dict[str, Any]) -> dict[str, str]:
+    """role -> its merged model directory, for the ``model/`` directory of a per-role
+    checkpoint (``roles/<adapter>/model`` beside it); {} for any other model directory. A
+    role of ``env_id`` without a model there is a ValueError."""
+    if not os.path.isdir(model_dir):
+        return {}
+    root = os.path.join(os.path.dirname(os.path.normpath(model_dir)), ROLES_DIR)
+    if not os.path.isdir(root):
+        return {}
+    dirs = {a: os.path.join(root, a, "model") for a in sorted(os.listdir(root))
+            if os.path.isdir(os.path.join(root, a, "model"))}
+    if not dirs:
+        return {}
+    out = {}
+    for role in env_roles(env_id, env_kwargs):
+        d = dirs.get(adapter_name(role))
+        if d is None:
+            raise ValueError(f"a per-role checkpoint without a model for role {role!r} of "
+                             f"{env_id} (it has {sorted(dirs)})")
+        out[role] = d
+    return out
 
 
-def make_lineup(cfg: Config, run_dir: str) -> Lineup | None:
-    """The lineup ``cfg.multiagent`` asks for (None for single-agent envs)."""
+#: (checkpoint, run or model directory; player name or None for the directory's) -> a frozen
+#: `Player` (`agentrl.assemble.load_player` bound to a config): how a lineup loads the
+#: checkpoints it plays against
+PlayerLoader = Callable[[str, "str | None"], Player]
+
+
+def make_lineup(cfg: Config, run_dir: str, load: PlayerLoader) -> Lineup | None:
+    """The lineup ``cfg.multiagent`` asks for (None for single-agent envs); ``load`` builds the
+    frozen players (``multiagent.opponent``: the checkpoint's model directory)."""
     from agentrl.registry import is_multiagent
 
     if not is_multiagent(cfg.env.id):
@@ -243,8 +257,8 @@ def make_lineup(cfg: Config, run_dir: str) -> Lineup | None:
     if m.opponent == "self":
         return SelfPlay()
     if m.opponent == "league":
-        return League(cfg, run_dir, m.league_every, m.league_size, m.league_self_play, cfg.seed)
-    return Versus([load_player(player_path(m.opponent), cfg)], seed=cfg.seed)
+        return League(load, run_dir, m.league_every, m.league_size, m.league_self_play, cfg.seed)
+    return Versus([load(m.opponent, None)], seed=cfg.seed)
 
 
 def make_engine(policy: Policy, pool: EnvPool, builder: PromptBuilder, cfg: RolloutConfig,

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from agentrl.config import AlarmConfig
-from agentrl.envpool import _rss_bytes
+from agentrl.envpool import rss_bytes
 
 if TYPE_CHECKING:
     from agentrl.learn.batch import Batch, Scores
@@ -171,7 +171,7 @@ def memory_metrics() -> dict[str, float]:
     """
     if not os.path.isdir("/proc/self"):
         return {}
-    m: dict[str, float] = {"perf/host_rss_gb": _rss_bytes("self") / _GB}
+    m: dict[str, float] = {"perf/host_rss_gb": rss_bytes("self") / _GB}
     try:
         with open("/proc/self/status", encoding="ascii") as f:
             for line in f:
@@ -180,7 +180,7 @@ def memory_metrics() -> dict[str, float]:
     except OSError:
         pass
     kids = _descendants(os.getpid())
-    m["perf/workers_rss_gb"] = sum(_rss_bytes(p) for p in kids) / _GB
+    m["perf/workers_rss_gb"] = sum(rss_bytes(p) for p in kids) / _GB
     m["perf/workers"] = float(len(kids))
     try:
         with open("/proc/meminfo", encoding="ascii") as f:

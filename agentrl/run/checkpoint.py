@@ -262,3 +262,21 @@ def discard_after(run_dir: str, iteration: int) -> list[str]:
             os.remove(os.path.join(evals, name))
             removed.append(os.path.join(evals, name))
     return removed
+
+
+def player_path(spec: str) -> str:
+    """The model directory of a checkpoint (``.../step_N``), a run (its latest checkpoint) or a
+    model directory / hub name, as `agentrl eval` resolves targets."""
+    spec = spec.rstrip("/")
+    if os.path.isdir(os.path.join(spec, "checkpoints")) or os.path.exists(
+            os.path.join(spec, "metrics.jsonl")):
+        newest = latest(spec)
+        if newest is None:
+            raise ValueError(f"{spec}: a run directory without a complete checkpoint")
+        spec = newest
+    if os.path.exists(os.path.join(spec, "trainer_state.json")):
+        return os.path.join(spec, "model")
+    if not os.path.isdir(spec):
+        raise ValueError(f"{spec!r} is not a checkpoint, run or model directory (random and "
+                         "scripted opponents are env settings: env.kwargs={opponent: random})")
+    return spec

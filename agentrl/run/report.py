@@ -112,6 +112,16 @@ def plot_success(plt: Any, rows: list[dict[str, Any]], evals: list[dict[str, Any
     return _save(plt, fig, path)
 
 
+def write_curve(run_dir: str, evals: list[dict[str, Any]]) -> str | None:
+    """``<run_dir>/curve.png``: `plot_success` of the run's metrics and ``evals`` (what
+    `agentrl train` leaves at the end of a run); None without matplotlib or data."""
+    try:
+        plt = _plt()
+    except ImportError:
+        return None
+    return plot_success(plt, read_metrics(run_dir), evals, os.path.join(run_dir, "curve.png"))
+
+
 def plot_lines(plt: Any, rows: list[dict[str, Any]], title: str, ylabel: str,
                keys: list[tuple[str, str]], path: str) -> str | None:
     """One line per logged metric key; None if none of the keys was ever logged."""

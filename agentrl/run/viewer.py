@@ -70,7 +70,7 @@ def record_turn_advantages(batch: Batch) -> None:
         return
     mean, count = batch.turn_mean(batch.advantages)  # (M,) each
     per_traj: dict[int, list[float | None]] = {}
-    for m, (ti, k) in enumerate(zip(batch.turn_traj.tolist(), batch.turn_step.tolist())):
+    for m, (ti, k) in enumerate(zip(batch.turn_traj.tolist(), batch.turn_index.tolist())):
         row = per_traj.setdefault(ti, [None] * batch.trajectories[ti].num_turns)
         row[k] = round(float(mean[m]), 6) if count[m] > 0 else None
     for ti, row in per_traj.items():

@@ -17,8 +17,7 @@ from typing import Any
 import gymnasium as gym
 
 from agentrl.testing.textenv import NASTY_ACTIONS, EnvCheckError, _expect, check_env
-
-OUTCOMES = ("win", "draw", "loss")
+from agentrl.types import OUTCOMES
 
 
 def _variant(env: gym.Env, **overrides: Any) -> gym.Env:

@@ -52,7 +52,6 @@ import numpy as np
 
 from agentrl.envs.base import TextEnv
 
-OUTCOMES = ("win", "draw", "loss")
 _STRIP = " \t\r\n[](){}<>'\"`.,;:!?*"
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import torch
-from test_trainer import SMALL
+from helpers import SMALL, train_tiny_run
 
 from agentrl.cli import main
 from agentrl.config import load_config
@@ -25,20 +25,6 @@ from agentrl.evaluate import (
 from agentrl.run import checkpoint
 from agentrl.trainer import Trainer
 from agentrl.types import Trajectory, Turn
-
-# Two iterations on TextWorld with a held-out eval after each one and every batch dumped, so
-# the run has everything eval, the viewer and the report read.
-RUN = SMALL + ["train.iterations=2", "eval.every=1", "log.trajectories_every=1",
-               "log.trajectories_per_dump=6", "algorithm.kl_coef=0.01", "run_name=evalme"]
-
-_RUNS: dict[str, str] = {}
-
-
-def train_tiny_run(root: str) -> str:
-    """Train the tiny run once per test session (shared by test_eval and test_report)."""
-    if "dir" not in _RUNS:
-        _RUNS["dir"] = Trainer(load_config(None, RUN + [f"output_dir={root}"])).train()["run_dir"]
-    return _RUNS["dir"]
 
 
 @pytest.fixture(scope="module")

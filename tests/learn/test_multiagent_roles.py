@@ -17,12 +17,13 @@ from safetensors.torch import load_file
 
 from agentrl.config import ConfigError, TrainConfig, load_config
 from agentrl.learn.learner import LocalLearner
-from agentrl.learn.roles import RoleAdapters, env_roles
+from agentrl.learn.roles import RoleAdapters
 from agentrl.models import build_tiny_model
 from agentrl.models.lora import LoraSettings, adapter_names, apply_lora, use_adapter
 from agentrl.policies.base import SamplingParams
 from agentrl.policies.hf import HFPolicy
 from agentrl.registry import get_algorithm
+from agentrl.rollout.multiagent import env_roles
 from agentrl.run import checkpoint
 from agentrl.testing.distributed import VOCAB, make_trajectories
 from agentrl.trainer import Trainer
@@ -324,8 +325,10 @@ def test_per_role_needs_a_multi_agent_env() -> None:
 
 def test_a_per_role_checkpoint_as_opponent_plays_each_seat_with_its_role_model(
         runs: dict[str, Any]) -> None:
+    from agentrl.assemble import load_player
     from agentrl.envpool import InProcessPool
-    from agentrl.rollout.multiagent import MultiAgentRolloutEngine, Versus, load_player, player_path
+    from agentrl.rollout.multiagent import MultiAgentRolloutEngine, Versus
+    from agentrl.run.checkpoint import player_path
 
     cfg = _cfg(runs["root"], "opp", 1)
     cp = checkpoint.latest(runs["full"])

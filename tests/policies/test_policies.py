@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import torch
-from test_trainer import SMALL
+from helpers import SMALL
 
 from agentrl.config import load_config
 from agentrl.policies import BACKENDS, Policy, VLLMConfig, backend_class, make_policy

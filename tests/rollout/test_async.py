@@ -16,8 +16,11 @@ import torch
 
 from agentrl.config import ConfigError, load_config
 from agentrl.envpool import InProcessPool
+from agentrl.policies import make_policy
 from agentrl.registry import get_algorithm
 from agentrl.rollout.ahead import AsyncRollouts
+from agentrl.rollout.multiagent import make_engine
+from agentrl.rollout.prompts import PromptBuilder
 from agentrl.trainer import Trainer
 
 CORRIDOR = ["env.id=test/Corridor-v0", "env.kwargs={length: 3}", "env.train_seeds=4",
@@ -60,7 +63,10 @@ def _loop(tiny_model: Any, tiny_tok: Any, overrides: list[str], pool: Any,
     def tasks(it: int, rng: Any) -> tuple[list[int], list[str]]:
         return [it, it], [f"it{it}", f"it{it}"]
 
-    return AsyncRollouts(cfg, tiny_model, tiny_tok, pool, algo, tasks)
+    policy = make_policy(cfg, copy.deepcopy(tiny_model), tiny_tok)
+    builder = PromptBuilder(tiny_tok, cfg.rollout)
+    return AsyncRollouts(cfg, policy, lambda p: make_engine(p, pool, builder, cfg.rollout,
+                                                            cfg.env.id), algo, tasks)
 
 
 def _perturbed(model: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:

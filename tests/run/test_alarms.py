@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from test_trainer import SMALL
+from helpers import SMALL
 
 from agentrl.config import AlarmConfig, RolloutConfig, TrainConfig, load_config
 from agentrl.envpool import InProcessPool

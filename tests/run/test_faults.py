@@ -12,8 +12,8 @@ import sys
 
 import pytest
 import torch
+from helpers import SMALL
 from safetensors.torch import load_file
-from test_trainer import SMALL
 
 from agentrl.run import checkpoint
 from agentrl.types import read_jsonl

@@ -12,13 +12,10 @@ import html
 import json
 import os
 import re
-import shutil
-import subprocess
-import tempfile
 from typing import Any
 
 import pytest
-from test_eval import train_tiny_run
+from helpers import browse, train_tiny_run
 
 from agentrl.cli import main
 from agentrl.run.report import write_report
@@ -71,36 +68,17 @@ def test_report_says_what_is_missing(tmp_path, capsys) -> None:
     assert "kl" in out["skipped"] and "train/kl" in out["skipped"]["kl"]
 
 
-def _chromium() -> str:
-    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
-        path = shutil.which(name)
-        if path:
-            return path
-    pytest.fail("the viewer tests need Chromium: apt-get install -y chromium (Debian/Ubuntu); "
-                "CI installs it in .ci/run")
-
-
-def _browse(url: str, *args: str) -> subprocess.CompletedProcess:
-    """Headless Chromium, isolated and offline, on ``url``."""
-    with tempfile.TemporaryDirectory() as profile:
-        return subprocess.run(
-            [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-             "--no-first-run", "--disable-background-networking", "--disable-component-update",
-             "--disable-sync", f"--user-data-dir={profile}", *args, url],
-            capture_output=True, text=True, timeout=120)
-
-
 def test_viewer_renders_in_headless_chromium(run_dir: str, tmp_path) -> None:
     path = write_viewer(run_dir)
     url = "file://" + os.path.abspath(path)
     shot = tmp_path / "viewer.png"
-    r = _browse(url, "--window-size=1280,900", f"--screenshot={shot}")
+    r = browse(url, "--window-size=1280,900", f"--screenshot={shot}")
     assert shot.exists(), r.stderr[-2000:]
     _png_ok(str(shot))
 
     # The DOM after the page's script ran: every dumped episode is a card, and a trajectory's
     # action, reward and advantage are in its turn table.
-    dom = _browse(url, "--dump-dom").stdout
+    dom = browse(url, "--dump-dom").stdout
     sources = trajectory_sources(run_dir)
     trajs = [t for _, p in sources for t in read_jsonl(p)]
     assert int(re.search(r'id="episodes" data-count="(\d+)"', dom).group(1)) == len(trajs)
@@ -114,7 +92,7 @@ def test_viewer_renders_in_headless_chromium(run_dir: str, tmp_path) -> None:
     # Filters from the URL hash: task type + outcome select exactly the matching episodes.
     wins = sum(t.success for t in trajs)
     assert 0 < wins < len(trajs)  # both outcomes occur in this run, so the filter is tested
-    dom = _browse(url + "#type=coin_collector&outcome=success", "--dump-dom").stdout
+    dom = browse(url + "#type=coin_collector&outcome=success", "--dump-dom").stdout
     assert int(re.search(r'id="episodes" data-count="(\d+)"', dom).group(1)) == wins
     assert 'class="badge max_turns"' not in dom and 'class="badge success"' in dom
 
