@@ -25,7 +25,7 @@ from agentrl import collectives as C
 from agentrl.config import Config, config_to_dict, eval_rollout_config
 from agentrl.envpool import EnvPool, make_pool
 from agentrl.learn.distributed import NullLogger, generation_model, make_learner
-from agentrl.learn.roles import RoleAdapters
+from agentrl.learn.roles import RoleAdapters, RoleLearner
 from agentrl.models import build_policy_model, load_pretrained, resolve_device
 from agentrl.models.lora import build_lora_model
 from agentrl.policies import make_policy
@@ -166,6 +166,8 @@ def assemble(cfg: Config, run_dir: str, resume_from: str | None, groups: int,
     policy = make_policy(cfg, full_model, tok)
     policy.seed(rank_seed(cfg.seed))  # the training sampler's stream: each rank its own
     role_adapters = RoleAdapters(model, roles) if roles else None
+    if role_adapters is not None:  # rows go to their role's adapter, behind one learner
+        learner = RoleLearner(learner, role_adapters)
     role_policies = role_adapters.policies(policy) if role_adapters else None
     builder = PromptBuilder(tok, r)
     pool = make_pool(cfg.env, groups * r.group_size, ray_cfg=cfg.ray)

@@ -68,7 +68,6 @@ class Trainer:
         self.model, self.tokenizer, self.full_model = parts.model, parts.tokenizer, parts.full_model
         self.algorithm, self.learner, self.policy = parts.algorithm, parts.learner, parts.policy
         self.pool, self.engine, self.lineup = parts.pool, parts.engine, parts.lineup
-        self.roles = parts.roles  # multiagent.policies=per_role: one adapter per role
         self.eval_pool, self.eval_engine, self.logger = parts.eval_pool, parts.eval_engine, parts.logger
         self.rng = random.Random(rank_seed(cfg.seed))
         self.iteration = 0
@@ -216,7 +215,7 @@ class Trainer:
             self._publish()
             return m
         t1 = time.perf_counter()
-        m.update(self._credit(batch))
+        m.update(self._score_and_credit(batch))
         self.policy.sleep()  # e.g. vllm sleep mode: the engine's memory goes to the learner
         m.update(self._update(batch))
         t2 = time.perf_counter()
@@ -277,15 +276,14 @@ class Trainer:
             if bar is not None:
                 bar.close()
 
-    def _credit(self, batch: Batch) -> dict[str, float]:
+    def _score_and_credit(self, batch: Batch) -> dict[str, float]:
         """One no-grad scoring pass before the update (what the algorithm declared, recomputed
         old logprobs if asked, the sampler/trainer mismatch metric), then the algorithm's
         credit and, if on, truncated IS. Returns the metrics."""
         c = self.cfg
         recompute = c.policy.recompute_old_logprobs or c.train.tis_cap > 0
         wants = self.algorithm.requires | ({"old_logprobs"} if recompute else set())
-        scores = self.roles.score(self.learner, batch, wants) if self.roles \
-            else self.learner.score(batch, wants)
+        scores = self.learner.score(batch, wants)
         m = logprob_mismatch(scores, batch)
         batch.attach(scores, recompute_old_logprobs="old_logprobs" in wants)
         m.update({f"algo/{k}": v for k, v in self.algorithm.credit(batch).items()})
@@ -294,14 +292,10 @@ class Trainer:
         return m
 
     def _update(self, batch: Batch) -> dict[str, float]:
-        c = self.cfg
-        steps = c.train.epochs * c.train.minibatches * (len(self.roles.rows(batch))
-                                                        if self.roles else 1)
+        steps = self.learner.update_steps(batch)
         self.learner.progress = self._bar("update", steps, "step")
         fault_point("update")
         try:
-            if self.roles:  # each role's rows with its own adapter, one LR schedule step
-                return self.roles.update(self.learner, batch, self.rng)
             return self.learner.update(batch, self.rng)
         finally:
             if self.learner.progress is not None:

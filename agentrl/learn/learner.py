@@ -63,6 +63,17 @@ class ModelOutputs:
     values: torch.Tensor | None = None  # (n, L) value head on ``hidden``
 
 
+@dataclass
+class _Step:
+    """What one minibatch's optimizer step left: its loss terms (summed over micro-batches
+    and ranks) and gradient norms; ``skipped``: not taken (non-finite)."""
+
+    sums: dict[str, float]
+    grad_norm: float
+    algo_norm: float | None
+    skipped: bool = False
+
+
 class Objective(Protocol):
     """What the learner asks of an algorithm (`agentrl.algorithms.base.Algorithm` is one):
     what to score and return, extra parameters, the critic, and the loss. Algorithms build on
@@ -339,7 +350,8 @@ class NonFiniteUpdates(RuntimeError):
 class Learner(Protocol):
     """What the trainer needs from a learner. `LocalLearner` is the one-process implementation;
     a distributed learner implements the same methods (global statistics reduced across
-    ranks) and the trainer does not change."""
+    ranks), and so do per-role adapters (`agentrl.learn.roles.RoleLearner`): the trainer does
+    not change."""
 
     progress: Any  # anything with .update(n), advanced once per optimizer step (or None)
 
@@ -352,6 +364,10 @@ class Learner(Protocol):
                ) -> dict[str, float]:
         """Optimizer steps on ``batch`` (advantages filled), then one LR schedule step unless
         ``step_schedule`` is false; returns ``train/*`` metrics."""
+        ...
+
+    def update_steps(self, batch: Batch) -> int:
+        """How many optimizer steps `update` takes on ``batch`` at most (a progress bar's)."""
         ...
 
     def export_weights(self) -> nn.Module:
@@ -527,6 +543,10 @@ class LocalLearner:
                       values=out.get("values"), ref_logprobs=ref)
 
     # -- update --------------------------------------------------------------------------
+    def update_steps(self, batch: Batch) -> int:
+        """How many optimizer steps `update` takes on ``batch`` at most (for a progress bar)."""
+        return self.cfg.epochs * self.cfg.minibatches
+
     def update(self, batch: Batch, rng: random.Random, step_schedule: bool = True
                ) -> dict[str, float]:
         """Epochs x minibatches of optimizer steps on ``batch`` with gradient accumulation,
@@ -537,8 +557,7 @@ class LocalLearner:
         carries gradient only when the loss needs it (``"entropy" in algorithm.loss_requires``),
         otherwise it costs no graph memory.
         """
-        c, algo = self.cfg, self.algorithm
-        needs = algo.loss_requires
+        c = self.cfg
         self.model.train()
         N = batch.num_rows
         sums: dict[str, float] = {}
@@ -551,57 +570,18 @@ class LocalLearner:
             rng.shuffle(order)
             k = min(c.minibatches, N)
             for m in range(k):
-                rows = order[m * N // k:(m + 1) * N // k]
-                plan = self._micro_batches(batch, rows)
-                if not plan:
+                step = self._minibatch_step(batch, order[m * N // k:(m + 1) * N // k])
+                if step is None:
                     continue
-                lm = batch.loss_mask[rows]
-                # Denominators of the whole minibatch, over every rank's rows: the update is
-                # the same however the minibatch is split into micro-batches and ranks.
-                agg_tokens, agg_seqs = (max(1.0, x) for x in self._reduce_sums(
-                    [float(lm.sum()), float((lm.sum(-1) > 0).sum())]))
-                agg_len = self.response_budget  # a constant, never the padded length
-                self.optimizer.zero_grad(set_to_none=True)
-                step_sums: dict[str, float] = {}  # this minibatch's terms (micro-batch sums)
-                for i, mrows in enumerate(plan):
-                    with self._accumulating(last=i == len(plan) - 1):
-                        mb = self._select(batch, mrows)
-                        mb.agg_tokens, mb.agg_seqs, mb.agg_len = agg_tokens, agg_seqs, agg_len
-                        out = self.forward(mb, need_entropy=True, need_hidden="hidden" in needs,
-                                           need_values="values" in needs,
-                                           entropy_grad="entropy" in needs,
-                                           pack_capacity=batch.input_ids.shape[1])
-                        terms = algo.loss(out, mb)
-                        self._backward(terms["loss"])
-                    for name, v in terms.items():
-                        step_sums[name] = step_sums.get(name, 0.0) + float(v.detach())
-                names = sorted(step_sums)
-                step_sums = dict(zip(names, self._reduce_sums([step_sums[n] for n in names])))
-                # The policy and the algorithm's own parameters (a critic) are clipped apart, as
-                # separate actor/critic optimizers are: a large value-loss gradient must not
-                # shrink the policy's step.
-                groups = self.optimizer.param_groups
-                clip = c.grad_clip if c.grad_clip > 0 else float("inf")
-                gn = _local_norm(torch.nn.utils.clip_grad_norm_(groups[0]["params"], clip))
-                own = [p for g in groups[1:] for p in g["params"]]
-                an = torch.nn.utils.clip_grad_norm_(own, clip) if own else None
-                if not all(math.isfinite(float(x)) for x in (step_sums["loss"], gn, an or 0.0)):
-                    # Skip the step: no weight moves and AdamW's moments and step count stay
-                    # as they were, so one bad batch cannot poison the run.
-                    self.optimizer.zero_grad(set_to_none=True)
+                if step.skipped:
                     skipped += 1
-                    self.nonfinite_streak += 1
-                    if self.nonfinite_streak >= c.max_nonfinite_updates:
-                        raise NonFiniteUpdates(self.nonfinite_streak)
                     continue
-                self.nonfinite_streak = 0
-                for name, v in step_sums.items():  # each minibatch counts once
+                for name, v in step.sums.items():  # each minibatch counts once
                     sums[name] = sums.get(name, 0.0) + v
                     counts[name] = counts.get(name, 0) + 1
-                grad_norms.append(float(gn))
-                if an is not None:
-                    algo_norms.append(float(an))
-                self.optimizer.step()
+                grad_norms.append(step.grad_norm)
+                if step.algo_norm is not None:
+                    algo_norms.append(step.algo_norm)
                 if self.progress is not None:
                     self.progress.update(1)
         if step_schedule:
@@ -613,6 +593,57 @@ class LocalLearner:
         metrics["train/lr"] = self.optimizer.param_groups[0]["lr"]
         metrics["train/nonfinite_skipped"] = float(skipped)
         return metrics
+
+    def _minibatch_step(self, batch: Batch, rows: list[int]) -> _Step | None:
+        """One optimizer step on ``rows`` of ``batch``, accumulated over its micro-batches;
+        None when the rows hold nothing to train. A step whose loss or gradient is not finite
+        is skipped (``_Step.skipped``)."""
+        c, algo = self.cfg, self.algorithm
+        needs = algo.loss_requires
+        plan = self._micro_batches(batch, rows)
+        if not plan:
+            return None
+        lm = batch.loss_mask[rows]
+        # Denominators of the whole minibatch, over every rank's rows: the update is the same
+        # however the minibatch is split into micro-batches and ranks.
+        agg_tokens, agg_seqs = (max(1.0, x) for x in self._reduce_sums(
+            [float(lm.sum()), float((lm.sum(-1) > 0).sum())]))
+        agg_len = self.response_budget  # a constant, never the padded length
+        self.optimizer.zero_grad(set_to_none=True)
+        step_sums: dict[str, float] = {}  # this minibatch's terms (micro-batch sums)
+        for i, mrows in enumerate(plan):
+            with self._accumulating(last=i == len(plan) - 1):
+                mb = self._select(batch, mrows)
+                mb.agg_tokens, mb.agg_seqs, mb.agg_len = agg_tokens, agg_seqs, agg_len
+                out = self.forward(mb, need_entropy=True, need_hidden="hidden" in needs,
+                                   need_values="values" in needs,
+                                   entropy_grad="entropy" in needs,
+                                   pack_capacity=batch.input_ids.shape[1])
+                terms = algo.loss(out, mb)
+                self._backward(terms["loss"])
+            for name, v in terms.items():
+                step_sums[name] = step_sums.get(name, 0.0) + float(v.detach())
+        names = sorted(step_sums)
+        step_sums = dict(zip(names, self._reduce_sums([step_sums[n] for n in names])))
+        # The policy and the algorithm's own parameters (a critic) are clipped apart, as
+        # separate actor/critic optimizers are: a large value-loss gradient must not shrink
+        # the policy's step.
+        groups = self.optimizer.param_groups
+        clip = c.grad_clip if c.grad_clip > 0 else float("inf")
+        gn = _local_norm(torch.nn.utils.clip_grad_norm_(groups[0]["params"], clip))
+        own = [p for g in groups[1:] for p in g["params"]]
+        an = torch.nn.utils.clip_grad_norm_(own, clip) if own else None
+        if not all(math.isfinite(float(x)) for x in (step_sums["loss"], gn, an or 0.0)):
+            # Skip the step: no weight moves and AdamW's moments and step count stay as they
+            # were, so one bad batch cannot poison the run.
+            self.optimizer.zero_grad(set_to_none=True)
+            self.nonfinite_streak += 1
+            if self.nonfinite_streak >= c.max_nonfinite_updates:
+                raise NonFiniteUpdates(self.nonfinite_streak)
+            return _Step(step_sums, float(gn), None, skipped=True)
+        self.nonfinite_streak = 0
+        self.optimizer.step()
+        return _Step(step_sums, float(gn), None if an is None else float(an))
 
     # -- weights and state ---------------------------------------------------------------
     def export_weights(self) -> nn.Module:

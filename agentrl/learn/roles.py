@@ -142,6 +142,39 @@ class RoleAdapters:
         return merge_role_metrics(per)
 
 
+class RoleLearner:
+    """The learner contract over per-role adapters: `score` and `update` route each row to
+    its role's adapter (`RoleAdapters`); everything else (export, state, the progress bar) is
+    the wrapped learner's. The training loop sees one learner either way."""
+
+    def __init__(self, learner: Any, adapters: RoleAdapters) -> None:
+        self.inner, self.adapters = learner, adapters
+
+    @property
+    def progress(self) -> Any:
+        return self.inner.progress
+
+    @progress.setter
+    def progress(self, bar: Any) -> None:
+        self.inner.progress = bar
+
+    def score(self, batch: Batch, wants: Set[str]) -> Scores:
+        """Each role's rows scored with its adapter (`RoleAdapters.score`)."""
+        return self.adapters.score(self.inner, batch, wants)
+
+    def update(self, batch: Batch, rng: random.Random) -> dict[str, float]:
+        """Each role's rows updated with its adapter, one LR schedule step
+        (`RoleAdapters.update`)."""
+        return self.adapters.update(self.inner, batch, rng)
+
+    def update_steps(self, batch: Batch) -> int:
+        """The wrapped learner's steps, once per role with rows in ``batch``."""
+        return self.inner.update_steps(batch) * max(1, len(self.adapters.rows(batch)))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
 def merge_role_metrics(per: dict[str, dict[str, float]]) -> dict[str, float]:
     """One ``train/*`` row from each role's update metrics (role order = update order): the
     mean over roles, ``train/nonfinite_skipped`` summed, ``train/lr`` the last role's (the

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from agentrl.config import ConfigError, TrainConfig, load_config
 from agentrl.learn.learner import LocalLearner
-from agentrl.learn.roles import RoleAdapters
+from agentrl.learn.roles import RoleAdapters, RoleLearner
 from agentrl.models import build_tiny_model
 from agentrl.models.lora import LoraSettings, adapter_names, apply_lora, use_adapter
 from agentrl.policies.base import SamplingParams
@@ -269,15 +269,15 @@ def test_rollouts_sample_each_role_with_its_adapter(runs: dict[str, Any]) -> Non
     adapter's, and far from the other role's."""
     tr = Trainer(_cfg(runs["root"], "part", 4), resume=True, run_dir=runs["part"])
     try:
-        assert isinstance(tr.roles, RoleAdapters) and tr.roles.roles == ROLES
+        assert isinstance(tr.learner, RoleLearner) and tr.learner.adapters.roles == ROLES
         batch = tr.algorithm.build_batch(tr._collect(), 0)
-        assert set(tr.roles.rows(batch)) == set(ROLES)
+        assert set(tr.learner.adapters.rows(batch)) == set(ROLES)
         mask = batch.loss_mask > 0
-        own = tr.roles.score(tr.learner, batch, {"old_logprobs"}).logprobs
+        own = tr.learner.score(batch, {"old_logprobs"}).logprobs
         assert float((own - batch.sampler_logprobs)[mask].abs().max()) < 1e-4
         swapped = RoleAdapters(tr.model, ROLES)
         swapped.adapters = {"player_1": "player_2", "player_2": "player_1"}
-        other = swapped.score(tr.learner, batch, {"old_logprobs"}).logprobs
+        other = swapped.score(tr.learner.inner, batch, {"old_logprobs"}).logprobs
         assert float((other - batch.sampler_logprobs)[mask].abs().max()) > 1e-3
     finally:
         tr.close()
