@@ -70,74 +70,89 @@ def _kwargs(pairs: list[str]) -> dict:
     return dict(parse_overrides(pairs))
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from agentrl.config import load_config
+    from agentrl.trainer import Trainer
+
+    config, overrides = args.config, list(args.overrides)
+    if config and "=" in config and not config.endswith((".yaml", ".yml")):
+        config, overrides = None, [config] + overrides
+    if args.resume:
+        _check_resumable(args.resume)
+        cfg = load_config(config or os.path.join(args.resume, "config.yaml"), overrides)
+        return _train(lambda: Trainer(cfg, resume=True, run_dir=args.resume))
+    cfg = load_config(config, overrides)
+    return _train(lambda: Trainer(cfg))
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from agentrl.evaluate import eval_main
+
+    bad = _missing_eval_target(args.targets)
+    if bad:
+        print(f"agentrl eval: {bad}", file=sys.stderr)
+        return 2
+    try:
+        return eval_main(args)
+    except OSError as e:  # a TARGET that is neither on disk nor on a reachable hub
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"agentrl eval: could not load a model: {first} (a TARGET is a checkpoint, "
+              "a run directory, a model directory or a hub model name)", file=sys.stderr)
+        return 2
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from agentrl.run.report import report_main
+
+    return report_main(args.run_dir)
+
+
+def _cmd_envs(args: argparse.Namespace) -> int:
+    from agentrl.registry import ENVS, load_builtin_envs, missing_requirement
+
+    load_builtin_envs()
+    w = max(len(k) for k in ENVS)
+    for k in sorted(ENVS):
+        tag = "[multi-agent] " if ENVS[k].multiagent else ""
+        missing = missing_requirement(k)
+        print(f"{k:<{w}}  {tag}{ENVS[k].description}"
+              + (f" [not installed: pip install 'agentrl[{ENVS[k].extra}]']" if missing else ""))
+    return 0
+
+
+def _cmd_algorithms(args: argparse.Namespace) -> int:
+    import agentrl.algorithms  # noqa: F401
+    from agentrl.registry import ALGORITHMS
+
+    w = max(len(k) for k in ALGORITHMS)
+    for k in sorted(ALGORITHMS):
+        print(f"{k:<{w}}  {ALGORITHMS[k].description}")
+    return 0
+
+
+def _cmd_check_env(args: argparse.Namespace) -> int:
+    from agentrl import is_multiagent, make_env
+    from agentrl.testing import check_env, check_multiagent_env
+
+    env = make_env(args.env_id, **_kwargs(args.kwargs))
+    try:
+        if is_multiagent(args.env_id):
+            check_multiagent_env(env)
+            print(f"{args.env_id}: passes check_multiagent_env")
+        else:
+            check_env(env)  # prints its own line when the env passes
+    finally:
+        env.close()
+    return 0
+
+
 def _dispatch(args: argparse.Namespace) -> int:
-    if args.cmd == "train":
-        from agentrl.config import load_config
-        from agentrl.trainer import Trainer
-
-        config, overrides = args.config, list(args.overrides)
-        if config and "=" in config and not config.endswith((".yaml", ".yml")):
-            config, overrides = None, [config] + overrides
-        if args.resume:
-            _check_resumable(args.resume)
-            cfg = load_config(config or os.path.join(args.resume, "config.yaml"), overrides)
-            return _train(lambda: Trainer(cfg, resume=True, run_dir=args.resume))
-        cfg = load_config(config, overrides)
-        return _train(lambda: Trainer(cfg))
-    if args.cmd == "eval":
-        from agentrl.evaluate import eval_main
-
-        bad = _missing_eval_target(args.targets)
-        if bad:
-            print(f"agentrl eval: {bad}", file=sys.stderr)
-            return 2
-        try:
-            return eval_main(args)
-        except OSError as e:  # a TARGET that is neither on disk nor on a reachable hub
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            print(f"agentrl eval: could not load a model: {first} (a TARGET is a checkpoint, "
-                  "a run directory, a model directory or a hub model name)", file=sys.stderr)
-            return 2
-    if args.cmd == "report":
-        from agentrl.run.report import report_main
-
-        return report_main(args.run_dir)
-    if args.cmd == "envs":
-        from agentrl.registry import ENVS, load_builtin_envs, missing_requirement
-
-        load_builtin_envs()
-        w = max(len(k) for k in ENVS)
-        for k in sorted(ENVS):
-            tag = "[multi-agent] " if ENVS[k].multiagent else ""
-            missing = missing_requirement(k)
-            print(f"{k:<{w}}  {tag}{ENVS[k].description}"
-                  + (f" [not installed: pip install 'agentrl[{ENVS[k].extra}]']" if missing else ""))
-        return 0
-    if args.cmd == "algorithms":
-        import agentrl.algorithms  # noqa: F401
-        from agentrl.registry import ALGORITHMS
-
-        w = max(len(k) for k in ALGORITHMS)
-        for k in sorted(ALGORITHMS):
-            print(f"{k:<{w}}  {ALGORITHMS[k].description}")
-        return 0
-    if args.cmd == "check-env":
-        from agentrl import is_multiagent, make_env
-        from agentrl.testing import check_env, check_multiagent_env
-
-        env = make_env(args.env_id, **_kwargs(args.kwargs))
-        try:
-            if is_multiagent(args.env_id):
-                check_multiagent_env(env)
-                print(f"{args.env_id}: passes check_multiagent_env")
-            else:
-                check_env(env)  # prints its own line when the env passes
-        finally:
-            env.close()
-        return 0
-    if args.cmd == "play":
-        return _play(args)
-    return 1
+    """Run subcommand ``args.cmd`` (one ``_cmd_*`` function each); its exit code."""
+    commands = {"train": _cmd_train, "eval": _cmd_eval, "report": _cmd_report,
+                "envs": _cmd_envs, "algorithms": _cmd_algorithms, "check-env": _cmd_check_env,
+                "play": _play}
+    command = commands.get(args.cmd)
+    return command(args) if command is not None else 1
 
 
 def _train(build: Callable[[], Any]) -> int:

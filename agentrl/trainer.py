@@ -322,55 +322,69 @@ class Trainer:
                         trajs[:lg.trajectories_per_dump])
 
     def train(self) -> dict[str, Any]:
+        """Train for ``train.iterations`` (from the checkpoint's iteration on resume), then
+        evaluate, checkpoint and report. Returns the before/final evaluations, the run
+        directory and the last checkpoint."""
         c = self.cfg
-        total = c.train.iterations
-        print(f"[agentrl] env {c.env.id}, algorithm {c.algorithm.name}, model {c.policy.model} "
-              f"({sum(p.numel() for p in self.model.parameters()):,} parameters), "
-              f"{c.rollout.groups}x{c.rollout.group_size} episodes per iteration")
-        # Before anything runs: what the run will need, and a stop if it cannot fit.
-        line = memory_check(memory_estimate(self.model, c, self.algorithm,
-                                            C.world_size()),
-                            next(self.full_model.parameters()).device,
-                            int(os.environ.get("LOCAL_WORLD_SIZE", "1")), c.train.memory_check)
-        if self.is_main:
-            print(f"[agentrl] {line}")
+        self._announce()
         if self.iteration == 0 and c.eval.before_training:
             self.run_eval("before")
         bar = None
         if c.log.progress and is_terminal() and self.is_main:  # a pipe garbles a redrawn bar
             from tqdm import tqdm
 
-            bar = tqdm(total=total, initial=self.iteration, desc="training", unit="it",
-                       dynamic_ncols=True, leave=False)
+            bar = tqdm(total=c.train.iterations, initial=self.iteration, desc="training",
+                       unit="it", dynamic_ncols=True, leave=False)
         stop = StopOnSignal()  # SIGTERM/SIGINT: finish the iteration, checkpoint, exit 75
         try:
-            while self.iteration < total:
-                m = C.mean_metrics(self.train_iteration())  # over ranks: one decision
-                self.iteration += 1
-                if c.eval.every and self.iteration % c.eval.every == 0 and self.iteration < total:
-                    s = self.run_eval(f"iter_{self.iteration}")
-                    m["eval/success_rate"] = s["success_rate"]
-                m.update(alarm_metrics(m, c.alarms))
-                self.logger.log(self.iteration, m)
-                line = console_line(self.iteration, total, m)
-                if bar is not None:
-                    bar.update(1)
-                    bar.write(line)
-                elif self.is_main:
-                    print(line, flush=True)
-                due = c.train.checkpoint_every and self.iteration % c.train.checkpoint_every == 0
-                cp = self.save_checkpoint() if due else None
-                fault_point("iteration_end")
-                if C.any_rank(stop.signum is not None):
-                    cp = cp or self.save_checkpoint()
-                    self.logger.close()
-                    self.close()
-                    raise Interrupted(stop.signum or signal.SIGTERM, self.iteration, cp,
-                                      self.run_dir)
+            while self.iteration < c.train.iterations:
+                self._end_of_iteration(C.mean_metrics(self.train_iteration()), bar, stop)
         finally:
             stop.restore()
         if bar is not None:
             bar.close()
+        return self._finish()
+
+    def _announce(self) -> None:
+        """What is about to train, and (before anything runs) the memory it will need: a stop
+        if it cannot fit."""
+        c = self.cfg
+        print(f"[agentrl] env {c.env.id}, algorithm {c.algorithm.name}, model {c.policy.model} "
+              f"({sum(p.numel() for p in self.model.parameters()):,} parameters), "
+              f"{c.rollout.groups}x{c.rollout.group_size} episodes per iteration")
+        line = memory_check(memory_estimate(self.model, c, self.algorithm, C.world_size()),
+                            next(self.full_model.parameters()).device,
+                            int(os.environ.get("LOCAL_WORLD_SIZE", "1")), c.train.memory_check)
+        if self.is_main:
+            print(f"[agentrl] {line}")
+
+    def _end_of_iteration(self, m: dict[str, float], bar: Any, stop: StopOnSignal) -> None:
+        """After an iteration (``m``: its metrics, averaged over ranks): the periodic
+        evaluation, alarms, the metrics row and console line, the periodic checkpoint, and on
+        SIGTERM/SIGINT a checkpoint and `Interrupted`."""
+        c, total = self.cfg, self.cfg.train.iterations
+        self.iteration += 1
+        if c.eval.every and self.iteration % c.eval.every == 0 and self.iteration < total:
+            m["eval/success_rate"] = self.run_eval(f"iter_{self.iteration}")["success_rate"]
+        m.update(alarm_metrics(m, c.alarms))
+        self.logger.log(self.iteration, m)
+        line = console_line(self.iteration, total, m)
+        if bar is not None:
+            bar.update(1)
+            bar.write(line)
+        elif self.is_main:
+            print(line, flush=True)
+        due = c.train.checkpoint_every and self.iteration % c.train.checkpoint_every == 0
+        cp = self.save_checkpoint() if due else None
+        fault_point("iteration_end")
+        if C.any_rank(stop.signum is not None):
+            cp = cp or self.save_checkpoint()
+            self.logger.close()
+            self.close()
+            raise Interrupted(stop.signum or signal.SIGTERM, self.iteration, cp, self.run_dir)
+
+    def _finish(self) -> dict[str, Any]:
+        """The final evaluation and checkpoint, the curve and the closing summary."""
         final = self.run_eval("final")
         # The row goes after the checkpoint: killed in between, a resume redoes the evaluation
         # and logs it once (logged before, it would be there twice).
@@ -378,9 +392,10 @@ class Trainer:
         self.logger.log(self.iteration, {"eval/success_rate": final["success_rate"]})
         self.logger.close()
         before = next((e for e in self.eval_history if e["tag"] == "before"), None)
+        out = {"before": before, "final": final, "run_dir": self.run_dir, "checkpoint": cp}
         if not self.is_main:
             self.close()
-            return {"before": before, "final": final, "run_dir": self.run_dir, "checkpoint": cp}
+            return out
         curve = write_curve(self.run_dir, self.eval_history)  # None without matplotlib
         print("[agentrl] done. held-out success: "
               + (f"{before['success_rate']:.3f} before -> " if before else "")
@@ -391,7 +406,7 @@ class Trainer:
             print(f"[agentrl] curve:      {os.path.abspath(curve)}")
         print(f"[agentrl] checkpoint: {os.path.abspath(cp)}")
         self.close()
-        return {"before": before, "final": final, "run_dir": self.run_dir, "checkpoint": cp}
+        return out
 
     def close(self) -> None:
         if self.rollouts is not None:

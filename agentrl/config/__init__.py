@@ -283,6 +283,94 @@ def _yaml_value(text: str, key: str) -> Any:
                           ) from None
 
 
+def _to_bool(value: Any, key: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+        return value.lower() in ("true", "yes", "1")
+    raise ConfigError(f"{key}: expected true or false, got {value!r}")
+
+
+def _to_int(value: Any, key: str) -> int:
+    if isinstance(value, bool):
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            pass
+    raise ConfigError(f"{key}: expected an integer, got {value!r} ({type(value).__name__})")
+
+
+def _to_float(value: Any, key: str) -> float:
+    if isinstance(value, bool):
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    try:
+        number = float(value) if isinstance(value, (int, float, str)) else None
+    except (ValueError, OverflowError):
+        number = None
+    if number is not None and not math.isfinite(number):
+        raise ConfigError(f"{key}: {value!r} is not a finite number")
+    if number is not None:
+        return number
+    raise ConfigError(f"{key}: expected a number such as 1e-3, got {value!r} "
+                      f"({type(value).__name__})")
+
+
+def _to_str(value: Any, key: str) -> str:
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise ConfigError(f"{key}: expected a string, got {value!r}")
+
+
+#: scalar annotation -> its converter (value, key) -> value or ConfigError
+_SCALARS: dict[Any, Any] = {bool: _to_bool, int: _to_int, float: _to_float, str: _to_str}
+
+
+def _to_union(value: Any, args: tuple[Any, ...], key: str) -> Any:
+    """The first member of ``X | Y | None`` that ``value`` converts to."""
+    if value is None and type(None) in args:
+        return None
+    errors = []
+    for a in args:
+        if a is type(None):
+            continue
+        try:
+            return _coerce(value, a, key)
+        except ConfigError as e:
+            errors.append(str(e))
+    raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
+
+
+def _to_literal(value: Any, args: tuple[Any, ...], key: str) -> Any:
+    if value not in args:
+        hint = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
+        raise ConfigError(f"{key}: {value!r} is not allowed; choose one of {list(args)}"
+                          + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+    return value
+
+
+def _to_list(value: Any, args: tuple[Any, ...], key: str) -> list[Any]:
+    if isinstance(value, str):
+        value = _yaml_value(value, key) if value.strip().startswith("[") else [value]
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{key}: expected a list, got {value!r}")
+    inner = args[0] if args else Any
+    return [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+
+
+def _to_dict(value: Any, key: str) -> dict[str, Any]:
+    if isinstance(value, str):
+        value = _yaml_value(value, key)
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key}: expected a mapping like {{a: 1}}, got {value!r}")
+    return dict(value)
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Convert ``value`` to annotation ``tp`` or raise a ConfigError naming the key."""
     origin = typing.get_origin(tp)
@@ -290,72 +378,15 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is Any:
         return value
     if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _coerce(value, a, key)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
+        return _to_union(value, args, key)
     if origin is Literal:
-        if value not in args:
-            hint = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
-            raise ConfigError(f"{key}: {value!r} is not allowed; choose one of {list(args)}"
-                              + (f" (did you mean {hint[0]!r}?)" if hint else ""))
-        return value
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
-            return value.lower() in ("true", "yes", "1")
-        raise ConfigError(f"{key}: expected true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{key}: expected an integer, got {value!r} ({type(value).__name__})")
-    if tp is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        try:
-            number = float(value) if isinstance(value, (int, float, str)) else None
-        except (ValueError, OverflowError):
-            number = None
-        if number is not None and not math.isfinite(number):
-            raise ConfigError(f"{key}: {value!r} is not a finite number")
-        if number is not None:
-            return number
-        raise ConfigError(f"{key}: expected a number such as 1e-3, got {value!r} "
-                          f"({type(value).__name__})")
-    if tp is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return _to_literal(value, args, key)
+    if tp in _SCALARS:
+        return _SCALARS[tp](value, key)
     if origin is list:
-        if isinstance(value, str):
-            value = _yaml_value(value, key) if value.strip().startswith("[") else [value]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        inner = args[0] if args else Any
-        return [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+        return _to_list(value, args, key)
     if origin is dict:
-        if isinstance(value, str):
-            value = _yaml_value(value, key)
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping like {{a: 1}}, got {value!r}")
-        return dict(value)
+        return _to_dict(value, key)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a section (mapping), got {value!r}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -35,70 +36,102 @@ LOST = ("env_error", "env_timeout")
 _GB = 1024**3
 
 
+def _over(metrics: dict[str, Any], key: str, threshold: float) -> float | None:
+    """``metrics[key]`` when it is a finite number at or above ``threshold`` (> 0), else None."""
+    v = metrics.get(key)
+    if threshold <= 0 or not isinstance(v, (int, float)) or not math.isfinite(v):
+        return None
+    return float(v) if v >= threshold else None
+
+
+def _zero_variance(m: dict[str, Any], cfg: AlarmConfig) -> str | None:
+    v = _over(m, "algo/zero_variance_groups", cfg.zero_variance_groups)
+    return None if v is None else (
+        f"{v:.0%} of groups have zero reward variance, so their advantages are all 0 and "
+        "there is no learning signal; raise rollout.group_size or rollout.temperature, or "
+        "train on tasks the policy sometimes solves")
+
+
+def _zero_grad(m: dict[str, Any], cfg: AlarmConfig) -> str | None:
+    gn = m.get("train/grad_norm")
+    if not (isinstance(gn, (int, float)) and math.isfinite(gn) and gn < cfg.min_grad_norm):
+        return None
+    return (f"the gradient norm is {gn:.3g}: this update changed nothing. Usually every "
+            "advantage is 0 (identical returns in every group); see the zero_variance_groups "
+            "and lost_episodes alarms, and check that the env pays rewards the policy can reach")
+
+
+def _lost_episodes(m: dict[str, Any], cfg: AlarmConfig) -> str | None:
+    lost = sum(float(m.get(f"rollout/termination/{r}", 0.0)) for r in LOST)
+    if m.get("train/skipped"):
+        lost = 1.0
+    if cfg.lost_episodes <= 0 or lost < cfg.lost_episodes:
+        return None
+    return (f"{lost:.0%} of episodes ended because the env failed (env_error/env_timeout) and "
+            "were left out of the loss; the run's trajectories/ and the env/* metrics say why "
+            "(`agentrl play ENV` reproduces an env by hand; raise env.step_timeout for slow envs)")
+
+
+def _length_hits(m: dict[str, Any], cfg: AlarmConfig) -> str | None:
+    v = _over(m, "rollout/response_length_hit_rate", cfg.response_length_hit_rate)
+    return None if v is None else (
+        f"{v:.0%} of replies hit the token limit and were cut off; raise "
+        "rollout.max_new_tokens or ask for shorter replies in rollout.template")
+
+
+def _invalid_actions(m: dict[str, Any], cfg: AlarmConfig) -> str | None:
+    v = _over(m, "rollout/invalid_action_rate", cfg.invalid_action_rate)
+    return None if v is None else (
+        f"{v:.0%} of actions were invalid; check rollout.action_format and the prompt "
+        "(`agentrl play ENV` shows valid actions), or set rollout.constrained=true")
+
+
+def _mismatch(m: dict[str, Any], cfg: AlarmConfig) -> str | None:
+    v = _over(m, "train/logprob_mismatch", cfg.logprob_mismatch)
+    if v is None:
+        return None
+    mx = m.get("train/logprob_mismatch_max", float("nan"))
+    return (f"sampler and trainer log-probs of the sampled tokens differ by {v:.3g} nats on "
+            f"average (max {mx:.3g}), so the first PPO ratio is not 1; check that the sampler "
+            "has the latest weights, policy.dtype, and that both use rollout.temperature")
+
+
+def _host_memory(m: dict[str, Any], cfg: AlarmConfig) -> str | None:
+    v = _over(m, "perf/host_memory_fraction", cfg.host_memory_fraction)
+    if v is None:
+        return None
+    used = m.get("perf/host_rss_gb", 0.0) + m.get("perf/workers_rss_gb", 0.0)
+    return (f"the learner and its workers use {used:.1f} GB, {v:.0%} of host RAM; look for "
+            "growth in perf/host_rss_gb and perf/workers_rss_gb (a leak), or lower "
+            "rollout.batch_size and the number of env workers")
+
+
+def _nonfinite_loss(m: dict[str, Any], cfg: AlarmConfig) -> str | None:
+    loss = m.get("train/loss")
+    if not isinstance(loss, (int, float)) or math.isfinite(loss):
+        return None
+    return (f"train/loss is {loss}; lower train.lr, keep train.grad_clip > 0, or use "
+            "policy.dtype=float32")
+
+
+#: alarm name -> (metrics, thresholds) -> its message when it fires, else None
+RULES: dict[str, Callable[[dict[str, Any], AlarmConfig], str | None]] = {
+    "zero_variance_groups": _zero_variance, "zero_grad_norm": _zero_grad,
+    "lost_episodes": _lost_episodes, "response_length_hit_rate": _length_hits,
+    "invalid_action_rate": _invalid_actions, "logprob_mismatch": _mismatch,
+    "host_memory_fraction": _host_memory, "nonfinite_loss": _nonfinite_loss,
+}
+
+
 def firing_alarms(metrics: dict[str, Any], cfg: AlarmConfig) -> dict[str, str]:
-    """``{name: message}`` for each alarm whose metric crosses its threshold.
+    """``{name: message}`` for each alarm (`RULES`) whose metric crosses its threshold.
 
     A metric the run does not log (e.g. ``algo/zero_variance_groups`` for PPO) cannot fire.
     """
     if not cfg.enabled:
         return {}
-    out: dict[str, str] = {}
-
-    def over(key: str, threshold: float) -> float | None:
-        v = metrics.get(key)
-        if threshold <= 0 or not isinstance(v, (int, float)) or not math.isfinite(v):
-            return None
-        return float(v) if v >= threshold else None
-
-    v = over("algo/zero_variance_groups", cfg.zero_variance_groups)
-    if v is not None:
-        out["zero_variance_groups"] = (
-            f"{v:.0%} of groups have zero reward variance, so their advantages are all 0 and "
-            "there is no learning signal; raise rollout.group_size or rollout.temperature, or "
-            "train on tasks the policy sometimes solves")
-    gn = metrics.get("train/grad_norm")
-    if isinstance(gn, (int, float)) and math.isfinite(gn) and gn < cfg.min_grad_norm:
-        out["zero_grad_norm"] = (
-            f"the gradient norm is {gn:.3g}: this update changed nothing. Usually every "
-            "advantage is 0 (identical returns in every group); see the zero_variance_groups "
-            "and lost_episodes alarms, and check that the env pays rewards the policy can reach")
-    lost = sum(float(metrics.get(f"rollout/termination/{r}", 0.0)) for r in LOST)
-    if metrics.get("train/skipped"):
-        lost = 1.0
-    if cfg.lost_episodes > 0 and lost >= cfg.lost_episodes:
-        out["lost_episodes"] = (
-            f"{lost:.0%} of episodes ended because the env failed (env_error/env_timeout) and "
-            "were left out of the loss; the run's trajectories/ and the env/* metrics say why "
-            "(`agentrl play ENV` reproduces an env by hand; raise env.step_timeout for slow envs)")
-    v = over("rollout/response_length_hit_rate", cfg.response_length_hit_rate)
-    if v is not None:
-        out["response_length_hit_rate"] = (
-            f"{v:.0%} of replies hit the token limit and were cut off; raise "
-            "rollout.max_new_tokens or ask for shorter replies in rollout.template")
-    v = over("rollout/invalid_action_rate", cfg.invalid_action_rate)
-    if v is not None:
-        out["invalid_action_rate"] = (
-            f"{v:.0%} of actions were invalid; check rollout.action_format and the prompt "
-            "(`agentrl play ENV` shows valid actions), or set rollout.constrained=true")
-    v = over("train/logprob_mismatch", cfg.logprob_mismatch)
-    if v is not None:
-        mx = metrics.get("train/logprob_mismatch_max", float("nan"))
-        out["logprob_mismatch"] = (
-            f"sampler and trainer log-probs of the sampled tokens differ by {v:.3g} nats on "
-            f"average (max {mx:.3g}), so the first PPO ratio is not 1; check that the sampler "
-            "has the latest weights, policy.dtype, and that both use rollout.temperature")
-    v = over("perf/host_memory_fraction", cfg.host_memory_fraction)
-    if v is not None:
-        used = metrics.get("perf/host_rss_gb", 0.0) + metrics.get("perf/workers_rss_gb", 0.0)
-        out["host_memory_fraction"] = (
-            f"the learner and its workers use {used:.1f} GB, {v:.0%} of host RAM; look for "
-            "growth in perf/host_rss_gb and perf/workers_rss_gb (a leak), or lower "
-            "rollout.batch_size and the number of env workers")
-    loss = metrics.get("train/loss")
-    if isinstance(loss, (int, float)) and not math.isfinite(loss):
-        out["nonfinite_loss"] = (f"train/loss is {loss}; lower train.lr, keep train.grad_clip "
-                                 "> 0, or use policy.dtype=float32")
-    return out
+    fired = {name: rule(metrics, cfg) for name, rule in RULES.items()}
+    return {name: msg for name, msg in fired.items() if msg is not None}
 
 
 def check_alarms(metrics: dict[str, Any], cfg: AlarmConfig) -> list[str]:

@@ -163,34 +163,41 @@ def check_multiagent_env(env: gym.Env, seed: int = 0, games: int = 4,
     replay = [_play(env, seed, _random_player(7), max_steps)[0] for _ in range(2)]
     _expect(replay[0] == replay[1], "the same seed and replies gave a different game")
 
-    # 5. nasty replies never crash a game
+    _check_nasty_replies(env, seed, bool(info.get("admissible_actions")), max_steps)
+    for opp in getattr(inner, "opponents", ()):
+        _check_scripted_opponent(env, opp, seed, max_steps)
+
+
+def _check_nasty_replies(env: gym.Env, seed: int, legal_known: bool, max_steps: int) -> None:
+    """5. Every nasty reply, at the first move and (where the legal moves are known) mid-game,
+    under both illegal-move modes, is a recorded invalid move, never an exception."""
     for mode in ("forfeit", "retry"):
         variant = _variant(env, illegal=mode)
         retries = int(getattr(variant.unwrapped, "max_retries", 0))
         try:
-            # mid-game too, where the legal moves are known (the openings must be legal)
-            openings = (0, 2) if info.get("admissible_actions") else (0,)
+            openings = (0, 2) if legal_known else (0,)  # the openings must be legal
             for nasty in NASTY_ACTIONS:
                 for opening in openings:
                     _nasty_game(variant, seed, nasty, opening, mode, retries, max_steps)
         finally:
             variant.close()
 
-    # 6. scripted opponents
-    for opp in getattr(inner, "opponents", ()):
-        variant = _variant(env, opponent=opp, seat="random")
-        seats = set()
-        try:
-            for s in range(12):
-                _, info = variant.reset(seed=seed + s)
-                _expect(len(info["agents"]) == 1, f"opponent={opp!r}: the caller must play "
-                                                  "exactly one seat")
-                seats.add(info["agents"][0])
-                _play(variant, seed + s, _random_player(s), max_steps)
-        finally:
-            variant.close()
-        _expect(len(seats) > 1, f"opponent={opp!r}, seat='random': 12 seeds all gave the "
-                                "same seat")
+
+def _check_scripted_opponent(env: gym.Env, opp: str, seed: int, max_steps: int) -> None:
+    """6. Scripted opponent ``opp`` plays every other seat; ``seat="random"`` covers them all."""
+    variant = _variant(env, opponent=opp, seat="random")
+    seats = set()
+    try:
+        for s in range(12):
+            _, info = variant.reset(seed=seed + s)
+            _expect(len(info["agents"]) == 1, f"opponent={opp!r}: the caller must play "
+                                              "exactly one seat")
+            seats.add(info["agents"][0])
+            _play(variant, seed + s, _random_player(s), max_steps)
+    finally:
+        variant.close()
+    _expect(len(seats) > 1, f"opponent={opp!r}, seat='random': 12 seeds all gave the "
+                            "same seat")
 
 
 def _nasty_game(env: gym.Env, seed: int, nasty: str, opening: int, mode: str, retries: int,

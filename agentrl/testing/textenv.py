@@ -51,14 +51,33 @@ def check_env(env: gym.Env, seed: int = 0, max_steps: int | None = None,
             gym_check_env(inner, skip_render_check=True)
         except Exception as e:  # gymnasium raises AssertionError or its own errors
             raise EnvCheckError(f"gymnasium check_env failed: {e}") from e
+    _check_reset(env, seed)
+    _check_determinism(env, seed)
+    _check_any_action(env, seed)
+    if max_steps is None:
+        limit = env.spec.max_episode_steps if env.spec is not None else None
+        max_steps = limit if limit else 200
+    obs, info, steps = _check_episode_ends(env, seed, max_steps)
+    _check_pickles(env, obs, info)
+    if verbose:
+        name = env.spec.id if env.spec is not None else type(inner).__name__
+        print(f"check_env: {name} passes (reset/step contract, seed determinism, "
+              f"{len(NASTY_ACTIONS)} hostile actions, an episode ends in {steps} steps, "
+              "results pickle)")
 
+
+def _check_reset(env: gym.Env, seed: int) -> None:
+    """1. A string observation and an info with ``task_type``."""
     obs, info = env.reset(seed=seed)
     _expect(isinstance(obs, str), f"reset() observation is {type(obs).__name__}, not str")
     _expect(isinstance(info, dict), "reset() info is not a dict")
     _expect(isinstance(info.get("task_type"), str), "reset() info lacks a str 'task_type'")
     _check_info_types(info, "reset")
 
-    # 2. determinism under a fixed seed
+
+def _check_determinism(env: gym.Env, seed: int) -> None:
+    """2. Same seed => same first observation, admissible actions and transitions."""
+    obs, info = env.reset(seed=seed)
     obs2, info2 = env.reset(seed=seed)
     _expect(obs == obs2, "reset(seed) twice gave different observations")
     _expect(info.get("admissible_actions") == info2.get("admissible_actions"),
@@ -67,7 +86,9 @@ def check_env(env: gym.Env, seed: int = 0, max_steps: int | None = None,
     trace2 = _play(env, seed, 5)
     _expect(trace1 == trace2, "the same seed and actions gave different transitions")
 
-    # 3. any action string
+
+def _check_any_action(env: gym.Env, seed: int) -> None:
+    """3. Any action string is a step, never an exception."""
     for a in NASTY_ACTIONS:
         env.reset(seed=seed)
         try:
@@ -81,10 +102,10 @@ def check_env(env: gym.Env, seed: int = 0, max_steps: int | None = None,
         _expect(isinstance(inf.get("action_valid"), bool), "step() info lacks bool 'action_valid'")
         _check_info_types(inf, "step")
 
-    # 4. episodes end, with success reported
-    if max_steps is None:
-        limit = env.spec.max_episode_steps if env.spec is not None else None
-        max_steps = limit if limit else 200
+
+def _check_episode_ends(env: gym.Env, seed: int, max_steps: int) -> tuple[Any, Any, int]:
+    """4. An episode of admissible actions ends within ``max_steps``, reporting ``success``.
+    Returns its last observation, info and step count."""
     obs, info = env.reset(seed=seed)
     done, steps = False, 0
     while not done and steps < max_steps:
@@ -93,19 +114,17 @@ def check_env(env: gym.Env, seed: int = 0, max_steps: int | None = None,
         steps += 1
     _expect(done, f"episode did not end within {max_steps} steps (register max_episode_steps)")
     _expect(isinstance(info.get("success"), bool), "final info lacks bool 'success'")
+    return obs, info, steps
 
-    # 5. pickling of what crosses process boundaries
+
+def _check_pickles(env: gym.Env, obs: Any, info: Any) -> None:
+    """5. What crosses process boundaries (observation, info, spec) pickles."""
     try:
         pickle.dumps((obs, info))
         if env.spec is not None:
             pickle.dumps(env.spec)
     except Exception as e:
         raise EnvCheckError(f"observation/info/spec does not pickle: {e}") from e
-    if verbose:
-        name = env.spec.id if env.spec is not None else type(inner).__name__
-        print(f"check_env: {name} passes (reset/step contract, seed determinism, "
-              f"{len(NASTY_ACTIONS)} hostile actions, an episode ends in {steps} steps, "
-              "results pickle)")
 
 
 def _play(env: gym.Env, seed: int, n: int) -> list[Any]:
