@@ -38,16 +38,15 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from agentrl.envpool import (
-    CLOSE_GRACE,
+from agentrl.envpool.base import (
     WORKER_START_TIMEOUT,
     EnvResult,
     _call,
     _close_quietly,
     _env_factory,
     _failure,
-    _WorkerSlots,
 )
+from agentrl.envpool.process import CLOSE_GRACE, _WorkerSlots
 
 if TYPE_CHECKING:
     from agentrl.config import RayConfig
@@ -115,7 +114,7 @@ class EnvActor:
         return os.getpid()
 
     def run(self, slot: int, cmd: str, arg: Any, options: Any) -> EnvResult:
-        """One reset or step of ``slot`` (``agentrl.envpool._call``, as in a worker)."""
+        """One reset or step of ``slot`` (``agentrl.envpool.base._call``, as in a worker)."""
         return _call(self._envs, self._make, slot, cmd, arg, options)
 
     def close(self) -> None:

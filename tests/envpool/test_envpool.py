@@ -18,7 +18,7 @@ from conftest import CorridorEnv
 
 from agentrl import envpool
 from agentrl.config import EnvConfig, RolloutConfig, load_config
-from agentrl.envpool import InProcessPool, ProcessPool, make_pool
+from agentrl.envpool import InProcessPool, ProcessPool, make_pool, process
 from agentrl.policies.hf import HFPolicy
 from agentrl.registry import register_env
 from agentrl.rollout.engine import RolloutEngine
@@ -208,7 +208,7 @@ class CloseHangs(CorridorEnv):
 
 
 def test_close_kills_hung_workers_and_leaves_no_zombies(monkeypatch) -> None:
-    monkeypatch.setattr(envpool, "CLOSE_GRACE", 0.5)
+    monkeypatch.setattr(process, "CLOSE_GRACE", 0.5)  # read by the shutdown (`_stop`)
     # Registered here, after the forkserver started: the worker learns the id from the pool.
     register_env("test/CloseHangs-v0", entry_point=CloseHangs, description="close hangs")
     pool = ProcessPool("test/CloseHangs-v0", {}, 2, step_timeout=10)
@@ -229,7 +229,7 @@ import signal
 import sys
 import time
 
-from agentrl import envpool
+from agentrl.envpool import process
 from agentrl.envs.base import TextEnv
 from agentrl.registry import register_env
 
@@ -252,9 +252,9 @@ def interrupt(*_):
 
 
 if __name__ == "__main__":
-    envpool.CLOSE_GRACE = 0.5
+    process.CLOSE_GRACE = 0.5  # read by the worker shutdown (`_stop`)
     register_env("user/Stuck-v0", entry_point=Stuck, description="close hangs")
-    pool = envpool.ProcessPool("user/Stuck-v0", {}, 2)  # no step timeout
+    pool = process.ProcessPool("user/Stuck-v0", {}, 2)  # no step timeout
     print(pool.reset([0, 1], [0, 1])[0].observation, pool.worker_pid(0), pool.worker_pid(1),
           flush=True)
     if sys.argv[1] == "interrupt":  # Ctrl-C while slot 0 hangs in a step
