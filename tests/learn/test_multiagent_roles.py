@@ -284,7 +284,8 @@ def test_rollouts_sample_each_role_with_its_adapter(runs: dict[str, Any]) -> Non
 
 
 def test_eval_plays_each_role_with_its_own_model(runs: dict[str, Any], tmp_path) -> None:
-    from agentrl.evaluate import EvalSettings, _role_policies, resolve_target, run_eval_command
+    from agentrl.evaluate import EvalSettings, resolve_target, run_eval_command
+    from agentrl.evaluate.command import _role_policies
 
     cp = checkpoint.latest(runs["full"])
     target = resolve_target(cp)
