@@ -34,15 +34,8 @@ from agentrl.policies.hf import HFPolicy
 from agentrl.registry import get_algorithm
 from agentrl.rollout.ahead import AsyncRollouts
 from agentrl.rollout.engine import RolloutEngine
-from agentrl.rollout.multiagent import (
-    Lineup,
-    Player,
-    adapter_name,
-    env_roles,
-    make_engine,
-    make_lineup,
-    role_models,
-)
+from agentrl.rollout.lineup import Lineup, Player, adapter_name, env_roles, make_lineup, role_models
+from agentrl.rollout.multiagent import make_engine
 from agentrl.rollout.prompts import PromptBuilder
 from agentrl.run.checkpoint import player_path, seed_everything
 from agentrl.run.metrics import MetricsLogger

@@ -17,7 +17,7 @@ from helpers import browse
 from agentrl.config import load_config
 from agentrl.evaluate import EvalSettings, run_eval_command
 from agentrl.evaluate.games import elo_ratings, rate_block
-from agentrl.rollout.multiagent import League
+from agentrl.rollout.lineup import League
 from agentrl.run import checkpoint
 from agentrl.run.viewer import write_viewer
 from agentrl.trainer import Trainer

@@ -149,7 +149,7 @@ def _role_policies(target: EvalTarget, device: str | None, env_id: str,
     """For a checkpoint of a ``multiagent.policies=per_role`` run (`agentrl.learn.roles`): role ->
     a backend with that role's merged model (``roles/<role>/model``), so each role's seats
     play with their own policy. {} for any other target."""
-    from agentrl.rollout.multiagent import role_models
+    from agentrl.rollout.lineup import role_models
 
     if target.model_path is None:
         return {}

@@ -24,7 +24,7 @@ from agentrl.types import OUTCOMES, Trajectory
 
 if TYPE_CHECKING:
     from agentrl.config import Config
-    from agentrl.rollout.multiagent import Lineup
+    from agentrl.rollout.lineup import Lineup
 
 _COUNT = {"win": "wins", "draw": "draws", "loss": "losses"}
 
@@ -134,7 +134,7 @@ def opponent_setup(spec: str | None, cfg: Config, env_kwargs: dict[str, Any]
     if spec in SCRIPTED:
         return {**env_kwargs, "opponent": spec}, None
     from agentrl.assemble import load_player
-    from agentrl.rollout.multiagent import Versus
+    from agentrl.rollout.lineup import Versus
     from agentrl.run.checkpoint import player_path
 
     if "opponent" in env_kwargs:  # the env would play the seats the frozen model should

@@ -1,6 +1,6 @@
 """One trained policy per role of a multi-agent game (``multiagent.policies=per_role``).
 
-Each role of the game (its agents, `agentrl.rollout.multiagent.env_roles`) gets its own LoRA adapter on one frozen base
+Each role of the game (its agents, `agentrl.rollout.lineup.env_roles`) gets its own LoRA adapter on one frozen base
 model (`agentrl.models.lora.apply_lora` with one adapter per role; one model in memory):
 
 - Generation: `RolePolicy` is the backend of one role's seats. It runs the role's adapter
@@ -31,7 +31,7 @@ reuse (``rollout.context=full``) under the adapter that computed them only, so w
 alternate turns a prompt is run in full rather than reused.
 
 Adapter names are the role names with every character other than letters, digits, ``_`` and
-``-`` replaced by ``_`` (`agentrl.rollout.multiagent.adapter_name`).
+``-`` replaced by ``_`` (`agentrl.rollout.lineup.adapter_name`).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from torch import nn
 from agentrl.learn.batch import Batch, Scores
 from agentrl.models.lora import use_adapter
 from agentrl.policies.base import Generation, Policy, SamplingParams
-from agentrl.rollout.multiagent import adapter_name
+from agentrl.rollout.lineup import adapter_name
 
 
 class RolePolicy(Policy):

@@ -23,7 +23,7 @@ from agentrl.models.lora import LoraSettings, adapter_names, apply_lora, use_ada
 from agentrl.policies.base import SamplingParams
 from agentrl.policies.hf import HFPolicy
 from agentrl.registry import get_algorithm
-from agentrl.rollout.multiagent import env_roles
+from agentrl.rollout.lineup import env_roles
 from agentrl.run import checkpoint
 from agentrl.testing.distributed import VOCAB, make_trajectories
 from agentrl.trainer import Trainer
@@ -328,7 +328,8 @@ def test_a_per_role_checkpoint_as_opponent_plays_each_seat_with_its_role_model(
         runs: dict[str, Any]) -> None:
     from agentrl.assemble import load_player
     from agentrl.envpool import InProcessPool
-    from agentrl.rollout.multiagent import MultiAgentRolloutEngine, Versus
+    from agentrl.rollout.lineup import Versus
+    from agentrl.rollout.multiagent import MultiAgentRolloutEngine
     from agentrl.run.checkpoint import player_path
 
     cfg = _cfg(runs["root"], "opp", 1)

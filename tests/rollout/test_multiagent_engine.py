@@ -21,13 +21,8 @@ from agentrl.policies.base import Generation, Policy, SamplingParams
 from agentrl.policies.hf import HFPolicy
 from agentrl.registry import ENVS, load_builtin_envs
 from agentrl.rollout.engine import RolloutEngine
-from agentrl.rollout.multiagent import (
-    MultiAgentRolloutEngine,
-    Player,
-    SelfPlay,
-    Versus,
-    make_engine,
-)
+from agentrl.rollout.lineup import Player, SelfPlay, Versus
+from agentrl.rollout.multiagent import MultiAgentRolloutEngine, make_engine
 from agentrl.rollout.prompts import PromptBuilder
 from agentrl.types import Trajectory
 
