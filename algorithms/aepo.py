@@ -56,8 +56,7 @@ from agentrl.algorithms import functional as Fn
 from agentrl.algorithms.base import Algorithm
 from agentrl.algorithms.grpo import GRPOConfig, outcome_advantages, trajectory_scores
 from agentrl.config import F
-from agentrl.learn.batch import Batch
-from agentrl.learn.learner import ModelOutputs
+from agentrl.learn.batch import Batch, ModelOutputs
 from agentrl.registry import register_algorithm
 from agentrl.rollout.engine import RolloutEngine
 from agentrl.types import Trajectory, Turn

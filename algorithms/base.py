@@ -44,8 +44,7 @@ from agentrl.algorithms import functional as Fn
 from agentrl.config import F
 
 if TYPE_CHECKING:
-    from agentrl.learn.batch import Batch
-    from agentrl.learn.learner import ModelOutputs
+    from agentrl.learn.batch import Batch, ModelOutputs
     from agentrl.rollout.engine import RolloutEngine
     from agentrl.types import Trajectory
 

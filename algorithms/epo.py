@@ -67,8 +67,7 @@ from agentrl.algorithms.base import Algorithm, AlgorithmConfig
 from agentrl.algorithms.grpo import GRPO, GRPOConfig
 from agentrl.algorithms.ppo import PPO, PPOConfig
 from agentrl.config import F
-from agentrl.learn.batch import Batch
-from agentrl.learn.learner import ModelOutputs
+from agentrl.learn.batch import Batch, ModelOutputs
 from agentrl.registry import register_algorithm
 
 _SHARED = {f.name for f in dataclasses.fields(AlgorithmConfig)}

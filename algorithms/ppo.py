@@ -36,8 +36,7 @@ from agentrl import collectives as C
 from agentrl.algorithms import functional as Fn
 from agentrl.algorithms.base import Algorithm, AlgorithmConfig
 from agentrl.config import F
-from agentrl.learn.batch import Batch
-from agentrl.learn.learner import ModelOutputs
+from agentrl.learn.batch import Batch, ModelOutputs
 from agentrl.registry import register_algorithm
 
 

@@ -110,6 +110,16 @@ class Table(dict[str, torch.Tensor]):
 
 
 @dataclass
+class ModelOutputs:
+    """Per-token outputs aligned with ``Batch.input_ids`` (n, L); 0 off action tokens."""
+
+    logprobs: torch.Tensor
+    entropy: torch.Tensor | None = None
+    hidden: torch.Tensor | None = None  # (n, L, H) last hidden state at the *predicting* position
+    values: torch.Tensor | None = None  # (n, L) value head on ``hidden``
+
+
+@dataclass
 class Scores:
     """What one no-grad scoring pass of the learner returns; tensors (N, L), 0 off action tokens.
 

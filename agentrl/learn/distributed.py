@@ -34,7 +34,9 @@ from torch import nn
 
 from agentrl import collectives as C
 from agentrl.learn.batch import Batch
-from agentrl.learn.learner import LocalLearner, Scorer, _decoder, action_logits
+from agentrl.learn.forward import Scorer, action_logits
+from agentrl.learn.learner import LocalLearner
+from agentrl.learn.varlen import decoder as _decoder
 
 
 def launched_by_torchrun() -> bool:

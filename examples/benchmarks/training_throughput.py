@@ -125,7 +125,7 @@ def exactness(model: Any, trajs: list[Any], tok: Any) -> tuple[float, float, flo
 
 def executed_tokens(learner: Any, batch: Any) -> int:
     """Tokens the model actually runs (padding and packing filler included)."""
-    from agentrl.learn.learner import pack_rows
+    from agentrl.learn.forward import pack_rows
 
     lengths = batch.attention_mask.sum(-1).tolist()
     total = 0

@@ -13,8 +13,7 @@ from agentrl.algorithms import functional as Fn
 from agentrl.algorithms.aepo import AEPO, AEPOConfig, branch_points, budget_split, turn_entropy
 from agentrl.config import RolloutConfig
 from agentrl.envpool import InProcessPool
-from agentrl.learn.batch import make_batch
-from agentrl.learn.learner import ModelOutputs
+from agentrl.learn.batch import ModelOutputs, make_batch
 from agentrl.policies.hf import HFPolicy
 from agentrl.rollout.engine import RolloutEngine
 from agentrl.rollout.prompts import PromptBuilder

@@ -9,8 +9,7 @@ import torch
 from agentrl.algorithms import functional as Fn
 from agentrl.algorithms.base import zero_variance_groups
 from agentrl.algorithms.grpo import GRPO, GRPOConfig
-from agentrl.learn.batch import make_batch
-from agentrl.learn.learner import ModelOutputs
+from agentrl.learn.batch import ModelOutputs, make_batch
 from agentrl.types import Trajectory, Turn
 
 # One sequence of 4 tokens. A = [2, 2, 0, 0] -> mean 1 -> A - mean = [1, 1, -1, -1]

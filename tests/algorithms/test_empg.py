@@ -14,8 +14,7 @@ from agentrl.algorithms.empg import (
     next_turn_index,
     turn_mean_entropy,
 )
-from agentrl.learn.batch import make_batch
-from agentrl.learn.learner import ModelOutputs
+from agentrl.learn.batch import ModelOutputs, make_batch
 
 
 def scored(b, per_turn: list[float]):  # noqa: ANN001, ANN201

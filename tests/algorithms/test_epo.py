@@ -18,8 +18,7 @@ from agentrl.algorithms.epo import (
     smoothing_penalty,
     turn_entropy_means,
 )
-from agentrl.learn.batch import make_batch
-from agentrl.learn.learner import ModelOutputs
+from agentrl.learn.batch import ModelOutputs, make_batch
 from agentrl.types import Trajectory
 
 

@@ -18,7 +18,7 @@ from agentrl.algorithms.spear import (
     tool_reward_scale,
     top_std_groups,
 )
-from agentrl.learn.learner import ModelOutputs
+from agentrl.learn.batch import ModelOutputs
 from agentrl.types import Trajectory, Turn
 
 

@@ -150,7 +150,7 @@ def test_seed_parsing_and_bad_targets(tmp_path) -> None:
 
 def test_eval_samples_at_eval_temperature_and_training_at_rollout_temperature(tmp_path) -> None:
     from agentrl.learn.batch import make_batch
-    from agentrl.learn.learner import token_outputs
+    from agentrl.learn.forward import token_outputs
     from agentrl.types import read_jsonl
 
     cfg = load_config(None, SMALL + [f"output_dir={tmp_path}", "eval.temperature=0.4",

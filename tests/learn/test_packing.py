@@ -13,7 +13,8 @@ from torch import nn
 from agentrl.config import RolloutConfig, TrainConfig, load_config
 from agentrl.envpool import InProcessPool
 from agentrl.learn.batch import make_batch
-from agentrl.learn.learner import LocalLearner, micro_batches, pack_rows, supports_packing
+from agentrl.learn.forward import micro_batches, pack_rows, supports_packing
+from agentrl.learn.learner import LocalLearner
 from agentrl.learn.varlen import VARLEN, boundaries, enable_varlen, runs_varlen, varlen_attention
 from agentrl.policies.hf import HFPolicy
 from agentrl.registry import get_algorithm

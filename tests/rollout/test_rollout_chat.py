@@ -15,7 +15,7 @@ from agentrl.config import RolloutConfig
 from agentrl.envpool import InProcessPool
 from agentrl.envs.tooluse.env import ToolUseEnv
 from agentrl.learn.batch import make_batch, to_samples
-from agentrl.learn.learner import token_outputs
+from agentrl.learn.forward import token_outputs
 from agentrl.models import build_tiny_model
 from agentrl.policies.base import Generation, Policy, SamplingParams
 from agentrl.policies.hf import HFPolicy
