@@ -24,7 +24,7 @@ import torch
 from agentrl import collectives as C
 from agentrl.config import Config, config_to_dict, eval_rollout_config
 from agentrl.envpool import EnvPool, make_pool
-from agentrl.learn.distributed import NullLogger, generation_model, make_learner
+from agentrl.learn.distributed import generation_model, make_learner
 from agentrl.learn.roles import RoleAdapters, RoleLearner
 from agentrl.models import build_policy_model, load_pretrained, resolve_device
 from agentrl.models.lora import build_lora_model
@@ -38,7 +38,7 @@ from agentrl.rollout.lineup import Lineup, Player, adapter_name, env_roles, make
 from agentrl.rollout.multiagent import make_engine
 from agentrl.rollout.prompts import PromptBuilder
 from agentrl.run.checkpoint import player_path, seed_everything
-from agentrl.run.metrics import MetricsLogger
+from agentrl.run.metrics import MetricsLogger, NullLogger
 
 #: Seeds of rank r are offset by this prime times r (same initial weights, rank-specific
 #: rollouts and minibatch orders).

@@ -305,3 +305,11 @@ def test_the_layer_checks_catch_violations() -> None:
     tree = ast.parse("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import agentrl.trainer\n")
     assert sorted(n.lineno for n in _import_nodes(tree, type_checking=True)) == [1, 3]
     assert [n.lineno for n in _import_nodes(tree)] == [1]
+
+
+def test_the_top_of_agentrl_stays_small() -> None:
+    """The stages live in packages; the top keeps the roots, the leaves and the composition
+    root (at most 12 modules)."""
+    top = sorted(f for f in os.listdir(os.path.join(ROOT, "agentrl")) if f.endswith(".py"))
+    assert len(top) <= 12, top
+    assert {"trainer.py", "cli.py", "types.py", "registry.py", "assemble.py"} <= set(top)

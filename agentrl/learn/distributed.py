@@ -270,16 +270,6 @@ def generation_model(model: nn.Module, strategy: str) -> nn.Module:
     return copy.deepcopy(model)
 
 
-class NullLogger:
-    """The metrics logger of ranks other than 0 (only rank 0 writes files)."""
-
-    def log(self, step: int, metrics: dict[str, float]) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
 def groups_per_rank(groups: int) -> int:
     """This rank's share of ``rollout.groups`` (whole groups: group statistics stay local).
 

@@ -129,3 +129,13 @@ def console_line(it: int, total: int, m: dict[str, float]) -> str:
             f"gnorm {g('train/grad_norm', '{:.2f}')} | s gen {g('perf/seconds_generate', '{:.1f}')} "
             f"env {g('perf/seconds_env', '{:.1f}')} train {g('perf/seconds_train', '{:.1f}')}"
             + (f" | eval {m['eval/success_rate']:.2f}" if "eval/success_rate" in m else ""))
+
+
+class NullLogger:
+    """The metrics logger of ranks other than 0 (only rank 0 writes files)."""
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
