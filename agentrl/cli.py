@@ -26,6 +26,15 @@ def main(argv: list[str] | None = None) -> int:
 
     add_eval_arguments(sub.add_parser(
         "eval", help="evaluate checkpoints, runs or models on fixed seeds (side by side)"))
+    k = sub.add_parser("collect", help="play the env's expert through the rollout engine "
+                       "and write its episodes as trajectory JSONL (for algorithm.name=sft)")
+    k.add_argument("config", nargs="?", help="YAML config of the run the demos are for")
+    k.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    k.add_argument("--episodes", type=int, default=100, help="episodes (seeds) to play")
+    k.add_argument("--out", required=True, help="output JSONL file")
+    k.add_argument("--split", choices=["train", "eval"], default="train",
+                   help="train: env.kwargs; eval: env.kwargs with env.eval_kwargs over them")
+    k.add_argument("--seed-start", type=int, default=0, help="first seed")
     r = sub.add_parser("report", help="plots, trajectory viewer and an HTML summary of a run")
     r.add_argument("run_dir", help="a run directory (runs/<name>)")
     sub.add_parser("envs", help="list registered environments")
@@ -97,6 +106,22 @@ def _dispatch(args: argparse.Namespace) -> int:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             print(f"agentrl eval: could not load a model: {first} (a TARGET is a checkpoint, "
                   "a run directory, a model directory or a hub model name)", file=sys.stderr)
+            return 2
+    if args.cmd == "collect":
+        from agentrl.collect import collect_main
+        from agentrl.config import load_config
+
+        config, overrides = args.config, list(args.overrides)
+        if config and "=" in config and not config.endswith((".yaml", ".yml")):
+            config, overrides = None, [config] + overrides
+        if args.episodes < 1:
+            print("agentrl collect: --episodes must be at least 1", file=sys.stderr)
+            return 2
+        try:
+            return collect_main(load_config(config, overrides), args.episodes, args.out,
+                                args.split, args.seed_start)
+        except ValueError as e:  # an env without an expert, a format the expert cannot write
+            print(f"agentrl collect: {e}", file=sys.stderr)
             return 2
     if args.cmd == "report":
         from agentrl.report import report_main

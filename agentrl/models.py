@@ -221,7 +221,8 @@ def build_policy_model(cfg: Config) -> tuple[Any, Any]:
     p = cfg.policy
     if p.model == "tiny":
         corpus = env_corpus(cfg.env.id, cfg.env.kwargs, p.tiny_corpus_episodes,
-                            cfg.rollout.max_turns, cfg.seed)
+                            cfg.rollout.max_turns,
+                            cfg.seed if p.tiny_corpus_seed is None else p.tiny_corpus_seed)
         corpus.append(cfg.rollout.template + " " + cfg.rollout.system_prompt)
         corpus += ["<action>", "</action>"]
         tok = build_tiny_tokenizer(corpus, p.tiny_vocab)
