@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 import yaml
 
+from agentrl.curriculum import CurriculumConfig
 from agentrl.fields import ConfigError, F  # noqa: F401  (re-exported: the public home of both)
 from agentrl.policies.base import PolicyConfig
 
@@ -58,6 +59,9 @@ class EnvConfig:
                              "(load games, start a JVM) before its first reset", gt=0)
     recycle_after: int = F(0, "replace an env (in-process) or a worker after this many "
                            "episodes, to bound memory leaks in env code (0 = never)", ge=0)
+    curriculum: CurriculumConfig = F(default_factory=CurriculumConfig,
+                                     help="how training tasks are drawn: {kind: uniform} or "
+                                     "{kind: success} (by recent success, agentrl.curriculum)")
 
 
 @dataclass
