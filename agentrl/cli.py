@@ -133,7 +133,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         load_builtin_envs()
         w = max(len(k) for k in ENVS)
         for k in sorted(ENVS):
-            tag = "[multi-agent] " if ENVS[k].multiagent else ""
+            tag = ("[multi-agent] " if ENVS[k].multiagent else "") + \
+                ("[expert] " if ENVS[k].expert else "")
             missing = missing_requirement(k)
             print(f"{k:<{w}}  {tag}{ENVS[k].description}"
                   + (f" [not installed: pip install 'agentrl[{ENVS[k].extra}]']" if missing else ""))
