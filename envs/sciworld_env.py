@@ -402,12 +402,19 @@ class ScienceWorldExpert:
         return None
 
 
+#: Gold-path verbs and the form the valid-action list uses for the same action.
+_SYNONYMS = (("drop ", "put down "), ("examine ", "look at "))
+
+
 def _listed_form(gold: str, listed: Sequence[str]) -> str:
     """The valid action that names the gold action's objects the way the simulator lists them
     (the gold path says "move egg blue jay egg in inventory to red box", the valid actions
     "move blue jay to red box"): same verb and target, object words a subset of the gold
     object's, the most words shared; the gold action itself when none fits (it stays valid
     for the simulator's parser, only not listed)."""
+    for said, listed_as in _SYNONYMS:  # the parser's synonyms for verbs the list spells out
+        if gold.startswith(said) and listed_as + gold[len(said):] in listed:
+            return listed_as + gold[len(said):]
     verb, _, rest = gold.partition(" ")
     obj, sep, target = rest.rpartition(" to ") if " to " in rest else (rest, "", "")
     words = set(obj.split())

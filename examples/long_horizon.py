@@ -2,6 +2,7 @@
 
     python -m examples.long_horizon alfworld --seeds 0 1 2
     python -m examples.long_horizon sciworld --seeds 0 1 2
+    python -m examples.long_horizon webshop --seeds 0 1 2
 
 Each stage is an ordinary agentrl command (printed before it runs), so any of them can be run
 or resumed by hand: `agentrl collect` once per env (the tokenizer does not depend on the run
@@ -29,6 +30,7 @@ ENVS = {
     # env: (demos to collect, extra held-out evaluations: name -> --env-kwargs)
     "alfworld": (120, {"valid_seen": ["split=valid_seen", "num_games=60"]}),
     "sciworld": (150, {}),
+    "webshop": (200, {}),
 }
 OUT = os.path.join("runs", "long_horizon")
 
