@@ -33,6 +33,7 @@ from agentrl.policies.base import Policy
 from agentrl.policies.hf import HFPolicy
 from agentrl.registry import get_algorithm
 from agentrl.rollout.ahead import AsyncRollouts
+from agentrl.rollout.curriculum import TaskSampler
 from agentrl.rollout.engine import RolloutEngine
 from agentrl.rollout.lineup import Lineup, Player, adapter_name, env_roles, make_lineup, role_models
 from agentrl.rollout.multiagent import make_engine
@@ -83,6 +84,14 @@ def policy_model(cfg: Config, model_path: str | None, device: str | None = None,
         for p in model.parameters():
             p.requires_grad_(False)
     return model, tok
+
+
+def run_tokenizer(cfg: Config) -> Any:
+    """The tokenizer a run of ``cfg`` trains with (the tiny model's is trained on the env's
+    text exactly as `agentrl train` trains it), for data that must share its token ids."""
+    if cfg.policy.model == "tiny":
+        return build_policy_model(cfg)[1]
+    return load_pretrained(cfg.policy.model, cfg.policy.dtype)[1]
 
 
 # -------------------------------------------------------------------------- frozen players
@@ -136,6 +145,7 @@ class Components:
     eval_engine: RolloutEngine
     lineup: Lineup | None  # multi-agent: who holds the other seats
     logger: Any  # MetricsLogger on rank 0, NullLogger elsewhere
+    tasks: TaskSampler  # which training tasks each iteration draws (env.curriculum)
 
 
 def assemble(cfg: Config, run_dir: str, resume_from: str | None, groups: int,
@@ -175,7 +185,7 @@ def assemble(cfg: Config, run_dir: str, resume_from: str | None, groups: int,
         make_engine(policy, pool, builder, r, cfg.env.id, lineup, role_policies),
         eval_pool, make_engine(policy, eval_pool, builder, eval_rollout_config(cfg), cfg.env.id,
                                role_policies=role_policies),
-        lineup, logger)
+        lineup, logger, TaskSampler(cfg.env.curriculum, cfg.env.train_seeds))
 
 
 def async_rollouts(cfg: Config, parts: Components,

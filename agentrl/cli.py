@@ -26,6 +26,15 @@ def main(argv: list[str] | None = None) -> int:
 
     add_eval_arguments(sub.add_parser(
         "eval", help="evaluate checkpoints, runs or models on fixed seeds (side by side)"))
+    k = sub.add_parser("collect", help="play the env's expert through the rollout engine "
+                       "and write its episodes as trajectory JSONL (for algorithm.name=sft)")
+    k.add_argument("config", nargs="?", help="YAML config of the run the demos are for")
+    k.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    k.add_argument("--episodes", type=int, default=100, help="episodes (seeds) to play")
+    k.add_argument("--out", required=True, help="output JSONL file")
+    k.add_argument("--split", choices=["train", "eval"], default="train",
+                   help="train: env.kwargs; eval: env.kwargs with env.eval_kwargs over them")
+    k.add_argument("--seed-start", type=int, default=0, help="first seed")
     r = sub.add_parser("report", help="plots, trajectory viewer and an HTML summary of a run")
     r.add_argument("run_dir", help="a run directory (runs/<name>)")
     sub.add_parser("envs", help="list registered environments")
@@ -74,9 +83,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from agentrl.config import load_config
     from agentrl.trainer import Trainer
 
-    config, overrides = args.config, list(args.overrides)
-    if config and "=" in config and not config.endswith((".yaml", ".yml")):
-        config, overrides = None, [config] + overrides
+    config, overrides = _config_args(args)
     if args.resume:
         _check_resumable(args.resume)
         cfg = load_config(config or os.path.join(args.resume, "config.yaml"), overrides)
@@ -101,6 +108,48 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         return 2
 
 
+def _config_args(args: argparse.Namespace) -> tuple[str | None, list[str]]:
+    """(config file or None, overrides): a first argument that is an override, not a file,
+    joins the overrides."""
+    config, overrides = args.config, list(args.overrides)
+    if config and "=" in config and not config.endswith((".yaml", ".yml")):
+        config, overrides = None, [config] + overrides
+    return config, overrides
+
+
+def _cmd_collect(args: argparse.Namespace) -> int:
+    """``agentrl collect``: play the env's expert, write its episodes (JSONL), print its
+    success rate (95% interval, per task type) and where the file is."""
+    from agentrl.assemble import run_tokenizer
+    from agentrl.config import load_config
+    from agentrl.evaluate import summarize
+    from agentrl.rollout.collect import collect_expert
+    from agentrl.types import write_jsonl
+
+    if args.episodes < 1:
+        print("agentrl collect: --episodes must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        cfg = load_config(*_config_args(args))
+        trajs = collect_expert(cfg, args.episodes, run_tokenizer(cfg), args.split,
+                               args.seed_start)
+    except ValueError as e:  # an env without an expert, a format the expert cannot write
+        print(f"agentrl collect: {e}", file=sys.stderr)
+        return 2
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    write_jsonl(args.out, trajs)
+    s = summarize(trajs)
+    lo, hi = s["ci95"]
+    last = args.seed_start + args.episodes - 1
+    print(f"[agentrl] expert on {cfg.env.id} ({args.split}, seeds {args.seed_start}-{last}): "
+          f"success {s['success_rate']:.3f} (95% CI {lo:.2f}-{hi:.2f}), {s['turns']:.1f} "
+          f"turns, terminations {s['terminations']}")
+    for k, v in s["per_task_type"].items():
+        print(f"[agentrl]   {k}: {v['success_rate']:.3f} over {v['n']}")
+    print(f"[agentrl] trajectories: {os.path.abspath(args.out)}")
+    return 0
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from agentrl.run.report import report_main
 
@@ -113,7 +162,8 @@ def _cmd_envs(args: argparse.Namespace) -> int:
     load_builtin_envs()
     w = max(len(k) for k in ENVS)
     for k in sorted(ENVS):
-        tag = "[multi-agent] " if ENVS[k].multiagent else ""
+        tag = ("[multi-agent] " if ENVS[k].multiagent else "") + \
+            ("[expert] " if ENVS[k].expert else "")
         missing = missing_requirement(k)
         print(f"{k:<{w}}  {tag}{ENVS[k].description}"
               + (f" [not installed: pip install 'agentrl[{ENVS[k].extra}]']" if missing else ""))
@@ -148,9 +198,9 @@ def _cmd_check_env(args: argparse.Namespace) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     """Run subcommand ``args.cmd`` (one ``_cmd_*`` function each); its exit code."""
-    commands = {"train": _cmd_train, "eval": _cmd_eval, "report": _cmd_report,
-                "envs": _cmd_envs, "algorithms": _cmd_algorithms, "check-env": _cmd_check_env,
-                "play": _play}
+    commands = {"train": _cmd_train, "eval": _cmd_eval, "collect": _cmd_collect,
+                "report": _cmd_report, "envs": _cmd_envs, "algorithms": _cmd_algorithms,
+                "check-env": _cmd_check_env, "play": _play}
     command = commands.get(args.cmd)
     return command(args) if command is not None else 1
 

@@ -38,6 +38,9 @@ class EnvEntry:
     # "pkg.module:function"(kwargs, seeds) that creates the env's data (generated games, a
     # catalogue) up front, with progress, for the episodes of `seeds` (None: all of them).
     prepare: str | None = None
+    # "pkg.module:Class" of the env's own expert (`ExpertActions`): a planner, gold path,
+    # oracle or walkthrough that `policy.backend=expert` plays through the rollout engine.
+    expert: str | None = None
 
 
 ENVS: dict[str, EnvEntry] = {}
@@ -63,6 +66,7 @@ def register_env(
     isolate: bool = False,
     recommended: dict[str, dict[str, Any]] | None = None,
     prepare: str | None = None,
+    expert: str | None = None,
     **kwargs: Any,
 ) -> None:
     """Register a text env under ``id`` (``agentrl/Name-v0`` for built-ins).
@@ -89,6 +93,9 @@ def register_env(
             and ``key=value`` overrides still win.
         prepare: ``"pkg.module:function"`` called as ``function(kwargs, seeds)`` before a run
             builds its envs, to generate the data those episodes need (with progress).
+        expert: ``"pkg.module:Class"`` of the env's expert (see `ExpertActions`): built per
+            episode as ``Class(env, reset_info)``, ``act(info)`` returns its next action.
+            Envs made with ``expert_actions=True`` then carry it in ``info["expert_action"]``.
         kwargs: default constructor arguments.
     """
     gym.register(id=id, entry_point=entry_point, max_episode_steps=max_episode_steps,
@@ -98,7 +105,7 @@ def register_env(
                        extra=extra or (requires[0] if requires else ""),
                        test_kwargs=dict(test_kwargs or {}), multiagent=multiagent,
                        unrecorded_info=tuple(unrecorded_info), isolate=isolate,
-                       recommended=rec, prepare=prepare)
+                       recommended=rec, prepare=prepare, expert=expert)
 
 
 def unrecorded_info(env_id: str) -> frozenset[str]:
@@ -159,12 +166,94 @@ def missing_requirement(id: str) -> str | None:
 
 def make_env(id: str, **kwargs: Any) -> gym.Env:
     """`gymnasium.make` for agentrl ids, with a clear message when an optional dependency is
-    missing or the id is unknown."""
+    missing or the id is unknown. ``expert_actions=True`` (`EXPERT_KWARG`, not passed to the
+    env) wraps the env in `ExpertActions`."""
     check_env_id(id)
     missing = missing_requirement(id)
     if missing:
         raise ImportError(missing)
-    return gym.make(id, **kwargs)
+    expert = bool(kwargs.pop(EXPERT_KWARG, False))
+    env = gym.make(id, **kwargs)
+    return ExpertActions(env, expert_class(id)) if expert else env
+
+
+# ---------------------------------------------------------------------------------- experts
+
+#: The env kwarg that asks `make_env` for the env's expert action in every step's info.
+EXPERT_KWARG = "expert_actions"
+
+
+def has_expert(env_id: str) -> bool:
+    """Whether ``env_id`` registered an expert (`register_env(..., expert=...)`)."""
+    load_builtin_envs()
+    entry = ENVS.get(env_id)
+    return bool(entry and entry.expert)
+
+
+def expert_class(env_id: str) -> type:
+    """The expert class ``env_id`` registered; a one-line error naming the envs that have one."""
+    if not has_expert(env_id):
+        have = sorted(k for k, e in ENVS.items() if e.expert)
+        raise ValueError(f"{env_id} has no expert to play (envs with one: {', '.join(have)})")
+    mod, _, attr = str(ENVS[env_id].expert).partition(":")
+    return getattr(importlib.import_module(mod), attr)
+
+
+class ExpertActions(gym.Wrapper):
+    """Adds the env's expert's next action to ``info["expert_action"]`` after every reset and
+    step that does not end the episode (None when the expert has no action there).
+
+    The expert class is built per episode as ``cls(env.unwrapped, reset_info)``; its
+    ``reset_options`` (a class attribute, e.g. ScienceWorld's ``{"gold_path": True}``) go into
+    every reset, and ``act(info)`` is asked once per turn. Where the env lists admissible
+    actions, an action that differs from a listed one only in case is given as listed. An
+    expert that raises gives None
+    and the reason in ``info["expert_error"]``: the episode goes on, the policy that follows
+    the expert ends it."""
+
+    def __init__(self, env: gym.Env, expert_cls: type) -> None:
+        super().__init__(env)
+        self.expert_cls, self.expert = expert_cls, None
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
+              ) -> tuple[Any, dict[str, Any]]:
+        opts = {**getattr(self.expert_cls, "reset_options", {}), **(options or {})}
+        obs, info = self.env.reset(seed=seed, options=opts)
+        self.expert = None
+        try:
+            self.expert = self.expert_cls(self.env.unwrapped, info)
+        except Exception as e:  # an expert that cannot start: no labels this episode
+            return obs, {**info, "expert_action": None, "expert_error": _why(e)}
+        return obs, self._label(info)
+
+    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        if terminated or truncated:
+            return obs, reward, terminated, truncated, info
+        return obs, reward, terminated, truncated, self._label(info)
+
+    def _label(self, info: dict[str, Any]) -> dict[str, Any]:
+        if self.expert is None:
+            return {**info, "expert_action": None}
+        try:
+            action = self.expert.act(info)
+        except Exception as e:
+            return {**info, "expert_action": None, "expert_error": _why(e)}
+        return {**info, "expert_action": None if action is None else
+                _as_listed(str(action), info.get("admissible_actions"))}
+
+
+def _as_listed(action: str, admissible: Any) -> str:
+    """``action`` spelled as the env lists it when it differs only in case or surrounding
+    space (WebShop lists ``click[buy now]``, its oracle says ``click[Buy Now]``)."""
+    if not admissible or action in admissible:
+        return action
+    key = action.strip().lower()
+    return next((a for a in admissible if a.strip().lower() == key), action)
+
+
+def _why(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}"[:300]
 
 
 # ----------------------------------------------------------------------------- algorithms

@@ -64,11 +64,11 @@ class Trainer:
             checkpoint.discard_after(self.run_dir, start)
         parts = assemble(cfg, self.run_dir, self.resume_from, self.groups,
                          purge_step=start + 1 if resume else None)
-        self.parts = parts
         self.model, self.tokenizer, self.full_model = parts.model, parts.tokenizer, parts.full_model
         self.algorithm, self.learner, self.policy = parts.algorithm, parts.learner, parts.policy
         self.pool, self.engine, self.lineup = parts.pool, parts.engine, parts.lineup
         self.eval_pool, self.eval_engine, self.logger = parts.eval_pool, parts.eval_engine, parts.logger
+        self.tasks = parts.tasks  # which training tasks each iteration draws (a curriculum)
         self.rng = random.Random(rank_seed(cfg.seed))
         self.iteration = 0
         self.eval_history: list[dict[str, Any]] = []
@@ -122,7 +122,7 @@ class Trainer:
 
         extra = {**learner,  # optimizer, scheduler, reference (collective)
                  "algorithm": self.algorithm.state_dict(), **rngs,
-                 "eval_history": self.eval_history,
+                 "eval_history": self.eval_history, "curriculum": self.tasks.state_dict(),
                  "lineup": self.lineup.state_dict() if self.lineup is not None else None}
         if C.is_distributed():
             extra["rank_rng"] = C.gather_lists([rngs])
@@ -148,6 +148,7 @@ class Trainer:
             self.rng.setstate(mine["trainer_rng"])
             self.policy.load_state_dict(mine["policy"])
         self.eval_history = st.get("eval_history", [])
+        self.tasks.load_state_dict(st.get("curriculum") or {})
         if self.lineup is not None and st.get("lineup") is not None:
             self.lineup.load_state_dict(st["lineup"])
         self.iteration = checkpoint.checkpoint_iteration(path)
@@ -198,6 +199,8 @@ class Trainer:
         mine = [t for t in trajs if not t.player]
         learn = [t for t in mine if t.termination not in ("env_error", "env_timeout")]
         m = rollout_metrics(mine)
+        self.tasks.update((t.seed, t.success) for t in learn)
+        m.update(self.tasks.metrics())
         m.update({f"env/{k}": float(v) for k, v in self.pool.stats.items()})
         if asyn is not None:
             m.update(asyn.metrics(mine, self.iteration))
@@ -252,13 +255,12 @@ class Trainer:
             self.rollouts.publish(self.iteration + 1, self.learner.export_weights())
 
     def _tasks(self, iteration: int, rng: random.Random) -> tuple[list[int], list[str]]:
-        """Seeds and group ids of an iteration: ``groups`` random train seeds drawn from
-        ``rng``, ``group_size`` episodes each."""
+        """Seeds and group ids of an iteration: ``groups`` train seeds drawn from ``rng`` by
+        the task sampler (uniform, or by recent success), ``group_size`` episodes each."""
         c = self.cfg
         seeds, gids = [], []
         tag = f"r{self.rank}-" if C.is_distributed() else ""
-        for g in range(self.groups):
-            s = rng.randrange(c.env.train_seeds)
+        for g, s in enumerate(self.tasks.draw(self.groups, rng)):
             seeds += [s] * c.rollout.group_size
             gids += [f"it{iteration}-{tag}g{g}"] * c.rollout.group_size
         return seeds, gids

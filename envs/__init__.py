@@ -25,6 +25,7 @@ _WITH_TASK = "{task}\nPrevious actions: {last_actions}\n{observation}"
 register_env(
     "agentrl/TextWorld-CoinCollector-v0",
     entry_point="agentrl.envs.textworld_env:TextWorldEnv",
+    expert="agentrl.envs.textworld_env:TextWorldExpert",
     description="TextWorld coin collector: cross a chain of rooms and take the coin",
     max_episode_steps=50,
     requires=("textworld",),
@@ -45,6 +46,7 @@ register_env(
 register_env(
     "agentrl/TextWorld-TreasureHunter-v0",
     entry_point="agentrl.envs.textworld_env:TextWorldEnv",
+    expert="agentrl.envs.textworld_env:TextWorldExpert",
     description="TextWorld treasure hunter: find the named object among distractors",
     max_episode_steps=50,
     requires=("textworld",),
@@ -64,6 +66,7 @@ register_env(
 register_env(
     "agentrl/TextWorld-Cooking-v0",
     entry_point="agentrl.envs.textworld_env:TextWorldEnv",
+    expert="agentrl.envs.textworld_env:TextWorldExpert",
     description="TextWorld cooking: gather, process and cook a recipe's ingredients",
     max_episode_steps=80,
     requires=("textworld",),
@@ -83,6 +86,7 @@ register_env(
 register_env(
     "agentrl/ALFWorld-v0",
     entry_point="agentrl.envs.alfworld.env:ALFWorldEnv",
+    expert="agentrl.envs.alfworld.env:ALFWorldExpert",
     description="ALFWorld household tasks (6 types) on the official text engine; "
                 "generated games offline, official data via data_path",
     max_episode_steps=50,
@@ -108,6 +112,7 @@ register_env(
 register_env(
     "agentrl/ScienceWorld-v0",
     entry_point="agentrl.envs.sciworld_env:ScienceWorldEnv",
+    expert="agentrl.envs.sciworld_env:ScienceWorldExpert",
     description="ScienceWorld: the real simulator (Java), 30 science tasks, train/dev/test "
                 "variations, score 0-100",
     max_episode_steps=100,
@@ -130,6 +135,7 @@ register_env(
 register_env(
     "agentrl/WebShop-v0",
     entry_point="agentrl.envs.webshop.env:WebShopEnv",
+    expert="agentrl.envs.webshop.oracle:WebShopExpert",
     description="WebShop: search a store, pick the product and options an instruction asks for, buy",
     max_episode_steps=15,
     requires=("rank_bm25",),
@@ -150,6 +156,7 @@ register_env(
 register_env(
     "agentrl/ToolUse-v0",
     entry_point="agentrl.envs.tooluse:ToolUseEnv",
+    expert="agentrl.envs.tooluse.env:ToolUseExpert",
     description="Tool use: BM25 search, calculator and sandboxed Python over multi-hop "
                 "knowledge-base questions and arithmetic word problems",
     max_episode_steps=10,

@@ -375,3 +375,57 @@ class ScienceWorldEnv(TextEnv):
                 except Exception:  # the gateway may be gone; the JVM stops below if unused
                     pass
             _release_jvm(jvm)
+
+
+class ScienceWorldExpert:
+    """The simulator's gold action sequence for the episode's task and variation (generated at
+    reset, ``gold_path``), played in order: the expert for episodes it plays from the start."""
+
+    reset_options: dict[str, Any] = {"gold_path": True}
+
+    def __init__(self, env: ScienceWorldEnv, info: dict[str, Any]) -> None:
+        self.plan = [str(a) for a in info.get("walkthrough") or []]
+        self.turn = 0
+
+    def act(self, info: dict[str, Any]) -> str | None:
+        listed = info.get("admissible_actions")
+        while self.turn < len(self.plan):
+            gold = self.plan[self.turn]
+            self.turn += 1
+            if listed is None or gold in listed or gold.isdigit():
+                return gold
+            door = re.match(r"open door to (.+)$", gold)
+            if door and re.search(rf"door to (the )?{re.escape(door.group(1))} \(that is open\)",
+                                  str(info.get("state_key", ""))):
+                continue  # the door is open already: the gold step is a no-op
+            return _listed_form(gold, listed)
+        return None
+
+
+#: Gold-path verbs and the form the valid-action list uses for the same action.
+_SYNONYMS = (("drop ", "put down "), ("examine ", "look at "))
+
+
+def _listed_form(gold: str, listed: Sequence[str]) -> str:
+    """The valid action that names the gold action's objects the way the simulator lists them
+    (the gold path says "move egg blue jay egg in inventory to red box", the valid actions
+    "move blue jay to red box"): same verb and target, object words a subset of the gold
+    object's, the most words shared; the gold action itself when none fits (it stays valid
+    for the simulator's parser, only not listed)."""
+    for said, listed_as in _SYNONYMS:  # the parser's synonyms for verbs the list spells out
+        if gold.startswith(said) and listed_as + gold[len(said):] in listed:
+            return listed_as + gold[len(said):]
+    verb, _, rest = gold.partition(" ")
+    obj, sep, target = rest.rpartition(" to ") if " to " in rest else (rest, "", "")
+    words = set(obj.split())
+    best, best_n = gold, 0
+    for a in listed:
+        v, _, r = a.partition(" ")
+        if v != verb:
+            continue
+        o, s2, t = r.rpartition(" to ") if " to " in r else (r, "", "")
+        if (s2, t) != (sep, target) or not set(o.split()) <= words:
+            continue
+        if len(set(o.split())) > best_n:
+            best, best_n = a, len(set(o.split()))
+    return best

@@ -433,6 +433,20 @@ class TextWorldEnv(TextEnv):
         self._eng, self._applied = None, None
 
 
+class TextWorldExpert:
+    """TextWorld's own plan from the current state (``policy_commands``, which the engine
+    recomputes after every step): its first command."""
+
+    reset_options: dict[str, Any] = {}
+
+    def __init__(self, env: Any, info: dict[str, Any]) -> None:
+        pass
+
+    def act(self, info: dict[str, Any]) -> str | None:
+        plan = info.get("walkthrough") or []
+        return str(plan[0]) if plan else None
+
+
 def pack_games(family: str, level: int, gen_seeds: list[int], out_dir: str) -> str:
     """Generate (if needed) the games of ``gen_seeds`` and write them to the package archive
     ``<out_dir>/textworld-<family>-<level>-<tag>.tar.xz``, byte-reproducibly (sorted names,

@@ -76,6 +76,7 @@ BACKENDS: dict[str, tuple[str, type]] = {
     "vllm": ("agentrl.policies.vllm:VLLMPolicy", VLLMConfig),
     "openai": ("agentrl.policies.openai:OpenAIPolicy", OpenAIConfig),
     "vllm_server": ("agentrl.policies.vllm_server:VLLMServerPolicy", VLLMServerConfig),
+    "expert": ("agentrl.policies.expert:ExpertPolicy", PolicyConfig),
 }
 
 

@@ -44,6 +44,9 @@ class PolicyConfig:
     tiny_heads: int = F(4, "tiny model: attention heads", ge=1)
     tiny_vocab: int = F(600, "tiny model: tokenizer vocabulary size (trained on env text)", ge=300)
     tiny_corpus_episodes: int = F(200, "tiny tokenizer: random episodes of env text to train on", ge=1)
+    tiny_corpus_seed: int | None = F(None, "tiny tokenizer: seed of those random episodes (null = "
+                                     "the run's seed); fix it to share one tokenizer, and so "
+                                     "one set of recorded demos, across seeds")
     lora: LoraSettings | None = F(None, "train LoRA adapters (PEFT) instead of every weight, "
                                   "e.g. {r: 16, alpha: 32, dropout: 0.0, target_modules: "
                                   "[q_proj, v_proj]}; null = full fine-tuning")
@@ -180,6 +183,9 @@ class Policy:
     single_process: ClassVar[bool] = False
     #: the tokenizer of the served model (prompts are its token ids; replies are decoded by it)
     tokenizer: Any
+    #: replies with the env's expert action, which the engine passes as each row's first
+    #: candidate (`agentrl.policies.expert`); its envs are built with ``expert_actions=True``
+    plays_expert: ClassVar[bool] = False
     #: the version of the weights it generates with (learner updates applied: 0 = initial),
     #: set by whoever loads new weights; recorded on every turn (``Turn.policy_version``)
     version: int = 0

@@ -54,7 +54,8 @@ def test_builtin_backends_declare_their_capabilities() -> None:
     # (shares the learner's module, switches adapters, runs ahead async, one process only)
     assert caps == {"hf": (True, True, True, False), "vllm": (False, False, False, False),
                     "openai": (False, False, False, False),
-                    "vllm_server": (False, False, False, True)}
+                    "vllm_server": (False, False, False, True),
+                    "expert": (False, False, True, False)}
     assert (Policy.supports_async, Policy.shares_learner_module) == (True, False)
 
 

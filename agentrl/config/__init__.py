@@ -26,6 +26,7 @@ from agentrl.config.sections import (
     DEFAULT_TEMPLATE,
     AlarmConfig,
     Config,
+    CurriculumConfig,
     EnvConfig,
     EvalConfig,
     LogConfig,
@@ -40,7 +41,7 @@ from agentrl.config.sections import (
 from agentrl.fields import ConfigError, F
 from agentrl.policies.base import PolicyConfig
 
-__all__ = ["POOLS", "ENV_SPECIFIC_KEYS", "DEFAULT_TEMPLATE", "AlarmConfig", "Config",
+__all__ = ["POOLS", "ENV_SPECIFIC_KEYS", "DEFAULT_TEMPLATE", "AlarmConfig", "Config", "CurriculumConfig",
            "ConfigError", "EnvConfig", "EvalConfig", "F", "LogConfig", "MultiAgentConfig",
            "PolicyConfig", "RayConfig", "RolloutConfig", "TrainConfig", "apply_overrides",
            "build_dataclass", "config_from_dict", "config_to_dict", "cross_checks", "describe",

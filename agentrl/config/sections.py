@@ -22,6 +22,23 @@ _DEFAULT_ENV_ID = "agentrl/TextWorld-CoinCollector-v0"
 
 
 @dataclass
+class CurriculumConfig:
+    """``env.curriculum``: how training tasks are drawn (`agentrl.rollout.curriculum`)."""
+
+    kind: Literal["uniform", "success"] = F("uniform", "'uniform': seeds drawn uniformly from "
+                                            "[0, env.train_seeds); 'success': by recent success")
+    prior: float = F(0.5, "success: the rate a task never tried starts at", ge=0, le=1)
+    decay: float = F(0.6, "success: weight of the old rate per update (exponential average "
+                     "of each episode's success)", ge=0, lt=1)
+    floor: float = F(0.02, "success: weight added to every active task (failures come back)",
+                     gt=0)
+    retire_at: float = F(0.9, "success: a task retires at this smoothed success ...", gt=0,
+                         le=1)
+    min_attempts: int = F(4, "... after at least this many episodes", ge=1)
+    revisit: float = F(0.1, "success: share of draws that go to retired tasks", ge=0, le=1)
+
+
+@dataclass
 class EnvConfig:
     id: str = F(_DEFAULT_ENV_ID, "registered env id (`agentrl envs` lists them)")
     kwargs: dict[str, Any] = F(default_factory=dict, help="constructor kwargs for training envs")
@@ -42,6 +59,9 @@ class EnvConfig:
                              "(load games, start a JVM) before its first reset", gt=0)
     recycle_after: int = F(0, "replace an env (in-process) or a worker after this many "
                            "episodes, to bound memory leaks in env code (0 = never)", ge=0)
+    curriculum: CurriculumConfig = F(default_factory=CurriculumConfig,
+                                     help="how training tasks are drawn: {kind: uniform} or "
+                                     "{kind: success} (by recent success, agentrl.rollout.curriculum)")
 
 
 @dataclass

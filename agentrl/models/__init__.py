@@ -133,10 +133,29 @@ def load_pretrained(name_or_path: str, dtype: str = "float32") -> tuple[Any, Any
         from transformers import PreTrainedTokenizerFast
 
         tok = PreTrainedTokenizerFast.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+    model = own_storage(AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)))
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return model, tok
+
+
+def own_storage(model: torch.nn.Module) -> torch.nn.Module:
+    """Give every parameter and buffer of ``model`` memory of its own (in place; returns it).
+
+    transformers loads a safetensors file as views into the memory-mapped file, at whatever
+    byte offset each tensor has there (often not a multiple of 64). CPU kernels vectorise
+    unaligned data differently, so the same weights loaded from disk and built in memory
+    round differently (a resumed run drifted ~1e-8 from an uninterrupted one per update).
+    A copy is allocator-aligned, as a model built in memory is, and no longer backed by the
+    file. Tied parameters stay tied (each shared parameter is copied once)."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.data = p.data.clone()
+        for mod in model.modules():
+            for name, buf in mod.named_buffers(recurse=False):
+                if buf is not None:
+                    mod._buffers[name] = buf.clone()
+    return model
 
 
 def _saved_tokenizer_class(path: str) -> str:
@@ -201,7 +220,8 @@ def build_policy_model(cfg: Any) -> tuple[Any, Any]:
     p = cfg.policy
     if p.model == "tiny":
         corpus = env_corpus(cfg.env.id, cfg.env.kwargs, p.tiny_corpus_episodes,
-                            cfg.rollout.max_turns, cfg.seed)
+                            cfg.rollout.max_turns,
+                            cfg.seed if p.tiny_corpus_seed is None else p.tiny_corpus_seed)
         corpus.append(cfg.rollout.template + " " + cfg.rollout.system_prompt)
         corpus += ["<action>", "</action>"]
         tok = build_tiny_tokenizer(corpus, p.tiny_vocab)

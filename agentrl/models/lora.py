@@ -223,7 +223,7 @@ def build_lora_model(cfg: Any, run_dir: str, resume_from: str | None,
     the checkpoint's adapter onto the same frozen base. ``adapters``: several named adapters
     (`apply_lora`), resumed from ``adapter/<name>/`` each."""
     from agentrl import collectives as C
-    from agentrl.models import build_policy_model, load_pretrained, resolve_device
+    from agentrl.models import build_policy_model, load_pretrained, own_storage, resolve_device
 
     p = cfg.policy
     base_dir = os.path.join(run_dir, BASE_DIR)
@@ -241,7 +241,7 @@ def build_lora_model(cfg: Any, run_dir: str, resume_from: str | None,
     saved = os.path.join(resume_from, "adapter")
     if not adapters:
         wrapped = peft.PeftModel.from_pretrained(model, saved, is_trainable=True)
-        return _unwrap(wrapped), tok
+        return own_storage(_unwrap(wrapped)), tok
     for name in adapters:
         if not os.path.isdir(os.path.join(saved, name)):
             raise ValueError(f"{resume_from}: no adapter {name!r} in adapter/ (found "
@@ -251,7 +251,7 @@ def build_lora_model(cfg: Any, run_dir: str, resume_from: str | None,
                                              adapter_name=adapters[0], is_trainable=True)
     for name in adapters[1:]:
         wrapped.load_adapter(os.path.join(saved, name), adapter_name=name, is_trainable=True)
-    return _unwrap(_all_trainable(wrapped, list(adapters))), tok
+    return own_storage(_unwrap(_all_trainable(wrapped, list(adapters)))), tok
 
 
 def trainable_share(model: nn.Module) -> tuple[int, int]:

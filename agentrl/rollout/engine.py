@@ -237,6 +237,10 @@ class RolloutEngine:
             prompt, new_ctx = self.mode.prompt(builder, ep.traj, ep.observation, actions,
                                                policy.eos_token_id)
             cands = builder.candidates(actions) if c.constrained else None
+            if policy.plays_expert:
+                cands = _expert_first(ep, builder, cands)
+                if cands is None:
+                    continue
             r = _Ready(ep, prompt, new_ctx, cands)
             overrun = max(0, _longest(cands) - c.max_new_tokens)  # see _generate
             if len(prompt) + self._reserve + overrun <= c.max_context_tokens:
@@ -294,7 +298,8 @@ class RolloutEngine:
         gens: list[Generation] = [None] * len(ready)  # type: ignore[list-item]
         for idx in by_policy.values():
             policy = self._player(ready[idx[0]].ep)[0]
-            cands = [ready[i].candidates for i in idx] if self.cfg.constrained else None
+            cands = [ready[i].candidates for i in idx] \
+                if self.cfg.constrained or policy.plays_expert else None
             # A constrained reply is never cut: the budget stretches to the longest action.
             longest = max((_longest(c) for c in cands or ()), default=0)
             sp = replace(sampling, max_new_tokens=longest) \
@@ -387,6 +392,22 @@ class RolloutEngine:
             ep.traj.extra["prefix_turns"] = len(p)
         for k in [k for k, ep in live.items() if ep.traj.termination]:
             del live[k]
+
+
+def _expert_first(ep: LiveEpisode, builder: PromptBuilder,
+                  cands: list[list[int]] | None) -> list[list[int]] | None:
+    """The turn's candidates with the expert's reply first (alone without constrained
+    decoding), for a policy that plays the env's expert; None ends the episode (``env_error``)
+    when the env gave no expert action."""
+    action = ep.info.get("expert_action")
+    if not action:
+        ep.traj.termination = "env_error"
+        ep.traj.extra["error"] = ("no expert action here: " + str(
+            ep.info.get("expert_error") or "the env was not made with expert_actions=True, or "
+            "its expert has no move in this state"))
+        return None
+    reply = builder.candidates([str(action)])[0]
+    return [reply] + [x for x in cands or () if x != reply]
 
 
 def _state_key(info: dict[str, Any]) -> str | None:

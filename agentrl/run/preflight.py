@@ -78,7 +78,9 @@ def _signature_problem(ctor: Callable[..., Any], kwargs: dict[str, Any]) -> str 
               if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
     takes_any = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
     name = getattr(ctor, "__name__", str(ctor))
-    bad = [k for k in kwargs if k not in params]
+    from agentrl.registry import EXPERT_KWARG
+
+    bad = [k for k in kwargs if k not in params and k != EXPERT_KWARG]
     if bad and not takes_any:
         takes = ", ".join(n for n in params if n != "render_mode") or "no arguments"
         return f"{name} does not take {', '.join(repr(k) for k in bad)} (it takes: {takes})"

@@ -228,6 +228,20 @@ class ALFWorldEnv(TextEnv):
         self._loaded = None
 
 
+class ALFWorldExpert:
+    """The PDDL planner (fast-downward), replanned from the current state at every turn, so
+    it also acts correctly after another policy's moves."""
+
+    reset_options: dict[str, Any] = {}
+
+    def __init__(self, env: ALFWorldEnv, info: dict[str, Any]) -> None:
+        self.env = env
+
+    def act(self, info: dict[str, Any]) -> str | None:
+        plan = self.env.expert_actions()
+        return plan[0] if plan else None
+
+
 def _held_after(cmd: str, holding: str) -> str:
     """What the agent holds after the admissible command ``cmd`` ("take apple 1 from
     countertop 1" -> "apple 1"; "move apple 1 to fridge 1" -> "")."""

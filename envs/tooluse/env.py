@@ -254,6 +254,34 @@ class ToolUseEnv(TextEnv):
         return obs, reward, terminated, truncated, self._info(valid)
 
 
+class ToolUseExpert:
+    """The reference solution of the episode's task, through the tools: a search for each
+    entity on the question's chain of relations (multihop), the task's calculation when it
+    has one, then the answer. It reads the task (privileged), never the tool outputs."""
+
+    reset_options: dict[str, Any] = {}
+
+    def __init__(self, env: ToolUseEnv, info: dict[str, Any]) -> None:
+        task = env.task
+        assert task is not None
+        plan: list[str] = []
+        for start, chain in task.hops:
+            entity: Any = start
+            plan.append(f"search[{entity}]")
+            for attr in chain[:-1]:  # every value but the last is another entity
+                entity = env.kb.by_name[entity].attrs[attr]
+                plan.append(f"search[{entity}]")
+        if task.expression:
+            plan.append(f"calculate[{task.expression}]")
+        self.plan = list(dict.fromkeys(plan)) + [f"answer[{task.answer}]"]
+        self.turn = 0
+
+    def act(self, info: dict[str, Any]) -> str | None:
+        action = self.plan[self.turn] if self.turn < len(self.plan) else None
+        self.turn += 1
+        return action
+
+
 def _operator_variants(expression: str) -> list[str]:
     """``expression`` and the versions of it with its last operator replaced by each other
     one (``"3 * 4 + 1"`` -> ``3 * 4 + 1``, ``3 * 4 - 1``, ``3 * 4 * 1``, ``3 * 4 / 1``)."""

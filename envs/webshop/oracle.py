@@ -74,6 +74,18 @@ def oracle_action(env: gym.Env) -> str:
     return "click[Buy Now]"  # done page: any action is a no-op
 
 
+class WebShopExpert:
+    """`oracle_action` as the env's registered expert (stateless: it reads the env's page)."""
+
+    reset_options: dict[str, Any] = {}
+
+    def __init__(self, env: gym.Env, info: dict[str, Any]) -> None:
+        self.env = env
+
+    def act(self, info: dict[str, Any]) -> str | None:
+        return oracle_action(self.env)
+
+
 def run_oracle_episode(env: gym.Env, seed: int, max_steps: int = 15) -> tuple[float, bool, int]:
     """Play one episode with the oracle; returns (score, success, steps)."""
     env.reset(seed=seed)

@@ -62,7 +62,7 @@ def test_hf_sampler_state_restores_the_same_samples(tiny_model, tiny_tok) -> Non
 
 
 def test_backends_are_found_by_name_or_module_path(tiny_model, tiny_tok) -> None:
-    assert set(BACKENDS) == {"hf", "vllm", "openai", "vllm_server"}
+    assert set(BACKENDS) == {"hf", "vllm", "openai", "vllm_server", "expert"}
     cfg = load_config(None)
     pol = make_policy(cfg, tiny_model, tiny_tok)
     assert type(pol) is HFPolicy and pol.model is tiny_model
