@@ -93,7 +93,7 @@ def main() -> None:
     if not os.path.exists(demos):
         run(["agentrl", "collect", warm_cfg, "--episodes", str(demos_n), "--out", demos], log)
     results_path = os.path.join(OUT, f"{args.env}.json")
-    results = json.load(open(results_path)) if os.path.exists(results_path) else {}
+    results: dict = {}
     for seed in args.seeds:
         t0 = time.time()
         warm = train(warm_cfg, f"{args.env}-warm-s{seed}", [f"seed={seed}"], log)
@@ -111,11 +111,15 @@ def main() -> None:
                         for stage, target in (("warm", model),
                                               ("rl", os.path.join(rl, "checkpoints",
                                                                   f"step_{final_step(rl_cfg)}")))}
+        # re-read first: drivers for other seeds may run side by side
+        results = json.load(open(results_path)) if os.path.exists(results_path) else {}
         results[str(seed)] = r
-        with open(results_path, "w") as f:
+        with open(results_path + f".tmp{os.getpid()}", "w") as f:
             json.dump(results, f, indent=2)
+        os.replace(results_path + f".tmp{os.getpid()}", results_path)
         print(f"seed {seed}: untrained {r['untrained']['success_rate']:.3f} -> warm "
               f"{r['warm']['success_rate']:.3f} -> rl {r['rl']['success_rate']:.3f}", flush=True)
+    results = json.load(open(results_path)) if os.path.exists(results_path) else results
     gains = [v["rl"]["success_rate"] - v["warm"]["success_rate"] for v in results.values()]
     if len(gains) >= 2:
         m = sum(gains) / len(gains)

@@ -45,8 +45,11 @@ class PolicyConfig:
     tiny_vocab: int = F(600, "tiny model: tokenizer vocabulary size (trained on env text)", ge=300)
     tiny_corpus_episodes: int = F(200, "tiny tokenizer: random episodes of env text to train on", ge=1)
     tiny_corpus_seed: int | None = F(None, "tiny tokenizer: seed of those random episodes (null = "
-                                     "the run's seed); fix it to share one tokenizer, and so "
-                                     "one set of recorded demos, across seeds")
+                                     "the run's seed)")
+    tiny_tokenizer: str = F("", "tiny model: a tokenizer directory, loaded when it exists, else "
+                            "trained as usual and saved there: one tokenizer (and so one set "
+                            "of recorded demos) for every run seed and stage ('' = train one "
+                            "per run)")
     lora: LoraSettings | None = F(None, "train LoRA adapters (PEFT) instead of every weight, "
                                   "e.g. {r: 16, alpha: 32, dropout: 0.0, target_modules: "
                                   "[q_proj, v_proj]}; null = full fine-tuning")

@@ -219,15 +219,39 @@ def build_policy_model(cfg: Any) -> tuple[Any, Any]:
     ``policy``, ``env`` and ``rollout`` sections and ``seed`` are read."""
     p = cfg.policy
     if p.model == "tiny":
-        corpus = env_corpus(cfg.env.id, cfg.env.kwargs, p.tiny_corpus_episodes,
-                            cfg.rollout.max_turns,
-                            cfg.seed if p.tiny_corpus_seed is None else p.tiny_corpus_seed)
-        corpus.append(cfg.rollout.template + " " + cfg.rollout.system_prompt)
-        corpus += ["<action>", "</action>"]
-        tok = build_tiny_tokenizer(corpus, p.tiny_vocab)
+        tok = _tiny_tokenizer(cfg)
         model = build_tiny_model(len(tok), p.tiny_hidden, p.tiny_layers, p.tiny_heads, cfg.seed,
                                  tok.pad_token_id, tok.eos_token_id)
     else:
         model, tok = load_pretrained(p.model, p.dtype)
     model.to(device=resolve_device(p.device), dtype=getattr(torch, p.dtype))
     return model, tok
+
+
+def _tiny_tokenizer(cfg: Config) -> Any:
+    """The tiny model's tokenizer: ``policy.tiny_tokenizer`` when that directory exists, else
+    trained on the env's text (and saved there when it is set). An env whose text differs
+    between runs (ScienceWorld draws some objects anew at each load) gives another tokenizer
+    each time, so runs that must share token ids (demos, warm start, RL) share a saved one."""
+    p = cfg.policy
+    path = p.tiny_tokenizer
+    if path and os.path.exists(os.path.join(path, "tokenizer.json")):
+        from transformers import PreTrainedTokenizerFast
+
+        return PreTrainedTokenizerFast.from_pretrained(path)
+    corpus = env_corpus(cfg.env.id, cfg.env.kwargs, p.tiny_corpus_episodes,
+                        cfg.rollout.max_turns,
+                        cfg.seed if p.tiny_corpus_seed is None else p.tiny_corpus_seed)
+    corpus.append(cfg.rollout.template + " " + cfg.rollout.system_prompt)
+    corpus += ["<action>", "</action>"]
+    tok = build_tiny_tokenizer(corpus, p.tiny_vocab)
+    if path:
+        from agentrl import collectives as C
+
+        if C.rank() == 0:
+            tmp = f"{path}.tmp{os.getpid()}"
+            tok.save_pretrained(tmp)
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            os.replace(tmp, path)
+        C.barrier()
+    return tok

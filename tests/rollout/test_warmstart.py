@@ -182,3 +182,18 @@ def test_warm_start_resumes_exactly_and_refuses_other_tokenizers(demos, tmp_path
     # demos recorded under another tokenizer (another corpus) are refused, naming the fix
     with pytest.raises(ValueError, match="recorded with another tokenizer"):
         Trainer(cfg(1, "other", ("policy.tiny_corpus_seed=7",))).train()
+
+
+def test_a_saved_tiny_tokenizer_is_shared_by_later_runs(tmp_path) -> None:
+    from agentrl.models import build_policy_model
+
+    path = str(tmp_path / "tok")
+    cfg = load_config(None, SMALL + [f"policy.tiny_tokenizer={path}"])
+    _, first = build_policy_model(cfg)  # trained on env text, saved
+    assert os.path.exists(os.path.join(path, "tokenizer.json"))
+    # another corpus seed would train another tokenizer; the saved one wins
+    other = load_config(None, SMALL + [f"policy.tiny_tokenizer={path}",
+                                       "policy.tiny_corpus_seed=9"])
+    _, again = build_policy_model(other)
+    assert tokenizer_fingerprint(again) == tokenizer_fingerprint(first)
+    assert again.encode("go east") == first.encode("go east")
