@@ -95,6 +95,10 @@ class Algorithm:
     #: trajectories, each group sampled by one version: no partial rollouts), "current"
     #: (on-policy groups only: the synchronous loop). The config refuses what it does not allow.
     async_rollouts: ClassVar[Literal["partial", "whole", "current"]] = "partial"
+    #: its credit comes from the episodes' rewards, so group statistics (zero-variance
+    #: groups, filter_groups) and the reward alarms apply; False for imitation (SFT), which
+    #: reports them as NaN
+    learns_from_rewards: ClassVar[bool] = True
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg

@@ -55,6 +55,7 @@ class SFT(Algorithm):
     description = "supervised warm start: NLL of recorded action tokens (expert demos, successes)"
     Config = SFTConfig
     async_rollouts: ClassVar[Literal["partial", "whole", "current"]] = "current"
+    learns_from_rewards: ClassVar[bool] = False  # imitation: no group statistics
 
     def __init__(self, cfg: SFTConfig) -> None:
         super().__init__(cfg)

@@ -228,7 +228,7 @@ def build_policy_model(cfg: Any) -> tuple[Any, Any]:
     return model, tok
 
 
-def _tiny_tokenizer(cfg: Config) -> Any:
+def _tiny_tokenizer(cfg: Any) -> Any:
     """The tiny model's tokenizer: ``policy.tiny_tokenizer`` when that directory exists, else
     trained on the env's text (and saved there when it is set). An env whose text differs
     between runs (ScienceWorld draws some objects anew at each load) gives another tokenizer

@@ -4,6 +4,8 @@ batch that lacks the scores it declared in ``requires``."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from trajs import traj
@@ -16,6 +18,8 @@ from agentrl.registry import ALGORITHMS, get_algorithm
 
 get_algorithm("grpo")  # imports agentrl.algorithms, which registers every algorithm
 NAMES = sorted(ALGORITHMS)
+#: the algorithms whose credit comes from rewards (group statistics apply; not SFT)
+REWARD_NAMES = [n for n in NAMES if get_algorithm(n).learns_from_rewards]
 
 
 def _algo(name: str, *overrides: str) -> Algorithm:
@@ -44,7 +48,15 @@ def test_every_algorithm_is_registered() -> None:
     assert {"grpo", "ppo", "gigpo", "epo", "empg", "aepo", "spear"} <= set(NAMES)
 
 
-@pytest.mark.parametrize("name", NAMES)
+def test_group_statistics_of_imitation_are_nan() -> None:
+    """SFT learns from demos, not rewards: its group statistics are NaN (no alarm fires)."""
+    assert "sft" in NAMES and "sft" not in REWARD_NAMES and "grpo" in REWARD_NAMES
+    algo = _algo("sft")
+    algo.build_batch(_trajectories(), 0)
+    assert math.isnan(algo.group_stats["zero_variance_groups"])
+
+
+@pytest.mark.parametrize("name", REWARD_NAMES)
 def test_filter_groups_statistics_for_every_algorithm(name: str) -> None:
     algo = _algo(name, "algorithm.filter_groups=true")
     b = _scored(algo, algo.build_batch(_trajectories(), 0))
@@ -57,7 +69,7 @@ def test_filter_groups_statistics_for_every_algorithm(name: str) -> None:
     assert b.advantages is not None and b.advantages.shape == b.loss_mask.shape
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", REWARD_NAMES)
 def test_zero_variance_groups_logged_for_every_algorithm_without_filtering(name: str) -> None:
     algo = _algo(name)
     b = _scored(algo, algo.build_batch(_trajectories(), 0))

@@ -60,8 +60,8 @@ def test_state_round_trips_and_draws_continue_identically() -> None:
 
 
 def test_a_run_checkpoints_its_sampler_and_resumes_it(tmp_path) -> None:
-    from agentrl.run import checkpoint
     from agentrl.config import load_config
+    from agentrl.run import checkpoint
     from agentrl.trainer import Trainer
 
     over = ["env.kwargs={level: 3, split: train, num_games: 4}", "env.train_seeds=4",
