@@ -105,6 +105,80 @@ def test_wire_format_round_trips_info_values() -> None:
     assert back["mask"] == [1, 0] and back["tags"] == ["a", "b"]
 
 
+def _native_openenv_app() -> Any:
+    """A guessing game written against OpenEnv's own server classes (not agentrl's): guess a
+    number 0-3 drawn from the reset seed; legal guesses in the observation, success in its
+    metadata."""
+    import random
+
+    from openenv.core.env_server import create_app
+    from openenv.core.env_server.interfaces import Environment
+    from openenv.core.env_server.types import Action, Observation, State
+
+    class GuessAction(Action):
+        guess: str
+
+    class GuessObservation(Observation):
+        prompt: str = ""
+        legal_actions: list[str] = []
+
+    class GuessEnv(Environment):
+        SUPPORTS_CONCURRENT_SESSIONS = True
+
+        def __init__(self) -> None:
+            super().__init__()
+            self._state, self.secret = State(), 0
+
+        def reset(self, seed: int | None = None, episode_id: str | None = None,
+                  **kwargs: Any) -> GuessObservation:
+            self.secret = random.Random(seed).randrange(4)
+            self._state = State(episode_id=episode_id, step_count=0)
+            return GuessObservation(prompt="Guess 0-3.", legal_actions=list("0123"))
+
+        def step(self, action: GuessAction, timeout_s: float | None = None,
+                 **kwargs: Any) -> GuessObservation:
+            self._state.step_count += 1
+            won = action.guess == str(self.secret)
+            done = won or self._state.step_count >= 2
+            return GuessObservation(prompt="right" if won else "wrong", done=done,
+                                    reward=1.0 if won else 0.0, legal_actions=list("0123"),
+                                    metadata={"success": won} if done else {})
+
+        @property
+        def state(self) -> State:
+            return self._state
+
+    return create_app(GuessEnv, GuessAction, GuessObservation, env_name="guess",
+                      max_concurrent_envs=4)
+
+
+def test_openenv_client_env_drives_a_native_openenv_server() -> None:
+    """agentrl/OpenEnv-v0 on a server built with OpenEnv's create_app: its text field, action
+    field and the info keys it sends (legal actions, success) come through."""
+    import random
+
+    with _thread_server(_native_openenv_app()) as url:
+        env = agentrl.make_env("agentrl/OpenEnv-v0", url=url, action_field="guess",
+                               text_field="prompt", task_type="guess")
+        try:
+            for seed in (1, 2):
+                secret = str(random.Random(seed).randrange(4))
+                obs, info = env.reset(seed=seed)
+                assert obs == "Guess 0-3." and info["legal_actions"] == list("0123")
+                assert info["task_type"] == "guess"
+                obs, r, term, trunc, info = env.step(secret)
+                assert (obs, r, term, trunc, info["success"]) == ("right", 1.0, True, False, True)
+                env.reset(seed=seed)
+                wrong = next(g for g in "0123" if g != secret)
+                assert env.step(wrong)[1:3] == (0.0, False)
+                obs, r, term, _, info = env.step(wrong)
+                assert (obs, r, term, info["success"], info["action_valid"]) == (
+                    "wrong", 0.0, True, False, True)
+            assert env.unwrapped.state()["step_count"] == 2
+        finally:
+            env.close()
+
+
 # ------------------------------------------------------------------------ protocol details
 
 def test_server_routes_and_protocol_errors() -> None:
@@ -209,14 +283,15 @@ def test_killed_server_ends_episodes_as_env_error_and_the_next_episode_reconnect
 
 
 @contextmanager
-def _thread_server(env_id: str, kwargs: dict[str, Any]) -> Iterator[str]:
-    """The app in a thread of this process (for envs registered by the tests)."""
+def _thread_server(app: Any) -> Iterator[str]:
+    """A FastAPI app served from a thread of this process (envs registered by the tests,
+    OpenEnv's own servers)."""
     import uvicorn
 
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen(16)
-    server = uvicorn.Server(uvicorn.Config(build_app(env_id, kwargs), log_level="error"))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="error"))
     t = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     t.start()
     try:
@@ -229,7 +304,7 @@ def _thread_server(env_id: str, kwargs: dict[str, Any]) -> Iterator[str]:
 
 def test_a_hung_server_step_times_out_as_env_error() -> None:
     kwargs = {"hang_on": "go west", "hang_seconds": 3.0}
-    with _thread_server("test/Corridor-v0", kwargs) as url:
+    with _thread_server(build_app("test/Corridor-v0", kwargs)) as url:
         pool = InProcessPool("agentrl/OpenEnv-v0", {"url": url, "timeout": 0.5}, 1)
         try:
             pool.reset([0], [0])
