@@ -347,3 +347,44 @@ def test_tiny_model_trains_two_iterations_on_a_served_env(tmp_path: Any) -> None
         assert not any(k.startswith("rollout/termination/env_") for k in r), r
         assert r["rollout/episodes"] == 16, r
     assert any(r["train/grad_norm"] > 0 for r in train_rows)
+
+
+# ------------------------------------------------------------------------ TRL
+
+def test_trl_environment_plays_an_agentrl_env_through_trls_interface() -> None:
+    """What GRPOTrainer(environment_factory=...) does with the class (TRL 1.16): build
+    instances, take every public method but reset/get_reward as a tool (its JSON schema from
+    transformers' get_json_schema), reset with the dataset row, call tools, get_reward."""
+    import inspect
+
+    from transformers.utils import get_json_schema
+
+    from agentrl.trl_env import trl_environment
+
+    factory = trl_environment("agentrl/TicTacToe-v0", opponent="random")
+    env = factory()
+    tools = [n for n, _ in inspect.getmembers(type(env), predicate=inspect.isfunction)
+             if n not in ("reset", "get_reward") and not n.startswith("_")]
+    assert tools == ["act"]
+    schema = get_json_schema(env.act)["function"]
+    assert schema["name"] == "act" and schema["parameters"]["required"] == ["action"]
+    assert type(env).__name__ == "TicTacToeTRLEnv"
+
+    local = agentrl.make_env("agentrl/TicTacToe-v0", opponent="random")
+    for seed in (3, 4):
+        prompt = env.reset(prompt=[{"role": "user", "content": "play"}], seed=seed)
+        obs, info = local.reset(seed=seed)
+        assert obs in prompt and "Admissible actions: " + ", ".join(info["admissible_actions"]) \
+            in prompt
+        total, done = 0.0, False
+        while not done:
+            move = info["admissible_actions"][0]
+            obs, r, term, trunc, info = local.step(move)
+            total, done = total + r, term or trunc
+            out = env.act(move)
+            assert out.startswith(obs)
+        assert out.endswith("succeeded." if info["success"] else "ended.")
+        assert env.act("1") == "The episode is over."
+        assert env.get_reward() == total
+    with pytest.raises(KeyError, match="did you mean"):
+        trl_environment("agentrl/TicTacToe-v9")
