@@ -70,13 +70,16 @@ class OpenEnvClient(TextEnv):
         task_type: ``info["task_type"]`` where the server sends none.
         connect_timeout: seconds to open the connection.
         timeout: seconds to wait for each answer; past it the episode ends as ``env_error``.
+        build_timeout: seconds to wait for the first reset of a connection, which builds the
+            server's env for the session (loading games, starting a JVM), so a slow start
+            under many concurrent sessions is not taken for a hung server.
     """
 
     def __init__(self, url: str | None = None, serve: str | None = None,
                  serve_kwargs: dict[str, Any] | None = None, action_field: str = "message",
                  text_field: str = "text", task_type: str = "openenv",
-                 connect_timeout: float = 10.0, timeout: float = 60.0,
-                 render_mode: str | None = None) -> None:
+                 connect_timeout: float = 30.0, timeout: float = 60.0,
+                 build_timeout: float = 600.0, render_mode: str | None = None) -> None:
         super().__init__(render_mode=render_mode)
         if (url is None) == (serve is None):
             raise ValueError("OpenEnv-v0 needs exactly one of url (a running server, "
@@ -91,7 +94,9 @@ class OpenEnvClient(TextEnv):
         self.url = ws_url(str(url))
         self.action_field, self.text_field, self.task_type = action_field, text_field, task_type
         self.connect_timeout, self.timeout = float(connect_timeout), float(timeout)
+        self.build_timeout = float(build_timeout)
         self._ws: Any = None
+        self._built = False  # this connection's session has built its env (a reset answered)
         self._in_episode = False
         self._return = 0.0
 
@@ -105,7 +110,9 @@ class OpenEnvClient(TextEnv):
         if self._ws is None:
             self._connect()
         self._in_episode = False
-        payload = self._request({"type": "reset", "data": data})
+        payload = self._request({"type": "reset", "data": data},
+                                self.timeout if self._built else self.build_timeout)
+        self._built = True
         obs, _, _, _, info = self._parse(payload, reset=True)
         self._in_episode, self._return = True, 0.0
         return obs, info
@@ -152,21 +159,22 @@ class OpenEnvClient(TextEnv):
             # connection is closed by `_drop` / `close`
             self._ws = connect(self.url, open_timeout=self.connect_timeout, max_size=2**26,
                                proxy=None).__enter__()
+            self._built = False
         except Exception as e:
             self._ws = None
             raise ConnectionError(f"cannot reach the OpenEnv server at {self.url}: {_why(e)} "
                                   "(start one with `agentrl serve ENV_ID --port PORT`, or fix "
                                   "env.kwargs.url)") from None
 
-    def _request(self, message: dict[str, Any]) -> Any:
-        ws = self._ws
+    def _request(self, message: dict[str, Any], timeout: float | None = None) -> Any:
+        ws, timeout = self._ws, self.timeout if timeout is None else timeout
         try:
             ws.send(json.dumps(message))
-            raw = ws.recv(timeout=self.timeout)
+            raw = ws.recv(timeout=timeout)
         except TimeoutError:
             self._drop()
             raise TimeoutError(f"the OpenEnv server at {self.url} did not answer a "
-                               f"{message['type']} within {self.timeout:g}s") from None
+                               f"{message['type']} within {timeout:g}s") from None
         except Exception as e:
             self._drop()
             raise ConnectionError(f"lost the OpenEnv server at {self.url} during a "
