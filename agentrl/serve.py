@@ -445,12 +445,12 @@ class ServerProcess:
     """
 
     def __init__(self, env_id: str, env_kwargs: dict[str, Any] | None = None,
-                 host: str = "127.0.0.1", port: int = 0,
+                 host: str = "127.0.0.1", port: int = 0, max_sessions: int = MAX_SESSIONS,
                  start_timeout: float = START_TIMEOUT) -> None:
         self.env_id = env_id
         cmd = [sys.executable, "-m", "agentrl", "serve", env_id,
                *(f"{k}={json.dumps(v)}" for k, v in (env_kwargs or {}).items()),
-               "--host", host, "--port", str(port)]
+               "--host", host, "--port", str(port), "--max-sessions", str(max_sessions)]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True, preexec_fn=_die_with_parent)
         self.url = self._wait_for_url(start_timeout)

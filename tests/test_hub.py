@@ -282,6 +282,21 @@ def test_killed_server_ends_episodes_as_env_error_and_the_next_episode_reconnect
         server.stop()
 
 
+def test_a_local_server_takes_every_slot_of_a_big_pool() -> None:
+    """serve= starts one server for all the envs of this process: more sessions than
+    `agentrl serve`'s default --max-sessions (64) at once."""
+    from agentrl.serve import MAX_SESSIONS
+
+    n = MAX_SESSIONS + 6
+    pool = InProcessPool("agentrl/OpenEnv-v0", {"serve": "agentrl/TicTacToe-v0",
+                                                "serve_kwargs": {"opponent": "random"}}, n)
+    try:
+        out = pool.reset(list(range(n)), list(range(n)))
+        assert [r.error for r in out] == [None] * n
+    finally:
+        pool.close()
+
+
 @contextmanager
 def _thread_server(app: Any) -> Iterator[str]:
     """A FastAPI app served from a thread of this process (envs registered by the tests,

@@ -224,6 +224,10 @@ def _why(e: BaseException) -> str:
 
 # ------------------------------------------------------------------------------ serve=
 
+#: Sessions a ``serve=`` server takes: more than any pool of one process holds.
+LOCAL_MAX_SESSIONS = 100_000
+
+
 class _LocalServer:
     """One `ServerProcess` shared by this process's envs that serve the same env and kwargs,
     stopped when the last of them closes (or this process exits)."""
@@ -235,7 +239,8 @@ class _LocalServer:
         from agentrl.serve import ServerProcess
 
         self.key, self.users = key, 0
-        self.process = ServerProcess(env_id, kwargs)
+        # every env of this process (a pool's slots, train and eval) holds a session at once
+        self.process = ServerProcess(env_id, kwargs, max_sessions=LOCAL_MAX_SESSIONS)
         self.url = self.process.url
 
     @classmethod
