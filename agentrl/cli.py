@@ -1,4 +1,4 @@
-"""The ``agentrl`` command line: train, eval, report, envs, algorithms, check-env, play.
+"""The ``agentrl`` command line: train, eval, report, envs, algorithms, check-env, serve, play.
 
 Every user mistake ends in one line naming the fix and exit status 2 (config errors, start-up
 refusals, missing runs); Ctrl-C says what was interrupted and what was kept (status 130).
@@ -42,6 +42,13 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("check-env", help="run the conformance check on an env id")
     c.add_argument("env_id")
     c.add_argument("kwargs", nargs="*", help="constructor key=value arguments")
+    s = sub.add_parser("serve", help="serve an env as an OpenEnv environment server")
+    s.add_argument("env_id")
+    s.add_argument("kwargs", nargs="*", help="constructor key=value arguments")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    s.add_argument("--port", type=int, default=8000, help="port (0: a free one)")
+    s.add_argument("--max-sessions", type=int, default=64,
+                   help="concurrent WebSocket sessions (each holds one env)")
     p = sub.add_parser("play", help="play an env yourself in the terminal")
     p.add_argument("env_id")
     p.add_argument("kwargs", nargs="*", help="constructor key=value arguments")
@@ -196,11 +203,17 @@ def _cmd_check_env(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from agentrl.serve import serve_main
+
+    return serve_main(args.env_id, _kwargs(args.kwargs), args.host, args.port, args.max_sessions)
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     """Run subcommand ``args.cmd`` (one ``_cmd_*`` function each); its exit code."""
     commands = {"train": _cmd_train, "eval": _cmd_eval, "collect": _cmd_collect,
                 "report": _cmd_report, "envs": _cmd_envs, "algorithms": _cmd_algorithms,
-                "check-env": _cmd_check_env, "play": _play}
+                "check-env": _cmd_check_env, "serve": _cmd_serve, "play": _play}
     command = commands.get(args.cmd)
     return command(args) if command is not None else 1
 

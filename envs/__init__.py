@@ -177,4 +177,4 @@ register_env(
     max_steps=10,
 )
 
-from agentrl.envs import multiagent  # noqa: E402,F401  (registers the games)
+from agentrl.envs import hub, multiagent  # noqa: E402,F401  (register hub clients, games)

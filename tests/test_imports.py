@@ -230,7 +230,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("agentrl.assemble",),  # the composition root: builds every part above from a config
     ("agentrl.evaluate",),  # agentrl eval: builds policies through assemble
     # roots: the recipe, the command, the front door
-    ("agentrl.trainer", "agentrl.cli", "agentrl.__main__", "agentrl"),
+    ("agentrl.trainer", "agentrl.cli", "agentrl.serve", "agentrl.__main__", "agentrl"),
 ]
 
 

@@ -68,7 +68,7 @@ def full_kwargs(env_id: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     return {**defaults, **kwargs}
 
 
-def _signature_problem(ctor: Callable[..., Any], kwargs: dict[str, Any]) -> str | None:
+def signature_problem(ctor: Callable[..., Any], kwargs: dict[str, Any]) -> str | None:
     """Why ``ctor(**kwargs)`` would fail on its signature alone, or None."""
     try:
         sig = inspect.signature(ctor)
@@ -107,7 +107,7 @@ def check_env_setup(cfg: Config) -> None:
     ctor, defaults = env_constructor(env_id)
     for key, kwargs in (("env.kwargs", cfg.env.kwargs),
                         ("env.eval_kwargs", {**cfg.env.kwargs, **cfg.env.eval_kwargs})):
-        problem = _signature_problem(ctor, {**defaults, **kwargs})
+        problem = signature_problem(ctor, {**defaults, **kwargs})
         if problem:
             src = "env.eval_kwargs" if key == "env.eval_kwargs" and any(
                 k not in cfg.env.kwargs for k in cfg.env.eval_kwargs) else "env.kwargs"

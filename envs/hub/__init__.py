@@ -1,0 +1,25 @@
+"""Environments from hubs: OpenEnv servers by URL (`agentrl.envs.hub.openenv`)."""
+
+from agentrl.registry import register_env
+
+register_env(
+    "agentrl/OpenEnv-v0",
+    entry_point="agentrl.envs.hub.openenv:OpenEnvClient",
+    description="any OpenEnv environment server, by URL (env.kwargs.url), or an agentrl env "
+                "served locally over OpenEnv (env.kwargs.serve)",
+    requires=("websockets",),
+    extra="hub",
+    test_kwargs={"serve": "agentrl/TicTacToe-v0", "serve_kwargs": {"opponent": "random"}},
+    # The quickstart's task and settings, through a local OpenEnv server.
+    recommended={
+        "env": {"kwargs": {"serve": "agentrl/TextWorld-CoinCollector-v0",
+                           "serve_kwargs": {"level": 3, "split": "train", "num_games": 100}},
+                "eval_kwargs": {"serve_kwargs": {"level": 3, "split": "eval",
+                                                 "num_games": 100}},
+                "train_seeds": 100},
+        "rollout": {"context": "window", "history": 2, "action_format": "raw",
+                    "constrained": True, "invalid_penalty": 0.0, "step_penalty": 0.01,
+                    "max_turns": 8, "max_new_tokens": 8,
+                    "template": "Previous actions: {last_actions}\n{observation}"},
+    },
+)
