@@ -371,8 +371,8 @@ def check_servable(env_id: str, env_kwargs: dict[str, Any]) -> None:
     concurrent sessions find it ready, and build the env once to see that it builds."""
     import importlib
 
-    from agentrl.run.preflight import signature_problem, env_constructor
     from agentrl.registry import ENVS, check_env_id, make_env, missing_requirement
+    from agentrl.run.preflight import env_constructor, signature_problem
 
     check_env_id(env_id)
     missing = missing_requirement(env_id)
