@@ -60,8 +60,9 @@ class Trainer:
         self.run_dir = C.broadcast(run_dir or self._pick_run_dir(resume))
         self._prepare_run_dir(resume)
         start = checkpoint.checkpoint_iteration(self.resume_from) if self.resume_from else 0
-        if resume:  # metrics rows, dumps and eval files past the checkpoint are redone
-            checkpoint.discard_after(self.run_dir, start)
+        if resume and self.is_main:  # metrics rows, dumps and eval files past the
+            checkpoint.discard_after(self.run_dir, start)  # checkpoint are redone (rank 0
+        C.barrier()  # alone rewrites them: ranks racing on metrics.jsonl.tmp failed resumes)
         parts = assemble(cfg, self.run_dir, self.resume_from, self.groups,
                          purge_step=start + 1 if resume else None)
         self.model, self.tokenizer, self.full_model = parts.model, parts.tokenizer, parts.full_model
