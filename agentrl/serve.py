@@ -30,63 +30,17 @@ rebuilt at the next reset, as the env pool does with a failing env.
 import asyncio
 import concurrent.futures
 import json
-import math
-import signal
 import socket
-import subprocess
 import sys
 import threading
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-#: Info values of these types are sent as they are; others are converted (`to_wire`).
-_TUPLE_TAG = "__tuple__"
+from agentrl.types import to_wire
+
 #: Default cap on concurrent WebSocket sessions (each holds one env).
 MAX_SESSIONS = 64
-#: Seconds `ServerProcess` waits for the server to print its URL (its env's data is created
-#: first: games may be generated).
-START_TIMEOUT = 600.0
-
-
-# ------------------------------------------------------------------------------ wire format
-
-def to_wire(value: Any) -> Any:
-    """``value`` as JSON that `from_wire` turns back into an equal value: tuples are tagged
-    ``{"__tuple__": [...]}``, numpy scalars and arrays become numbers and lists, sets become
-    sorted lists, dict keys strings, anything else its ``str``."""
-    if value is None or isinstance(value, (bool, str)):
-        return value
-    if isinstance(value, int):
-        return int(value)
-    if isinstance(value, float):
-        return value if math.isfinite(value) else str(value)
-    if isinstance(value, tuple):
-        return {_TUPLE_TAG: [to_wire(v) for v in value]}
-    if isinstance(value, list):
-        return [to_wire(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): to_wire(v) for k, v in value.items()}
-    if isinstance(value, (set, frozenset)):
-        return [to_wire(v) for v in sorted(value, key=repr)]
-    item = getattr(value, "item", None)  # numpy scalar
-    if callable(item) and getattr(value, "shape", None) == ():
-        return to_wire(item())
-    tolist = getattr(value, "tolist", None)  # numpy array
-    if callable(tolist):
-        return to_wire(tolist())
-    return str(value)
-
-
-def from_wire(value: Any) -> Any:
-    """Inverse of `to_wire` (tagged tuples back to tuples)."""
-    if isinstance(value, list):
-        return [from_wire(v) for v in value]
-    if isinstance(value, dict):
-        if len(value) == 1 and _TUPLE_TAG in value and isinstance(value[_TUPLE_TAG], list):
-            return tuple(from_wire(v) for v in value[_TUPLE_TAG])
-        return {k: from_wire(v) for k, v in value.items()}
-    return value
 
 
 def observation_payload(obs: str, reward: float | None, terminated: bool, truncated: bool,
@@ -433,77 +387,3 @@ def serve_main(env_id: str, env_kwargs: dict[str, Any], host: str, port: int,
         print(f"agentrl serve: {e}", file=sys.stderr)
         return 2
     return 0
-
-
-class ServerProcess:
-    """``agentrl serve ENV_ID`` in a child process (killed if this process dies): ``url`` once
-    it listens. ``port=0`` takes a free port; a given port can be reused at once after a
-    stop (a restarted server at the same address).
-
-        with ServerProcess("agentrl/TicTacToe-v0", {"opponent": "random"}) as server:
-            env = make_env("agentrl/OpenEnv-v0", url=server.url)
-    """
-
-    def __init__(self, env_id: str, env_kwargs: dict[str, Any] | None = None,
-                 host: str = "127.0.0.1", port: int = 0, max_sessions: int = MAX_SESSIONS,
-                 start_timeout: float = START_TIMEOUT) -> None:
-        self.env_id = env_id
-        cmd = [sys.executable, "-m", "agentrl", "serve", env_id,
-               *(f"{k}={json.dumps(v)}" for k, v in (env_kwargs or {}).items()),
-               "--host", host, "--port", str(port), "--max-sessions", str(max_sessions)]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True, preexec_fn=_die_with_parent)
-        self.url = self._wait_for_url(start_timeout)
-
-    def _wait_for_url(self, timeout: float) -> str:
-        lines: list[str] = []
-        reader = threading.Thread(target=lambda: lines.append(self.proc.stdout.readline()),
-                                  daemon=True)
-        reader.start()
-        reader.join(timeout)
-        line = lines[0] if lines else ""
-        if " at http" not in line:
-            self.kill()
-            err = (self.proc.stderr.read() or "").strip().splitlines()
-            raise RuntimeError(f"`agentrl serve {self.env_id}` did not start: "
-                               + (err[-1] if err else f"no URL within {timeout:g}s"))
-        return line.split(" at ", 1)[1].split()[0]
-
-    @property
-    def port(self) -> int:
-        return int(self.url.rsplit(":", 1)[1])
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def kill(self) -> None:
-        """SIGKILL, as a crash or the OOM killer would."""
-        if self.alive():
-            self.proc.kill()
-        self.proc.wait()
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL after 5 s."""
-        if self.alive():
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def __enter__(self) -> "ServerProcess":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
-
-
-def _die_with_parent() -> None:
-    """In the child: be killed when the parent dies, so no server outlives its trainer."""
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        except Exception:
-            pass

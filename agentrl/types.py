@@ -14,6 +14,7 @@ nothing else of agentrl: it is the data model every stage shares.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -224,3 +225,49 @@ def read_jsonl(path: str) -> list[Trajectory]:
         except (TypeError, ValueError, AttributeError) as e:
             raise ValueError(f"{path}: record {i} is not a trajectory ({e})") from None
     return out
+
+
+# ------------------------------------------------------------------ info over the wire
+
+#: How `to_wire` tags a tuple (JSON has none), so `state_key` comes back hashable.
+_TUPLE_TAG = "__tuple__"
+
+
+# ------------------------------------------------------------------------------ wire format
+
+def to_wire(value: Any) -> Any:
+    """``value`` as JSON that `from_wire` turns back into an equal value: tuples are tagged
+    ``{"__tuple__": [...]}``, numpy scalars and arrays become numbers and lists, sets become
+    sorted lists, dict keys strings, anything else its ``str``."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, tuple):
+        return {_TUPLE_TAG: [to_wire(v) for v in value]}
+    if isinstance(value, list):
+        return [to_wire(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): to_wire(v) for k, v in value.items()}
+    if isinstance(value, (set, frozenset)):
+        return [to_wire(v) for v in sorted(value, key=repr)]
+    item = getattr(value, "item", None)  # numpy scalar
+    if callable(item) and getattr(value, "shape", None) == ():
+        return to_wire(item())
+    tolist = getattr(value, "tolist", None)  # numpy array
+    if callable(tolist):
+        return to_wire(tolist())
+    return str(value)
+
+
+def from_wire(value: Any) -> Any:
+    """Inverse of `to_wire` (tagged tuples back to tuples)."""
+    if isinstance(value, list):
+        return [from_wire(v) for v in value]
+    if isinstance(value, dict):
+        if len(value) == 1 and _TUPLE_TAG in value and isinstance(value[_TUPLE_TAG], list):
+            return tuple(from_wire(v) for v in value[_TUPLE_TAG])
+        return {k: from_wire(v) for k, v in value.items()}
+    return value

@@ -15,7 +15,7 @@ import agentrl
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: what user code may import besides `agentrl` itself (documented subpackages)
 DOCUMENTED = {"agentrl", "agentrl.algorithms.functional", "agentrl.testing", "agentrl.envs",
-              "agentrl.policies", "agentrl.algorithms"}
+              "agentrl.policies", "agentrl.algorithms", "agentrl.envs.hub"}
 
 
 def _agentrl_imports(source: str) -> list[str]:

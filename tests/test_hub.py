@@ -16,8 +16,10 @@ import pytest
 
 import agentrl
 from agentrl.envpool import InProcessPool
+from agentrl.envs.hub.openenv import ServerProcess
 from agentrl.registry import ENVS, load_builtin_envs
-from agentrl.serve import ServerProcess, build_app, from_wire, to_wire
+from agentrl.serve import build_app
+from agentrl.types import from_wire, to_wire
 
 load_builtin_envs()
 

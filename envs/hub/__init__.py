@@ -1,6 +1,10 @@
-"""Environments from hubs: OpenEnv servers by URL (`agentrl.envs.hub.openenv`)."""
+"""Environments from hubs: OpenEnv servers by URL (`agentrl.envs.hub.openenv`), and agentrl
+envs for TRL's ``GRPOTrainer(environment_factory=...)`` (`trl_environment`)."""
 
+from agentrl.envs.hub.trl import trl_environment
 from agentrl.registry import register_env
+
+__all__ = ["trl_environment"]
 
 register_env(
     "agentrl/OpenEnv-v0",

@@ -31,11 +31,15 @@ from __future__ import annotations
 
 import atexit
 import json
+import signal
+import subprocess
+import sys
 import threading
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from agentrl.envs.base import TextEnv
+from agentrl.types import from_wire
 
 
 def ws_url(url: str) -> str:
@@ -195,7 +199,6 @@ class OpenEnvClient(TextEnv):
 
     def _parse(self, payload: dict[str, Any], reset: bool
                ) -> tuple[str, float, bool, bool, dict[str, Any]]:
-        from agentrl.serve import from_wire
 
         fields = dict(payload.get("observation") or {})
         metadata = {**(fields.pop("metadata", None) or {}), **(payload.get("metadata") or {})}
@@ -236,8 +239,6 @@ class _LocalServer:
     _lock = threading.Lock()
 
     def __init__(self, key: str, env_id: str, kwargs: dict[str, Any]) -> None:
-        from agentrl.serve import ServerProcess
-
         self.key, self.users = key, 0
         # every env of this process (a pool's slots, train and eval) holds a session at once
         self.process = ServerProcess(env_id, kwargs, max_sessions=LOCAL_MAX_SESSIONS)
@@ -267,3 +268,83 @@ class _LocalServer:
 def _stop_local_servers() -> None:
     for server in list(_LocalServer._live.values()):
         server.process.stop()
+
+
+#: Seconds `ServerProcess` waits for the server to print its URL (its env's data is created
+#: first: games may be generated).
+START_TIMEOUT = 600.0
+
+
+class ServerProcess:
+    """``agentrl serve ENV_ID`` in a child process (killed if this process dies): ``url`` once
+    it listens. ``port=0`` takes a free port; a given port can be reused at once after a
+    stop (a restarted server at the same address).
+
+        with ServerProcess("agentrl/TicTacToe-v0", {"opponent": "random"}) as server:
+            env = make_env("agentrl/OpenEnv-v0", url=server.url)
+    """
+
+    def __init__(self, env_id: str, env_kwargs: dict[str, Any] | None = None,
+                 host: str = "127.0.0.1", port: int = 0, max_sessions: int | None = None,
+                 start_timeout: float = START_TIMEOUT) -> None:
+        self.env_id = env_id
+        cmd = [sys.executable, "-m", "agentrl", "serve", env_id,
+               *(f"{k}={json.dumps(v)}" for k, v in (env_kwargs or {}).items()),
+               "--host", host, "--port", str(port),
+               *(["--max-sessions", str(max_sessions)] if max_sessions else [])]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, preexec_fn=_die_with_parent)
+        self.url = self._wait_for_url(start_timeout)
+
+    def _wait_for_url(self, timeout: float) -> str:
+        lines: list[str] = []
+        reader = threading.Thread(target=lambda: lines.append(self.proc.stdout.readline()),
+                                  daemon=True)
+        reader.start()
+        reader.join(timeout)
+        line = lines[0] if lines else ""
+        if " at http" not in line:
+            self.kill()
+            err = (self.proc.stderr.read() or "").strip().splitlines()
+            raise RuntimeError(f"`agentrl serve {self.env_id}` did not start: "
+                               + (err[-1] if err else f"no URL within {timeout:g}s"))
+        return line.split(" at ", 1)[1].split()[0]
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash or the OOM killer would."""
+        if self.alive():
+            self.proc.kill()
+        self.proc.wait()
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after 5 s."""
+        if self.alive():
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def _die_with_parent() -> None:
+    """In the child: be killed when the parent dies, so no server outlives its trainer."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except Exception:
+            pass
