@@ -42,13 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("check-env", help="run the conformance check on an env id")
     c.add_argument("env_id")
     c.add_argument("kwargs", nargs="*", help="constructor key=value arguments")
-    s = sub.add_parser("serve", help="serve an env as an OpenEnv environment server")
-    s.add_argument("env_id")
-    s.add_argument("kwargs", nargs="*", help="constructor key=value arguments")
-    s.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    s.add_argument("--port", type=int, default=8000, help="port (0: a free one)")
-    s.add_argument("--max-sessions", type=int, default=64,
-                   help="concurrent WebSocket sessions (each holds one env)")
+    _add_serve_parser(sub)
     p = sub.add_parser("play", help="play an env yourself in the terminal")
     p.add_argument("env_id")
     p.add_argument("kwargs", nargs="*", help="constructor key=value arguments")
@@ -201,6 +195,16 @@ def _cmd_check_env(args: argparse.Namespace) -> int:
     finally:
         env.close()
     return 0
+
+
+def _add_serve_parser(sub: Any) -> None:
+    s = sub.add_parser("serve", help="serve an env as an OpenEnv environment server")
+    s.add_argument("env_id")
+    s.add_argument("kwargs", nargs="*", help="constructor key=value arguments")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    s.add_argument("--port", type=int, default=8000, help="port (0: a free one)")
+    s.add_argument("--max-sessions", type=int, default=64,
+                   help="concurrent WebSocket sessions (each holds one env)")
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:

@@ -173,7 +173,7 @@ def build_app(env_id: str, env_kwargs: dict[str, Any] | None = None,
         ImportError: the ``hub`` extra (fastapi, uvicorn) is not installed.
     """
     try:
-        from fastapi import FastAPI, HTTPException, Request, WebSocket, WebSocketDisconnect
+        from fastapi import FastAPI, WebSocket, WebSocketDisconnect
     except ImportError as e:
         raise ImportError("agentrl serve needs fastapi and uvicorn: "
                           "pip install 'agentrl[hub]'") from e
@@ -185,6 +185,46 @@ def build_app(env_id: str, env_kwargs: dict[str, Any] | None = None,
     app = FastAPI(title=f"agentrl: {env_id}", description=description)
     sessions: set[int] = set()
     lock = threading.Lock()
+
+    _add_http_routes(app, env_id, kwargs, description)
+
+    @app.websocket("/ws")
+    async def ws(websocket: WebSocket) -> None:
+        await websocket.accept()
+        with lock:
+            full = len(sessions) >= max_sessions
+            if not full:
+                sessions.add(id(websocket))
+        if full:
+            await websocket.send_text(json.dumps(
+                _error(f"server at capacity ({max_sessions} sessions; agentrl serve "
+                       "--max-sessions raises it)", "CAPACITY_REACHED")))
+            await websocket.close()
+            return
+        session = Session(env_id, kwargs)
+        try:
+            while True:
+                reply = await _answer(session, await websocket.receive_text())
+                if reply is None:  # the client closed the session
+                    break
+                await websocket.send_text(json.dumps(reply))
+        except WebSocketDisconnect:
+            pass
+        finally:
+            session.close()
+            with lock:
+                sessions.discard(id(websocket))
+            try:
+                await websocket.close()
+            except RuntimeError:
+                pass  # already closed by the client
+
+    return app
+
+
+def _add_http_routes(app: Any, env_id: str, kwargs: dict[str, Any], description: str) -> None:
+    """OpenEnv's stateless HTTP routes (each request its own fresh env) and the info routes."""
+    from fastapi import HTTPException, Request
 
     def http_session(fn: Any, data: Any) -> Any:
         s = Session(env_id, kwargs)
@@ -239,60 +279,30 @@ def build_app(env_id: str, env_kwargs: dict[str, Any] | None = None,
     async def schema() -> dict[str, Any]:
         return SCHEMA
 
-    @app.websocket("/ws")
-    async def ws(websocket: WebSocket) -> None:
-        await websocket.accept()
-        with lock:
-            full = len(sessions) >= max_sessions
-            if not full:
-                sessions.add(id(websocket))
-        if full:
-            await websocket.send_text(json.dumps(
-                _error(f"server at capacity ({max_sessions} sessions; agentrl serve "
-                       "--max-sessions raises it)", "CAPACITY_REACHED")))
-            await websocket.close()
-            return
-        session = Session(env_id, kwargs)
-        try:
-            while True:
-                raw = await websocket.receive_text()
-                try:
-                    msg = json.loads(raw)
-                except json.JSONDecodeError as e:
-                    await websocket.send_text(json.dumps(_error(f"Invalid JSON: {e}",
-                                                                "INVALID_JSON")))
-                    continue
-                kind = msg.get("type") if isinstance(msg, dict) else None
-                if kind == "close":
-                    break
-                try:
-                    if kind == "reset":
-                        reply = {"type": "observation",
-                                 "data": await session.call(session.reset, msg.get("data"))}
-                    elif kind == "step":
-                        reply = {"type": "observation",
-                                 "data": await session.call(session.step, msg.get("data"))}
-                    elif kind == "state":
-                        reply = {"type": "state", "data": session.state()}
-                    else:
-                        reply = _error(f"Unknown message type: {kind}", "UNKNOWN_TYPE")
-                except RequestError as e:
-                    reply = _error(str(e), e.code)
-                except Exception as e:
-                    reply = _error(_why(e), "EXECUTION_ERROR")
-                await websocket.send_text(json.dumps(reply))
-        except WebSocketDisconnect:
-            pass
-        finally:
-            session.close()
-            with lock:
-                sessions.discard(id(websocket))
-            try:
-                await websocket.close()
-            except RuntimeError:
-                pass  # already closed by the client
 
-    return app
+async def _answer(session: Session, raw: str) -> dict[str, Any] | None:
+    """The reply to one WebSocket message (None: the client closed the session)."""
+    try:
+        msg = json.loads(raw)
+    except json.JSONDecodeError as e:
+        return _error(f"Invalid JSON: {e}", "INVALID_JSON")
+    kind = msg.get("type") if isinstance(msg, dict) else None
+    if kind == "close":
+        return None
+    try:
+        if kind == "reset":
+            return {"type": "observation",
+                    "data": await session.call(session.reset, msg.get("data"))}
+        if kind == "step":
+            return {"type": "observation",
+                    "data": await session.call(session.step, msg.get("data"))}
+        if kind == "state":
+            return {"type": "state", "data": session.state()}
+        return _error(f"Unknown message type: {kind}", "UNKNOWN_TYPE")
+    except RequestError as e:
+        return _error(str(e), e.code)
+    except Exception as e:
+        return _error(_why(e), "EXECUTION_ERROR")
 
 
 #: JSON schemas of the action, observation and state (``/schema``), OpenEnv's layout.
