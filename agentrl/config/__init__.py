@@ -24,6 +24,7 @@ from agentrl.config.load import (
 )
 from agentrl.config.sections import (
     DEFAULT_TEMPLATE,
+    LOGITS_CHUNK,
     AlarmConfig,
     Config,
     CurriculumConfig,
@@ -41,7 +42,7 @@ from agentrl.config.sections import (
 from agentrl.fields import ConfigError, F
 from agentrl.policies.base import PolicyConfig
 
-__all__ = ["POOLS", "ENV_SPECIFIC_KEYS", "DEFAULT_TEMPLATE", "AlarmConfig", "Config", "CurriculumConfig",
+__all__ = ["POOLS", "ENV_SPECIFIC_KEYS", "DEFAULT_TEMPLATE", "LOGITS_CHUNK", "AlarmConfig", "Config", "CurriculumConfig",
            "ConfigError", "EnvConfig", "EvalConfig", "F", "LogConfig", "MultiAgentConfig",
            "PolicyConfig", "RayConfig", "RolloutConfig", "TrainConfig", "apply_overrides",
            "build_dataclass", "config_from_dict", "config_to_dict", "cross_checks", "describe",

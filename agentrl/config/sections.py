@@ -134,6 +134,11 @@ class RolloutConfig:
     batch_size: int = F(64, "max sequences per generate call", ge=1)
 
 
+#: Default of ``train.logits_chunk``: 2^24 float32 values (64 MB) of logits at once, 341 action
+#: positions at a 49k vocabulary, 110 at 152k; a small vocabulary keeps a micro-batch in one.
+LOGITS_CHUNK = 1 << 24
+
+
 @dataclass
 class TrainConfig:
     iterations: int = F(50, "training iterations (rollout + update)", ge=0)
@@ -146,6 +151,9 @@ class TrainConfig:
     epochs: int = F(1, "passes over each iteration's batch", ge=1)
     minibatches: int = F(1, "optimizer steps per epoch", ge=1)
     micro_batch_tokens: int = F(16384, "token budget per forward/backward (grad accumulation)", ge=1)
+    logits_chunk: int = F(LOGITS_CHUNK, "vocabulary values (action positions x vocab) of float32 "
+                          "logits formed at once; larger chunks are formed again in the "
+                          "backward instead of kept (0 = a micro-batch's logits at once)", ge=0)
     pack: bool = F(True, "run a micro-batch's sequences end to end in one row (position ids "
                    "restart per sequence; with sdpa or flash attention each attends to itself "
                    "only, else block-diagonal masked bins) instead of padding every sequence "

@@ -34,7 +34,7 @@ from torch import nn
 
 from agentrl import collectives as C
 from agentrl.learn.batch import Batch
-from agentrl.learn.forward import Scorer, action_logits
+from agentrl.learn.forward import HeadSpec, Scorer, action_outputs
 from agentrl.learn.learner import LocalLearner
 from agentrl.learn.varlen import decoder as _decoder
 
@@ -73,7 +73,7 @@ def init_distributed(strategy: str, device: str = "auto") -> torch.device:
 
 
 class ActionScorer(nn.Module):
-    """`action_logits` as a module's forward, so DDP and FSDP2 see every parameter it uses
+    """`action_outputs` as a module's forward, so DDP and FSDP2 see every parameter it uses
     (decoder, final norm, tied LM head) go through their forward hooks."""
 
     def __init__(self, lm: nn.Module) -> None:
@@ -81,10 +81,13 @@ class ActionScorer(nn.Module):
         self.lm = lm
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                loss_mask: torch.Tensor, pack: bool, pack_capacity: int,
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(rows (P,), cols (P,), hidden (P, H), logits (P, V)) for ``input_ids`` (n, L)."""
-        return action_logits(self.lm, input_ids, attention_mask, loss_mask, pack, pack_capacity)
+                loss_mask: torch.Tensor, pack: bool, pack_capacity: int, spec: HeadSpec,
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                           torch.Tensor | None]:
+        """(rows (P,), cols (P,), hidden (P, H), logprob (P,), entropy (P,) or None) for
+        ``input_ids`` (n, L)."""
+        return action_outputs(self.lm, input_ids, attention_mask, loss_mask, pack,
+                              pack_capacity, spec)
 
 
 def _broadcast_module(module: nn.Module) -> None:

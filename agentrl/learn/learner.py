@@ -205,7 +205,7 @@ class LocalLearner:
 
     def _wrap(self, model: nn.Module) -> Scorer | None:
         """Hook for a distributed learner: shard or replicate ``model`` and return what runs
-        `action_logits` on it. None: the model runs itself."""
+        `action_outputs` on it. None: the model runs itself."""
         return None
 
     def _select(self, batch: Batch, rows: list[int]) -> Batch:
@@ -249,7 +249,8 @@ class LocalLearner:
                             self.temperature, need_entropy,
                             need_hidden or (need_values and critic is None), entropy_grad,
                             self.top_k, self.top_p, pack=self.pack, pack_capacity=pack_capacity,
-                            scorer=self.scorer if m is self.model else None)
+                            scorer=self.scorer if m is self.model else None,
+                            logits_chunk=self.cfg.logits_chunk)
         if need_values:
             if critic is not None:
                 critic.train(m.training)  # the critic follows the policy's mode

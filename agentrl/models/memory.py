@@ -13,7 +13,8 @@ Per rank, in bytes (FSDP divides weights, gradients and optimizer state by the n
   tensors autograd keeps for the backward (``ACT_PER_LAYER`` x hidden + 3 x intermediate
   values per token; with activation checkpointing only each layer's input, plus one layer's
   set during its recompute), and the logits of the action tokens (float32 logits,
-  log-softmax and probabilities, ``LOGIT_COPIES`` x vocab values each);
+  log-softmax and probabilities, ``LOGIT_COPIES`` x vocab values each) of as many action
+  positions as one ``train.logits_chunk`` holds (the learner forms no more at once);
 - engine KV cache: keys and values of ``rollout.batch_size`` sequences of
   ``rollout.max_context_tokens`` (the hf engine's decode cache; vLLM reserves its own share).
 
@@ -95,7 +96,10 @@ def estimate(model: nn.Module, cfg: Any, algorithm: Any = None, world: int = 1,
         layers = n_layers * tokens * h * act_size + per_layer
     else:
         layers = n_layers * per_layer
-    logits = tokens * ACTION_SHARE * vocab * 4 * LOGIT_COPIES
+    positions = tokens * ACTION_SHARE
+    if t.logits_chunk:
+        positions = min(positions, max(1, t.logits_chunk // vocab))
+    logits = positions * vocab * 4 * LOGIT_COPIES
     kv_heads = int(getattr(mc, "num_key_value_heads", None) or mc.num_attention_heads)
     head_dim = int(getattr(mc, "head_dim", None) or h // mc.num_attention_heads)
     kv = r.batch_size * r.max_context_tokens * n_layers * 2 * kv_heads * head_dim * esize

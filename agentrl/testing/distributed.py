@@ -71,8 +71,9 @@ def _learner(algo_name: str, agg: str, strategy: str) -> tuple[Any, Any, Any]:
                 if "lora_B" in n:
                     p.copy_(torch.linspace(-0.2, 0.2, p.numel()).reshape(p.shape))
     algo.setup(model)
-    # A small token budget: several micro-batches per rank, more on rank 1.
-    cfg = TrainConfig(lr=1e-3, micro_batch_tokens=48, strategy=strategy)
+    # A small token budget: several micro-batches per rank, more on rank 1; logits formed
+    # three positions at a time (checkpointed chunks under DDP / FSDP too).
+    cfg = TrainConfig(lr=1e-3, micro_batch_tokens=48, strategy=strategy, logits_chunk=3 * VOCAB)
     if strategy == "single":
         from agentrl.learn.learner import LocalLearner as L
     else:

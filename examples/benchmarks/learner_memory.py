@@ -40,6 +40,23 @@ def _rss_gb(field: str) -> float:
     return float("nan")
 
 
+def synthetic_trajectories(rows: int, tokens: int, vocab: int, logprob: float) -> list:
+    """``rows`` one-turn window-mode trajectories of ``tokens`` random ids, a quarter of them
+    the action (`agentrl.models.memory.ACTION_SHARE`), groups of 4, rewards 0 / 1."""
+    from agentrl.types import Trajectory, Turn
+
+    rng = random.Random(0)
+    n_act = max(4, tokens // 4)
+    return [Trajectory(trajectory_id=str(i), group_id=str(i // 4), env_id="synthetic", seed=0,
+                       context_mode="window",
+                       turns=[Turn(observation="o",
+                                   context_ids=[rng.randrange(3, vocab)
+                                                for _ in range(tokens - n_act)],
+                                   action_ids=[rng.randrange(3, vocab) for _ in range(n_act)],
+                                   logprobs=[logprob] * n_act, reward=float(i % 2))])
+            for i in range(rows)]
+
+
 def one(model_name: str, overrides: list[str], rows: int, tokens: int) -> dict[str, float]:
     """Measure one setting in this process."""
     import torch
@@ -50,7 +67,6 @@ def one(model_name: str, overrides: list[str], rows: int, tokens: int) -> dict[s
     from agentrl.models.lora import apply_lora, trainable_share
     from agentrl.models.memory import estimate
     from agentrl.registry import get_algorithm
-    from agentrl.types import Trajectory, Turn
 
     start_rss = _rss_gb("VmRSS")  # the interpreter with torch and transformers imported
     torch.manual_seed(0)
@@ -69,17 +85,8 @@ def one(model_name: str, overrides: list[str], rows: int, tokens: int) -> dict[s
     algo.setup(model)
     learner = LocalLearner(model, cfg.train, 1.0, algo, response_budget=32.0)
     est = estimate(model, cfg, algo)
-    rng = random.Random(0)
     vocab = model.get_input_embeddings().num_embeddings
-    n_act = max(4, tokens // 4)  # a quarter of each row is the action (ACTION_SHARE)
-    trajs = [Trajectory(trajectory_id=str(i), group_id=str(i // 4), env_id="synthetic", seed=0,
-                        context_mode="window",
-                        turns=[Turn(observation="o",
-                                    context_ids=[rng.randrange(3, vocab)
-                                                 for _ in range(tokens - n_act)],
-                                    action_ids=[rng.randrange(3, vocab) for _ in range(n_act)],
-                                    logprobs=[-2.0] * n_act, reward=float(i % 2))])
-             for i in range(rows)]
+    trajs = synthetic_trajectories(rows, tokens, vocab, -2.0)
     batch = algo.build_batch(trajs, 0)
     batch.attach(learner.score(batch, algo.requires))
     algo.credit(batch)
