@@ -53,11 +53,16 @@ _DENY = {
     "clock_settime": (227, 112), "personality": (135, 92), "quotactl": (179, 60),
     "vhangup": (153, 58), "pidfd_getfd": (438, 438), "kcmp": (312, 272), "iopl": (172, None),
     "ioperm": (173, None), "uselib": (134, None),
+    # Memory outside RLIMIT_AS and every mount's size limit: in-memory files and System V IPC
+    "memfd_create": (319, 279), "memfd_secret": (447, 447), "shmget": (29, 194),
+    "msgget": (68, 186), "semget": (64, 190),
 }
 # Allowed only with some arguments (see seccomp_program).
 _CLONE, _CLONE3, _PRLIMIT64, _PRCTL = (56, 220), (435, 435), (302, 261), (157, 167)
+_FCNTL = (72, 25)
 _ARCHES = {"x86_64": (0, 0xC000003E), "aarch64": (1, 0xC00000B7)}  # AUDIT_ARCH_*
-_CLONE_THREAD = 0x00010000
+_CLONE_THREAD, _CLONE_FILES = 0x00010000, 0x00000400
+_F_SETPIPE_SZ = 1031
 _CLONE_NEW_NAMESPACES = 0x7E020000  # NEWNS|NEWCGROUP|NEWUTS|NEWIPC|NEWUSER|NEWPID|NEWNET
 _PR_SET_PDEATHSIG = 1
 _EPERM, _ENOSYS = 1, 38
@@ -66,11 +71,13 @@ _EPERM, _ENOSYS = 1, 38
 def seccomp_program(arch: str) -> bytes:
     """A classic-BPF seccomp filter (``struct sock_filter[]`` bytes) for ``arch``.
 
-    Refuses (EPERM) every syscall in ``_DENY``; ``clone`` only when it creates a process or a
-    namespace (threads stay allowed, so Python's ``threading`` works); ``clone3`` gets ENOSYS,
-    which makes the C library fall back to ``clone``; ``prlimit64`` only when it sets a limit
-    (reading one is how ``resource.getrlimit`` works); ``prctl(PR_SET_PDEATHSIG)``, so the code
-    cannot outlive its parent. x32 syscalls and a foreign architecture kill the process.
+    Refuses (EPERM) every syscall in ``_DENY``; ``clone`` unless it makes a thread that shares
+    the descriptor table (threads stay allowed, so Python's ``threading`` works; a process, a
+    namespace or a second descriptor table do not); ``clone3`` gets ENOSYS, which makes the C
+    library fall back to ``clone``; ``prlimit64`` only when it sets a limit (reading one is how
+    ``resource.getrlimit`` works); ``prctl(PR_SET_PDEATHSIG)``, so the code cannot outlive its
+    parent; ``fcntl(F_SETPIPE_SZ)``, so a pipe buffers at most the default 64 KiB of kernel
+    memory. x32 syscalls and a foreign architecture kill the process.
 
     Raises:
         ValueError: for an architecture without a syscall table here.
@@ -98,11 +105,13 @@ def seccomp_program(arch: str) -> bytes:
         (jeq, "clone", 0, _CLONE[col]),
         (jeq, "prlimit", 0, _PRLIMIT64[col]),
         (jeq, "prctl", 0, _PRCTL[col]),
+        (jeq, "fcntl", 0, _FCNTL[col]),
         (ret, 0, 0, allow),
         ("clone", 0, 0, 0),
         (ld, 0, 0, 16),  # low 32 bits of args[0] (flags; little-endian on both arches)
         (jset, "deny", 0, _CLONE_NEW_NAMESPACES),
-        (jset, "allow", "deny", _CLONE_THREAD),
+        (jset, 0, "deny", _CLONE_THREAD),
+        (jset, "allow", "deny", _CLONE_FILES),
         ("prlimit", 0, 0, 0),
         (ld, 0, 0, 32),  # args[2] (the new limit): NULL means "only read"
         (jeq, 0, "deny", 0),
@@ -111,6 +120,9 @@ def seccomp_program(arch: str) -> bytes:
         ("prctl", 0, 0, 0),
         (ld, 0, 0, 16),
         (jeq, "deny", "allow", _PR_SET_PDEATHSIG),
+        ("fcntl", 0, 0, 0),
+        (ld, 0, 0, 24),  # low 32 bits of args[1] (the command)
+        (jeq, "deny", "allow", _F_SETPIPE_SZ),
         ("deny", 0, 0, 0),
         (ret, 0, 0, errno | _EPERM),
         ("enosys", 0, 0, 0),

@@ -423,7 +423,8 @@ def test_syscall_numbers_match_the_kernel_headers(header: str, col: int) -> None
         pytest.skip(f"{header} not installed (linux-libc-dev); the numbers are checked where it is")
     text = open(header).read()
     names = {**sandbox_init._DENY, "clone": sandbox_init._CLONE, "clone3": sandbox_init._CLONE3,
-             "prlimit64": sandbox_init._PRLIMIT64, "prctl": sandbox_init._PRCTL}
+             "prlimit64": sandbox_init._PRLIMIT64, "prctl": sandbox_init._PRCTL,
+             "fcntl": sandbox_init._FCNTL}
     for name, nrs in names.items():
         m = re.search(rf"#define __NR(?:3264)?_{name}\s+(\d+)", text)
         assert (int(m.group(1)) if m else None) == nrs[col], name
