@@ -5,24 +5,33 @@ started by `sandbox_init`, which puts it behind these mechanisms before the code
 
 - **namespaces**: new user, mount, pid, network, IPC, UTS and cgroup namespaces. The file system
   is a new root holding read-only bind mounts of the interpreter and shared libraries only, and
-  ``/work``, a private tmpfs with a size and inode limit, the only writable place. The host's
-  ``/home``, ``/root``, ``/tmp``, ``/proc`` and the run directory do not exist inside. The
-  network namespace has no interfaces but a down loopback; the pid namespace holds only the
-  code's own process, and everything in it dies with it;
-- **seccomp**: a BPF filter refuses new processes (fork, vfork, clone without CLONE_THREAD),
-  exec, sockets, mount/pivot_root/unshare/setns, ptrace, io_uring, bpf, keyrings, raising
-  rlimits and more (`sandbox_init.seccomp_program`); threads stay allowed;
+  ``/work``, a private tmpfs with a size and inode limit, the only writable place (``/tmp`` and
+  ``/dev/shm`` point to it). The host's ``/home``, ``/root``, ``/tmp``, ``/proc`` and the run
+  directory do not exist inside. The network namespace has no interfaces but a down loopback;
+  the pid namespace holds only the code's own process, and everything in it dies with it;
+- **an unprivileged user**: the namespace's root maps to an ordinary host user: ``nobody``
+  (65534) when the trainer is root, else the trainer's own uid. So ``RLIMIT_NPROC`` binds
+  (the kernel never applies it to host root), counted per sandbox;
+- **seccomp**: a BPF filter refuses new processes (fork, vfork, clone other than a thread
+  sharing the descriptor table), exec, sockets, mount/pivot_root/unshare/setns, ptrace,
+  io_uring, bpf, keyrings, memfd_create, System V IPC, growing a pipe's buffer, raising rlimits
+  and more (`sandbox_init.seccomp_program`); threads stay allowed;
 - **no capabilities**, ``no_new_privs``;
 - **rlimits**: CPU seconds (SIGKILL at the limit), address space (a memory bomb gets
-  ``MemoryError``), file size (output and scratch files), open files, no core dumps;
-- a **wall-clock timeout**: the relaying parent's process group and the namespace's pid 1 are
-  killed when it expires;
-- **output caps**: stdout and stderr go to a file, not a pipe, so a flood costs at most the
-  file-size limit of disk and is truncated to ``max_output`` characters.
+  ``MemoryError``), file size, open files (256), tasks (64), no core dumps;
+- **the IPC namespace's own limits**: no System V shared memory, message queues or semaphores;
+- a **wall-clock timeout**: the namespace's pid 1 is killed by its host pid when it expires;
+- **output caps**: stdout and stderr are a file on a tmpfs of its own, sized to the file-size
+  limit (so neither writes nor ``fallocate`` take more) and truncated to ``max_output``
+  characters; the code starts with no other descriptor (stdin is ``/dev/null``).
+
+Every other kind of memory is bounded too: ``/work`` (and ``/dev/shm``) by ``disk_mb``; pipe
+buffers by 64 KiB per pipe and 256 descriptors; kernel tasks by the 64-task limit.
 
 It fails closed: where the kernel refuses a mechanism (user namespaces disabled, no seccomp, an
-architecture without a syscall table here), `SandboxUnavailable` is raised with the fix, and no
-code runs. `sandbox_problem` says up front whether the sandbox works on this machine.
+architecture without a syscall table here, a root trainer with no unprivileged uid to map the
+sandbox's user to), `SandboxUnavailable` is raised with the fix, and no code runs.
+`sandbox_problem` says up front whether the sandbox works on this machine.
 """
 
 from __future__ import annotations
@@ -44,6 +53,9 @@ _INIT = os.path.abspath(sandbox_init.__file__)
 # What the interpreter needs to run (mounted read-only); the rest of the host stays invisible.
 _SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32",
                  "/etc/ld.so.cache", "/etc/localtime")
+
+
+_RELAY_GRACE = 5.0  # seconds the first process gets to relay the output after a timeout
 
 
 class SandboxUnavailable(RuntimeError):
@@ -147,10 +159,12 @@ def _run(code: str, *, timeout: float, cpu_seconds: int, memory_mb: int, max_out
     try:
         newroot = os.path.join(root, "root")  # an empty mount point, filled in the namespace
         os.mkdir(newroot)
+        os.mkdir(os.path.join(root, "out"))  # the mount point of the code's output tmpfs
         code_path = os.path.join(root, "code.py")
         with open(code_path, "w", encoding="utf-8", errors="replace") as f:
             f.write(code)
-        spec = {"code": code_path, "root": newroot, "arch": platform.machine(),
+        spec = {"code": code_path, "root": newroot, "out": os.path.join(root, "out"),
+                "arch": platform.machine(),
                 "status_fd": status_w, "readonly": _readonly_paths(),
                 "cpu_seconds": int(cpu_seconds), "memory_bytes": int(memory_mb) << 20,
                 "file_bytes": int(file_limit_kb) << 10, "disk_bytes": int(disk_mb) << 20,
@@ -184,9 +198,11 @@ def _run(code: str, *, timeout: float, cpu_seconds: int, memory_mb: int, max_out
                 + (f"; {err_out}" if err_out else "") + "). It needs Linux user namespaces "
                 "(as root, or with kernel.unprivileged_userns_clone=1, user.max_user_namespaces "
                 "> 0 and, on Ubuntu, kernel.apparmor_restrict_unprivileged_userns=0) and "
-                "seccomp; in a container, allow unshare/mount (e.g. docker --security-opt "
-                "seccomp=unconfined --cap-add SYS_ADMIN) or run the env on the host")
-        with open(out_path, "rb") as f:  # at most file_limit_kb, enforced by RLIMIT_FSIZE
+                "seccomp; a root trainer also needs CAP_SYS_ADMIN and CAP_SETUID (to map the "
+                "sandbox's user to nobody); in a container, allow unshare/mount (e.g. docker "
+                "--security-opt seccomp=unconfined --cap-add SYS_ADMIN) or run the env on the "
+                "host")
+        with open(out_path, "rb") as f:  # at most file_limit_kb: RLIMIT_FSIZE and the relay
             data = f.read()
         limit_hit = len(data) >= file_limit_kb << 10
         text = data.decode("utf-8", errors="replace")
@@ -220,15 +236,20 @@ def _read_all(fd: int) -> str:
 
 
 def _kill(proc: subprocess.Popen, status: str) -> None:
-    # The relaying parent's group, then pid 1 of the namespace by its host pid: its death takes
-    # every process in the namespace with it, even one that left the process group.
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    # pid 1 of the namespace by its host pid first: its death takes every process in the
+    # namespace with it, even one that left the process group. The first process then relays
+    # the output so far and exits; its whole group is killed if it does not within a moment.
     for line in status.split("\n"):
         if line.startswith("pid "):
             try:
                 os.kill(int(line[4:]), signal.SIGKILL)
             except (ProcessLookupError, ValueError):
                 pass
+    try:
+        proc.wait(timeout=_RELAY_GRACE)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass

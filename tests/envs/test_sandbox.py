@@ -391,17 +391,54 @@ def test_cpu_memory_and_wall_clock_limits() -> None:
     assert res.timed_out and "timed out" in res.observation()
 
 
+# Runs SCRIPT in a user namespace (mapping root, and nobody when there is one to map) where no
+# further user namespace may be created: the parent writes the maps, the child sets the sysctl.
+_NO_USERNS = """
+import ctypes, os, sys
+(r, w), (r2, w2) = os.pipe(), os.pipe()
+pid = os.fork()
+if pid == 0:
+    assert ctypes.CDLL(None).unshare(0x10000000) == 0
+    os.write(w2, b"u")
+    os.read(r, 1)
+    open("/proc/sys/user/max_user_namespaces", "w").write("0")
+    os.execv(sys.executable, [sys.executable, "-c", sys.argv[1]])
+os.read(r2, 1)  # the child's user namespace exists
+maps = "0 0 1\\n65534 65534 1" if os.geteuid() == 0 else f"0 {os.geteuid()} 1"
+if os.geteuid() != 0:
+    open(f"/proc/{pid}/setgroups", "w").write("deny")
+open(f"/proc/{pid}/uid_map", "w").write(maps)
+open(f"/proc/{pid}/gid_map", "w").write(maps.replace(str(os.geteuid()), str(os.getegid())))
+os.write(w, b"go")
+sys.exit(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+"""
+
+
 def test_fails_closed_when_the_kernel_refuses_namespaces() -> None:
     """With user namespaces forbidden (max_user_namespaces=0 in an enclosing namespace), no code
     runs: SandboxUnavailable names the sysctls to check."""
     script = ("from agentrl.envs.tooluse.sandbox import run_python, SandboxUnavailable\n"
               "try:\n    run_python('print(1)')\n    print('RAN')\n"
               "except SandboxUnavailable as e:\n    print('REFUSED', e)\n")
-    r = subprocess.run(["unshare", "--user", "--map-root-user", "sh", "-c",
-                        "echo 0 > /proc/sys/user/max_user_namespaces && exec \"$0\" -c \"$1\"",
-                        sys.executable, script], capture_output=True, text=True, timeout=60)
+    r = subprocess.run([sys.executable, "-c", _NO_USERNS, script], capture_output=True,
+                       text=True, timeout=60)
     assert "REFUSED" in r.stdout and "RAN" not in r.stdout, (r.stdout, r.stderr)
-    assert "user namespaces" in r.stdout and "max_user_namespaces" in r.stdout
+    assert "unshare(user" in r.stdout and "max_user_namespaces" in r.stdout, r.stdout
+
+
+def test_fails_closed_when_root_has_no_unprivileged_uid_to_map() -> None:
+    """A root trainer whose user namespace maps only root (``unshare -r``) has no unprivileged
+    uid for the sandbox's user, which would then be root on the host, outside RLIMIT_NPROC:
+    no code runs."""
+    if os.geteuid() != 0:
+        pytest.skip("the trainer is not root here")
+    script = ("from agentrl.envs.tooluse.sandbox import run_python, SandboxUnavailable\n"
+              "try:\n    run_python('print(1)')\n    print('RAN')\n"
+              "except SandboxUnavailable as e:\n    print('REFUSED', e)\n")
+    r = subprocess.run(["unshare", "--user", "--map-root-user", sys.executable, "-c", script],
+                       capture_output=True, text=True, timeout=60)
+    assert "REFUSED" in r.stdout and "RAN" not in r.stdout, (r.stdout, r.stderr)
+    assert "65534 (nobody) is not mapped" in r.stdout, r.stdout
 
 
 def test_fails_closed_on_an_architecture_without_a_syscall_table(monkeypatch) -> None:
@@ -423,7 +460,8 @@ def test_syscall_numbers_match_the_kernel_headers(header: str, col: int) -> None
         pytest.skip(f"{header} not installed (linux-libc-dev); the numbers are checked where it is")
     text = open(header).read()
     names = {**sandbox_init._DENY, "clone": sandbox_init._CLONE, "clone3": sandbox_init._CLONE3,
-             "prlimit64": sandbox_init._PRLIMIT64, "prctl": sandbox_init._PRCTL}
+             "prlimit64": sandbox_init._PRLIMIT64, "prctl": sandbox_init._PRCTL,
+             "fcntl": sandbox_init._FCNTL}
     for name, nrs in names.items():
         m = re.search(rf"#define __NR(?:3264)?_{name}\s+(\d+)", text)
         assert (int(m.group(1)) if m else None) == nrs[col], name
