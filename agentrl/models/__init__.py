@@ -238,7 +238,10 @@ def _tiny_tokenizer(cfg: Any) -> Any:
     if path and os.path.exists(os.path.join(path, "tokenizer.json")):
         from transformers import PreTrainedTokenizerFast
 
-        return PreTrainedTokenizerFast.from_pretrained(path)
+        tok = PreTrainedTokenizerFast.from_pretrained(path)
+        if tok.chat_template is None:  # tokenizer files copied without chat_template.jinja
+            tok.chat_template = TINY_CHAT_TEMPLATE
+        return tok
     corpus = env_corpus(cfg.env.id, cfg.env.kwargs, p.tiny_corpus_episodes,
                         cfg.rollout.max_turns,
                         cfg.seed if p.tiny_corpus_seed is None else p.tiny_corpus_seed)

@@ -197,3 +197,7 @@ def test_a_saved_tiny_tokenizer_is_shared_by_later_runs(tmp_path) -> None:
     _, again = build_policy_model(other)
     assert tokenizer_fingerprint(again) == tokenizer_fingerprint(first)
     assert again.encode("go east") == first.encode("go east")
+    # tokenizer files copied without chat_template.jinja still chat with the tiny template
+    os.remove(os.path.join(path, "chat_template.jinja"))
+    _, copied = build_policy_model(other)
+    assert copied.chat_template == first.chat_template
