@@ -15,7 +15,8 @@ stronger model's episodes. Only tokens the policy sampled are trained (``loss_ma
 the run's behaviour distribution (temperature, constrained-decoding allowed ids).
 
 Config fields that matter: ``data``, ``episodes_per_iteration``, ``success_only``,
-``max_demos`` (how many demos: the warm start's strength).
+``max_demos`` (how many demos: the warm start's strength), ``val_demos`` (held-out episodes
+whose NLL is logged each iteration: where imitation stops generalising).
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ class SFTConfig(AlgorithmConfig):
     success_only: bool = F(True, "train only on episodes that succeeded (rejection sampling)")
     max_demos: int = F(0, "use the first N episodes after filtering (0 = all)", ge=0)
     shuffle_seed: int = F(0, "seed of the per-epoch episode order")
+    val_demos: int = F(0, "episodes held out of training (the last N after filtering): their "
+                       "action-token NLL, before each update, is logged as algo/val_nll "
+                       "(temperature 1, under the recorded constraints)", ge=0)
 
 
 @register_algorithm
@@ -60,6 +64,9 @@ class SFT(Algorithm):
     def __init__(self, cfg: SFTConfig) -> None:
         super().__init__(cfg)
         self.demos: list[Trajectory] | None = None
+        self.val: list[Trajectory] = []
+        self.model: torch.nn.Module | None = None
+        self.pad_id = 0
         self.epoch, self.cursor = 0, 0
         self.order: list[int] = []
 
@@ -76,6 +83,11 @@ class SFT(Algorithm):
                  if t.turns and t.termination not in ("env_error", "env_timeout")]
         if c.success_only:
             demos = [t for t in demos if t.success]
+        if c.val_demos:
+            if c.val_demos >= len(demos):
+                raise ValueError(f"algorithm.val_demos={c.val_demos} leaves nothing to train on "
+                                 f"({len(demos)} episodes in algorithm.data)")
+            demos, self.val = demos[:-c.val_demos], demos[-c.val_demos:]
         demos = demos[:c.max_demos] if c.max_demos else demos
         if not demos:
             raise ValueError(f"algorithm.data {c.data}: no episode to train on"
@@ -102,6 +114,27 @@ class SFT(Algorithm):
             self.cursor += 1
         return out
 
+    def setup(self, model: torch.nn.Module) -> None:
+        self.model = model  # for the held-out NLL
+
+    def val_nll(self) -> float:
+        """Mean NLL of the held-out episodes' action tokens under the current policy
+        (temperature 1, the recorded constraints), 16 episodes at a time, no gradient."""
+        from agentrl.learn.batch import make_batch
+        from agentrl.learn.forward import token_outputs
+
+        assert self.model is not None
+        total, n = 0.0, 0
+        with torch.no_grad():
+            for i in range(0, len(self.val), 16):
+                b = make_batch(self.val[i:i + 16], self.pad_id)
+                out = token_outputs(self.model, b.input_ids, b.attention_mask, b.loss_mask,
+                                    b.allowed, 1.0)
+                mask = b.loss_mask.to(out.logprobs.device) > 0
+                total -= float(out.logprobs[mask].sum())
+                n += int(mask.sum())
+        return total / max(n, 1)
+
     def collect(self, engine: RolloutEngine, seeds: list[int], group_ids: list[str]
                 ) -> list[Trajectory]:
         """This iteration's episodes from the data (no env is stepped)."""
@@ -115,6 +148,7 @@ class SFT(Algorithm):
         Group statistics do not apply to demos: NaN, which no alarm reads as firing."""
         from agentrl.learn.batch import make_batch
 
+        self.pad_id = pad_id
         batch = make_batch(trajectories, pad_id)
         batch.replayed = torch.ones(batch.num_rows, dtype=torch.bool)
         self.group_stats = {"zero_variance_groups": float("nan"),
@@ -124,7 +158,10 @@ class SFT(Algorithm):
     # -- credit and loss ---------------------------------------------------------------------
     def advantages(self, batch: Batch) -> dict[str, float]:
         batch.advantages = torch.zeros_like(batch.loss_mask, dtype=torch.float32)
-        return {"demos": float(len(batch.trajectories)), "epoch": float(self.epoch)}
+        m = {"demos": float(len(batch.trajectories)), "epoch": float(self.epoch)}
+        if self.val and self.model is not None:
+            m["val_nll"] = self.val_nll()
+        return m
 
     def loss(self, out: ModelOutputs, mb: Batch) -> dict[str, torch.Tensor]:
         """Mean NLL of the action tokens (``loss_agg``), plus the shared entropy/KL terms."""

@@ -201,3 +201,36 @@ def test_a_saved_tiny_tokenizer_is_shared_by_later_runs(tmp_path) -> None:
     os.remove(os.path.join(path, "chat_template.jinja"))
     _, copied = build_policy_model(other)
     assert copied.chat_template == first.chat_template
+
+
+def test_held_out_demos_are_never_trained_and_their_nll_is_logged(demos) -> None:
+    from agentrl.registry import get_algorithm
+
+    cfg = load_config(None, SMALL + [f"algorithm.data=[{demos}]", "algorithm.val_demos=1",
+                                     "algorithm.episodes_per_iteration=6"])
+    trajs = read_jsonl(demos)
+    algo = get_algorithm("sft")(cfg.algorithm)
+    model = build_tiny_model(int(algo.build_batch(trajs, 0).input_ids.max()) + 1, hidden=32,
+                             layers=1, heads=4, seed=0)
+    algo.setup(model)
+    learner = LocalLearner(model, TrainConfig(lr=1e-2, minibatches=1), 1.0, algo)
+    tok = run_tokenizer(cfg)
+
+    class Engine:  # what SFT.collect reads of the engine
+        policy = type("P", (), {"tokenizer": tok})
+
+    episodes = algo.collect(Engine(), [], [])
+    held = trajs[-1].trajectory_id
+    assert [t.trajectory_id for t in algo.val] == [held]
+    assert held not in {t.trajectory_id for t in episodes} and len(episodes) == 6
+    # the logged value is the held-out episode's NLL under the learner's own scoring pass
+    alone = algo.build_batch(algo.val, 0)
+    scores = learner.score(alone, {"old_logprobs"})
+    expected = -float(scores.logprobs[alone.loss_mask > 0].mean())
+    batch = algo.build_batch(episodes, 0)
+    batch.attach(learner.score(batch, algo.requires))
+    assert algo.credit(batch)["val_nll"] == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ValueError, match="leaves nothing to train on"):
+        get_algorithm("sft")(load_config(None, SMALL + [f"algorithm.data=[{demos}]",
+                                                        "algorithm.val_demos=4"]).algorithm
+                             ).collect(Engine(), [], [])
