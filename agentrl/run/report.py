@@ -22,6 +22,8 @@ import json
 import math
 import os
 import sys
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from agentrl.progress import one_line
@@ -152,6 +154,13 @@ def _save(plt: Any, fig: Any, path: str) -> str:
     return path
 
 
+def _legend(text: str) -> str:
+    """``text`` as matplotlib draws it verbatim: "$" would start its math mode (which raises on
+    what it cannot parse), a lone surrogate cannot be drawn, a long name would hide the plot."""
+    text = one_line(text).encode("utf-8", "replace").decode("utf-8").replace("$", r"\$")
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def plot_success(plt: Any, rows: list[dict[str, Any]], evals: list[dict[str, Any]],
                  path: str) -> str | None:
     """Training success rate per iteration and held-out success with its 95% CI band."""
@@ -165,8 +174,7 @@ def plot_success(plt: Any, rows: list[dict[str, Any]], evals: list[dict[str, Any
                     if k.startswith("rollout/success_rate/")})
     for t in types:
         tx, ty = _series(rows, f"rollout/success_rate/{t}")
-        # "$" would start matplotlib's math mode, which raises on a task type it cannot parse
-        ax.plot(tx, ty, lw=0.8, alpha=0.6, label="train: " + t.replace("$", r"\$"))
+        ax.plot(tx, ty, lw=0.8, alpha=0.6, label="train: " + _legend(t))
     if evals:
         ex = [e.get("iteration", 0) for e in evals]
         ax.plot(ex, [e["success_rate"] for e in evals], "o-", label="held-out eval")
@@ -280,20 +288,26 @@ def write_plots(run_dir: str, rows: list[dict[str, Any]] | None = None,
     done: dict[str, str] = {}
     skipped: dict[str, str] = {}
 
-    def put(name: str, path: str | None, why: str) -> None:
+    def put(name: str, draw: Callable[[], str | None], why: str) -> None:
+        try:
+            path = draw()
+        except (ValueError, OverflowError) as e:  # values matplotlib cannot lay out (1e308)
+            plt.close("all")
+            path, why = None, f"could not be drawn ({one_line(e)[:200]})"
         if path:
             done[name] = path
         else:
             skipped[name] = why
 
-    put("success_rate", plot_success(plt, rows, evals, os.path.join(d, "success_rate.png")),
+    put("success_rate", partial(plot_success, plt, rows, evals, os.path.join(d, "success_rate.png")),
         "no rollout/success_rate in metrics.jsonl and no eval/*.json")
     for stem, title, ylabel, keys in LINE_PLOTS:
-        put(stem, plot_lines(plt, rows, title, ylabel, keys, os.path.join(d, f"{stem}.png")),
+        put(stem, partial(plot_lines, plt, rows, title, ylabel, keys, os.path.join(d, f"{stem}.png")),
             "not logged by this run: " + ", ".join(k for k, _ in keys))
-    put("time_split", plot_time(plt, rows, os.path.join(d, "time_split.png")),
+    put("time_split", partial(plot_time, plt, rows, os.path.join(d, "time_split.png")),
         "no perf/seconds_* in metrics.jsonl")
-    put("entropy_heatmap", plot_entropy_heatmap(plt, episodes, os.path.join(d, "entropy_heatmap.png")),
+    put("entropy_heatmap",
+        partial(plot_entropy_heatmap, plt, episodes, os.path.join(d, "entropy_heatmap.png")),
         "no training trajectory dumps (log.trajectories_every=0?)")
     return done, skipped
 
@@ -358,7 +372,7 @@ def _eval_table(evals: list[dict[str, Any]]) -> list[str]:
            "<th>95% CI</th><th>turns</th><th>return</th><th>invalid actions</th></tr>"]
     for e in evals:
         lo, hi = e["ci95"]
-        cells = [_esc(e["tag"]), _cell(e.get("iteration"), "d"), _cell(e.get("episodes"), "d"),
+        cells = [_esc(e["tag"]), _cell(e.get("iteration"), ""), _cell(e.get("episodes"), ""),
                  _cell(e["success_rate"], ".3f"), f"[{lo:.2f}, {hi:.2f}]",
                  _cell(e.get("turns"), ".2f"), _cell(e.get("return"), ".3f"),
                  _cell(e.get("invalid_action_rate"), ".3f")]
