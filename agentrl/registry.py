@@ -271,7 +271,12 @@ def register_algorithm(cls: type) -> type:
 
 
 def get_algorithm(name: str) -> type:
-    """Look up an algorithm by registered name, or load ``"pkg.module:Class"`` from anywhere."""
+    """Look up an algorithm by registered name, or load ``"pkg.module:Class"`` from anywhere.
+
+    Raises:
+        KeyError: an unknown name (with the closest registered one), or a ``pkg.module:Class``
+            that cannot be imported or is not an algorithm class.
+    """
     importlib.import_module("agentrl.algorithms")
     if ":" in name:
         mod, _, attr = name.partition(":")
