@@ -18,10 +18,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(prog="agentrl", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
-    t = sub.add_parser("train", help="train (no CONFIG = the embedded quickstart)")
-    t.add_argument("config", nargs="?", help="YAML config file")
-    t.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.lr=1e-3")
-    t.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint")
+    _add_train_parser(sub)
     from agentrl.evaluate import add_eval_arguments
 
     add_eval_arguments(sub.add_parser(
@@ -48,16 +45,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("kwargs", nargs="*", help="constructor key=value arguments")
     p.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    from agentrl.progress import interrupted, reset_phases
+    from agentrl.progress import interrupted, one_line, reset_phases
     from agentrl.run.preflight import PreflightError
 
     try:
         return _dispatch(args)
     except PreflightError as e:
-        print(f"agentrl: cannot start: {e}", file=sys.stderr)
+        print(f"agentrl: cannot start: {one_line(e)}", file=sys.stderr)
         return 2
     except ConfigError as e:
-        print(f"agentrl: config error: {e}", file=sys.stderr)
+        print(f"agentrl: config error: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         what = interrupted()
@@ -70,8 +67,18 @@ def main(argv: list[str] | None = None) -> int:
         code = getattr(e, "exit_code", None)
         if code is None:
             raise
-        print(f"agentrl: {e}", file=sys.stderr)
+        print(f"agentrl: {one_line(e)}", file=sys.stderr)
         return code
+
+
+def _add_train_parser(sub: Any) -> None:
+    t = sub.add_parser("train", help="train (no CONFIG = the embedded quickstart)")
+    t.add_argument("config", nargs="?", help="YAML config file")
+    t.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.lr=1e-3")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint")
+    t.add_argument("--trust-plugins", action="store_true",
+                   help="let the resumed run's saved config import the 'pkg.module:Class' "
+                        "plugins it names (only for runs whose code you trust)")
 
 
 def _kwargs(pairs: list[str]) -> dict:
@@ -87,7 +94,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     config, overrides = _config_args(args)
     if args.resume:
         _check_resumable(args.resume)
-        cfg = load_config(config or os.path.join(args.resume, "config.yaml"), overrides)
+        # The run's own config.yaml may have come from anywhere: it names no plugin unless
+        # the user says so; a CONFIG given here is the user's own.
+        cfg = load_config(config or os.path.join(args.resume, "config.yaml"), overrides,
+                          trust_plugins=bool(config) or args.trust_plugins)
         return _train(lambda: Trainer(cfg, resume=True, run_dir=args.resume))
     cfg = load_config(config, overrides)
     return _train(lambda: Trainer(cfg))

@@ -41,6 +41,12 @@ def say(msg: str) -> None:
         print(f"[agentrl] {msg}", file=sys.stderr, flush=True)
 
 
+def one_line(text: object) -> str:
+    """``text`` as one printable line: newlines and other control characters (a terminal
+    escape in a hostile file's key) are shown escaped, as ``repr`` would."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
 def duration(seconds: float) -> str:
     """``75`` -> ``"1 min 15 s"``; rounded to what a person planning a coffee needs."""
     s = int(round(max(seconds, 0)))

@@ -271,15 +271,28 @@ def register_algorithm(cls: type) -> type:
 
 
 def get_algorithm(name: str) -> type:
-    """Look up an algorithm by registered name, or load ``"pkg.module:Class"`` from anywhere."""
+    """Look up an algorithm by registered name, or load ``"pkg.module:Class"`` from anywhere.
+
+    Raises:
+        KeyError: an unknown name (with the closest registered one), or a ``pkg.module:Class``
+            that cannot be imported or is not an algorithm class.
+    """
     importlib.import_module("agentrl.algorithms")
     if ":" in name:
         mod, _, attr = name.partition(":")
-        return getattr(importlib.import_module(mod), attr)
+        try:
+            cls = getattr(importlib.import_module(mod), attr)
+        except (ImportError, AttributeError, ValueError) as e:  # ValueError: an empty name
+            raise KeyError(f"algorithm {name!r} cannot be loaded ({type(e).__name__}: {e}); it "
+                           "must be 'pkg.module:Class' importable from here") from None
+        if not isinstance(cls, type) or not isinstance(getattr(cls, "Config", None), type):
+            raise KeyError(f"algorithm {name!r} is not an Algorithm class (one with a Config "
+                           "dataclass of its hyperparameters)")
+        return cls
     if name not in ALGORITHMS:
         hint = difflib.get_close_matches(name, list(ALGORITHMS), n=1)
         raise KeyError(
-            f"unknown algorithm {name!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
+            f"unknown algorithm {name!r}" + (f"; did you mean {hint[0]!r}?" if hint else ".")
             + f" Registered: {', '.join(sorted(ALGORITHMS))}"
         )
     return ALGORITHMS[name]

@@ -58,7 +58,11 @@ class Trainer:
         self.rank, self.is_main = C.rank(), C.rank() == 0
         self.groups = groups_per_rank(cfg.rollout.groups)
         self.run_dir = C.broadcast(run_dir or self._pick_run_dir(resume))
-        self._prepare_run_dir(resume)
+        # What a resume loads is read and checked before the run directory changes at all: a
+        # damaged or hostile checkpoint leaves it as it was.
+        self.resume_from = checkpoint.latest(self.run_dir) if resume else None
+        state = self._open_checkpoint(self.resume_from) if self.resume_from else None
+        self._prepare_run_dir()
         start = checkpoint.checkpoint_iteration(self.resume_from) if self.resume_from else 0
         if resume and self.is_main:  # metrics rows, dumps and eval files past the
             checkpoint.discard_after(self.run_dir, start)  # checkpoint are redone (rank 0
@@ -74,22 +78,29 @@ class Trainer:
         self.iteration = 0
         self.eval_history: list[dict[str, Any]] = []
         if self.resume_from:
-            self._restore(self.resume_from)
+            self._restore(self.resume_from, state)
         elif self.lineup is not None:
             self.lineup.after_update(0, self.model, self.tokenizer)  # a league's first snapshot
         self.policy.version = self.iteration
         # train.max_staleness >= 1: rollouts run ahead in a thread, on a copy of the weights.
         self.rollouts = async_rollouts(cfg, parts, self._tasks, self.iteration)
 
-    def _prepare_run_dir(self, resume: bool) -> None:
-        """Preflight (rank 0 first: env data is fetched once), the checkpoint to resume from,
-        the seeds, and the resolved config.yaml."""
+    @staticmethod
+    def _open_checkpoint(path: str) -> dict[str, Any]:
+        """The loaded state of checkpoint ``path``, once its iteration is a number and its
+        weights are safetensors (`CheckpointError` otherwise, as for a refused pickle)."""
+        checkpoint.checkpoint_iteration(path)
+        checkpoint.check_weights(path)
+        return checkpoint.load_state(path)
+
+    def _prepare_run_dir(self) -> None:
+        """Preflight (rank 0 first: env data is fetched once), the seeds, and the resolved
+        config.yaml."""
         os.makedirs(self.run_dir, exist_ok=True)
         for r in range(C.world_size()):
             if r == self.rank:
                 preflight(self.cfg, self.run_dir)  # run dir, refusals with the fix, env data
             C.barrier()
-        self.resume_from = checkpoint.latest(self.run_dir) if resume else None
         seed_everything(self.cfg.seed)
         self.config_text = yaml.safe_dump(config_to_dict(self.cfg), sort_keys=False,
                                           allow_unicode=True)
@@ -136,8 +147,8 @@ class Trainer:
             write(None)
         return C.broadcast(path)
 
-    def _restore(self, path: str) -> None:
-        st = checkpoint.load_state(path)
+    def _restore(self, path: str, st: dict[str, Any]) -> None:
+        """Continue from checkpoint ``path`` whose loaded state is ``st``."""
         self.learner.load_state_dict(st)
         if os.path.isdir(os.path.join(path, SHARDED)):  # on any number of ranks
             load_sharded(self.learner, os.path.join(path, SHARDED))

@@ -1,6 +1,7 @@
 """Property-based fuzzing (hypothesis) of everything that parses untrusted text: the config
 loader and overrides, the action parsers, the trajectory JSONL reader, the WebShop and ToolUse
-action grammars and the HTML viewer. No uncaught exception; a clear error where input is bad.
+action grammars, the HTML viewer and the run report page (both also rendered in headless
+Chromium). No uncaught exception; a clear error where input is bad; no injected script runs.
 
 Bounded for the default suite (fixed seeds, a few hundred examples each); for a deeper run:
 ``AGENTRL_FUZZ_EXAMPLES=20000 python -m pytest tests/test_fuzz.py`` (random seeds then).
@@ -355,3 +356,126 @@ def test_hostile_viewer_page_runs_in_chromium(tmp_path) -> None:
     dom = r.stdout
     assert re.search(r'id="episodes" data-count="4"', dom), (dom[-2000:], r.stderr[-2000:])
     assert "&lt;!--&lt;script&gt;" in dom and "</script>&lt;" not in dom
+
+
+# ----------------------------------------------------------------------------- report page
+
+#: every tag and attribute `render_report` writes itself; anything else came from the data
+_REPORT_TAGS = {"html", "head", "meta", "title", "style", "body", "h1", "h2", "h3", "p", "a",
+                "table", "tr", "th", "td", "ul", "li", "b", "div", "figure", "img", "figcaption"}
+_REPORT_ATTRS = {"lang", "charset", "href", "src", "alt", "class"}
+
+
+class _Markup(HTMLParser):
+    """The tags, attribute names and text of a page, as a browser's tokenizer splits them."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tags: set[str] = set()
+        self.attrs: set[str] = set()
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.add(tag)
+        self.attrs |= {a for a, _ in attrs}
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def _writable(s: str) -> str:
+    return s.encode("utf-8", "replace").decode("utf-8")
+
+
+eval_summary = st.fixed_dictionaries(
+    {"tag": hostile_text, "iteration": st.integers(0, 2**40), "success_rate": finite,
+     "ci95": st.tuples(finite, finite).map(list)},
+    optional={k: st.one_of(json_value, hostile_text)
+              for k in ("episodes", "turns", "return", "invalid_action_rate")})
+
+
+@bounded(200, seconds=10)
+@given(hostile_text, st.lists(eval_summary, max_size=3),
+       st.lists(st.dictionaries(hostile_text.map(lambda k: "alarm/" + k), st.just(1.0),
+                                max_size=2), max_size=3),
+       st.lists(st.tuples(hostile_text, hostile_text), max_size=3),
+       st.dictionaries(hostile_text, hostile_text, max_size=2),
+       st.dictionaries(hostile_text, hostile_text, max_size=2))
+@example("r", [{"tag": "t", "iteration": 0, "success_rate": 0.0, "ci95": [0.0, 0.0],
+               "episodes": 0.0}], [], [], {}, {})  # found by a deep run
+@example("<script>x</script>", [{"tag": "</td><script>", "iteration": 1, "success_rate": 0.5,
+                                 "ci95": [0.1, 0.9], "episodes": "<img src=x onerror=alert(1)>"}],
+         [{"alarm/<b onmouseover=x>": 1.0}], [("'><script>", '"><svg onload=x>')],
+         {"x' onerror='y": "a.png"}, {"<!--": "-->"})
+def test_report_page_escapes_every_value(name, evals, alarms, config, plots, skipped) -> None:
+    from agentrl.run.report import render_report
+
+    rows = [{"iteration": i, **a} for i, a in enumerate(alarms)]
+    page = render_report(name, rows, evals, config, plots, skipped)
+    page.encode("utf-8")  # writable as UTF-8, lone surrogates included
+    parser = _Markup()
+    parser.feed(page)
+    assert parser.tags <= _REPORT_TAGS and parser.attrs <= _REPORT_ATTRS, (
+        parser.tags - _REPORT_TAGS, parser.attrs - _REPORT_ATTRS)
+    text = "".join(parser.text)  # each value is there as text, exactly as written
+    for value in [name, *(e["tag"] for e in evals), *(v for p in config for v in p), *plots,
+                  *skipped, *skipped.values(), *(k[len("alarm/"):] for a in alarms for k in a)]:
+        assert _writable(value) in text, value
+
+
+@bounded(200, seconds=10)
+@given(st.lists(st.one_of(json_value, st.dictionaries(
+           st.sampled_from(["iteration", "success_rate", "ci95", "tag", "episodes", "x"]),
+           json_value, max_size=5)), min_size=1, max_size=3),
+       st.lists(st.one_of(json_value, st.dictionaries(
+           st.sampled_from(["iteration", "rollout/success_rate", "alarm/x", "perf/seconds_env"]),
+           json_value, max_size=4)), max_size=3))
+@example([{"success_rate": 0.5, "ci95": [0, 1], "iteration": "2"}], [{"iteration": True}])
+@example([{"success_rate": 0.5, "ci95": [0, "1"]}], [{"iteration": 2**70}])
+def test_report_reads_hostile_files_or_says_which(tmp_path_factory, evals, rows) -> None:
+    """Whatever ``eval/*.json`` and ``metrics.jsonl`` hold: the page, or a ValueError that
+    names the file (what `agentrl report` prints as its one line)."""
+    from agentrl.run.report import read_evals, read_report_metrics, render_report
+
+    run = tmp_path_factory.mktemp("run")
+    (run / "eval").mkdir()
+    for i, e in enumerate(evals):
+        (run / "eval" / f"e{i}.json").write_text(json.dumps(e))
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    try:
+        page = render_report("r", read_report_metrics(str(run)), read_evals(str(run)), [], {}, {})
+    except ValueError as e:
+        assert str(run) in str(e)
+        return
+    page.encode("utf-8")
+
+
+def test_hostile_report_page_runs_no_script_in_chromium(tmp_path) -> None:
+    """``agentrl report`` on a run whose files carry script, rendered in a real browser: no
+    injected script runs (before escaping every value, an eval file's ``episodes`` ran), and
+    the values show as text."""
+    from helpers import browse
+
+    from agentrl.cli import main
+
+    title = "<script>document.title='PWNED'</script>"
+    onerror = "<img src=x onerror=\"document.body.id='pwned'\">"
+    run = tmp_path / "run<b>"
+    (run / "eval").mkdir(parents=True)
+    (run / "eval" / "final.json").write_text(json.dumps(
+        {"tag": title, "iteration": 1, "success_rate": 0.5, "ci95": [0.1, 0.9],
+         "episodes": title + onerror, "turns": onerror, "return": 1.0}))
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [
+        {"iteration": 0, "rollout/success_rate": 0.1, f"alarm/{onerror}": 1.0,
+         "rollout/success_rate/a$\\frac$b": 0.2, "rollout/success_rate/" + title: 0.3,
+         "rollout/success_rate/\ud800": 0.4, "train/kl": 1e308},  # matplotlib can neither draw nor lay out these
+        {"iteration": 1, "rollout/success_rate": 0.5, f"alarm/{onerror}": 0.0}]))
+    (run / "config.yaml").write_text(yaml.safe_dump({"env": {"id": title, "kwargs": {
+        "x": onerror}}, "algorithm": {"name": onerror}}))
+    assert main(["report", str(run)]) == 0
+    r = browse("file://" + str(run / "report.html"), "--dump-dom", "--virtual-time-budget=2000")
+    dom = r.stdout
+    assert "<h1>agentrl run: run&lt;b&gt;</h1>" in dom, (dom[-2000:], r.stderr[-2000:])
+    assert re.search(r"<title>agentrl report: run&lt;b&gt;</title>", dom), dom[:500]
+    assert "PWNED</title>" not in dom and 'id="pwned"' not in dom, dom
+    assert "&lt;img src=x onerror=" in dom and "&lt;script&gt;document.title" in dom

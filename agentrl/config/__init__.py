@@ -15,12 +15,14 @@ The package: `sections` (the dataclasses), `load` (building, overrides, layering
 from agentrl.config.checks import POOLS, cross_checks
 from agentrl.config.load import (
     ENV_SPECIFIC_KEYS,
+    PLUGIN_KEYS,
     apply_overrides,
     build_dataclass,
     config_from_dict,
     layer_config,
     load_config,
     parse_overrides,
+    plugin_specs,
 )
 from agentrl.config.sections import (
     DEFAULT_TEMPLATE,
@@ -42,8 +44,10 @@ from agentrl.config.sections import (
 from agentrl.fields import ConfigError, F
 from agentrl.policies.base import PolicyConfig
 
-__all__ = ["POOLS", "ENV_SPECIFIC_KEYS", "DEFAULT_TEMPLATE", "LOGITS_CHUNK", "AlarmConfig", "Config", "CurriculumConfig",
+__all__ = ["POOLS", "ENV_SPECIFIC_KEYS", "PLUGIN_KEYS", "DEFAULT_TEMPLATE", "LOGITS_CHUNK",
+           "AlarmConfig", "Config", "CurriculumConfig",
            "ConfigError", "EnvConfig", "EvalConfig", "F", "LogConfig", "MultiAgentConfig",
            "PolicyConfig", "RayConfig", "RolloutConfig", "TrainConfig", "apply_overrides",
            "build_dataclass", "config_from_dict", "config_to_dict", "cross_checks", "describe",
-           "eval_rollout_config", "layer_config", "load_config", "parse_overrides"]
+           "eval_rollout_config", "layer_config", "load_config", "parse_overrides",
+           "plugin_specs"]

@@ -330,9 +330,43 @@ def layer_config(file_data: dict[str, Any], overrides: list[str]) -> dict[str, A
     return merged
 
 
-def load_config(path: str | None = None, overrides: list[str] | None = None) -> Config:
+#: Config keys whose value may name a plugin, ``"pkg.module:Class"``: its module is imported
+#: while the config is validated (algorithm, policy backend) or when the run starts (env pool).
+PLUGIN_KEYS = ("algorithm.name", "policy.backend", "env.pool")
+
+
+def plugin_specs(file_data: dict[str, Any], overrides: list[str]) -> list[tuple[str, str]]:
+    """``(key, "pkg.module:Class")`` for each `PLUGIN_KEYS` plugin the file names and no
+    override replaces (a registered name holds no ``:``)."""
+    given = {k for k, _ in parse_overrides(overrides)}
+    found = []
+    for key in PLUGIN_KEYS:
+        section, _, name = key.partition(".")
+        value = file_data.get(section)
+        value = value.get(name) if isinstance(value, dict) else None
+        if isinstance(value, str) and ":" in value and not given & {key, section}:
+            found.append((key, value))
+    return found
+
+
+def _refuse_plugins(path: str, data: dict[str, Any], overrides: list[str]) -> None:
+    found = plugin_specs(data, overrides)
+    if found:
+        key, spec = found[0]
+        raise ConfigError(
+            f"{path}: {key}={spec!r} is not registered, and loading it would import and run "
+            f"the module {spec.partition(':')[0]!r}; a config saved with a run or checkpoint "
+            "imports no code unless you pass --trust-plugins (trust_plugins=True)")
+
+
+def load_config(path: str | None = None, overrides: list[str] | None = None,
+                trust_plugins: bool = True) -> Config:
     """Load a YAML config (``None`` = the embedded quickstart) and apply ``key=value``
-    overrides, over the recommended settings of the chosen env (`layer_config`)."""
+    overrides, over the recommended settings of the chosen env (`layer_config`).
+
+    ``trust_plugins=False`` is for a config that came with a run or checkpoint rather than
+    from the user: a ``"pkg.module:Class"`` plugin it names (`PLUGIN_KEYS`) is refused before
+    anything is imported; one set by an override is the user's and loads."""
     if path is None:
         text = _quickstart_text()
         data = yaml.safe_load(text) or {}
@@ -348,6 +382,8 @@ def load_config(path: str | None = None, overrides: list[str] | None = None) -> 
             raise ConfigError(f"{path}: not UTF-8 text ({e}); save it as UTF-8") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    if not trust_plugins:
+        _refuse_plugins(str(path), data, overrides or [])
     return config_from_dict(layer_config(data, overrides or []))
 
 

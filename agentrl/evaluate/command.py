@@ -73,44 +73,83 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def _load_cfg(path: str | None, overrides: list[str]) -> Config:
+def _load_cfg(path: str | None, overrides: list[str], trust_plugins: bool = True) -> Config:
     """``path`` with overrides, or (no path) the dataclass defaults, not the quickstart."""
     if path is not None:
-        return load_config(path, overrides)
+        return load_config(path, overrides, trust_plugins=trust_plugins)
     return config_from_dict(apply_overrides({}, overrides))
 
 
+def _saved_cfg(config: str | None, saved: str, overrides: list[str], trust: bool) -> Config:
+    """``config`` (the user's) if given, else a checkpoint's ``saved`` config, which imports
+    no plugin unless ``trust``."""
+    if config is not None:
+        return _load_cfg(config, overrides)
+    return _load_cfg(saved, overrides, trust_plugins=trust)
+
+
+def _check_checkpoint(path: str, spec: str, verified: bool = False) -> None:
+    """EvalError unless checkpoint ``path`` verifies against its manifest (skipped when
+    ``verified``) and loads without running code, as ``agentrl train --resume`` checks."""
+    from agentrl.run import checkpoint
+
+    problem = None if verified else checkpoint.verify(path)
+    if problem is not None:
+        raise EvalError(f"{spec}: the checkpoint fails its manifest ({problem}): it is damaged "
+                        "or was altered; restore it from a backup or evaluate another one")
+    try:
+        checkpoint.checkpoint_iteration(path)
+        checkpoint.check_weights(path)
+    except checkpoint.CheckpointError as e:
+        raise EvalError(str(e)) from None
+
+
+def _checkpoint_target(path: str, spec: str, config: str | None, overrides: list[str],
+                       trust_plugins: bool) -> EvalTarget:
+    cfg = _saved_cfg(config, os.path.join(path, "config.yaml"), overrides, trust_plugins)
+    run = os.path.basename(os.path.dirname(os.path.dirname(os.path.abspath(path))))
+    return EvalTarget(f"{run}@{os.path.basename(path)}", "checkpoint", spec, cfg,
+                      os.path.join(path, "model"))
+
+
 def resolve_target(spec: str, config: str | None = None, overrides: list[str] | None = None,
-                   ) -> EvalTarget:
+                   trust_plugins: bool = False) -> EvalTarget:
     """Classify ``spec`` as a checkpoint dir, run dir (latest checkpoint) or model path/name.
 
-    Checkpoints and runs bring their own ``config.yaml`` (``config`` replaces it); a bare
-    model uses ``config`` or the config defaults.
+    A checkpoint must verify against its manifest. Checkpoints and runs bring their own
+    ``config.yaml`` (``config`` replaces it), which may import ``"pkg.module:Class"`` plugins
+    only with ``trust_plugins``; a bare model uses ``config`` or the config defaults.
     """
     from agentrl.run import checkpoint
     ov = list(overrides or [])
     spec_n = spec.rstrip("/")
     if os.path.isdir(spec_n) and os.path.exists(os.path.join(spec_n, "trainer_state.json")):
-        cfg = _load_cfg(config or os.path.join(spec_n, "config.yaml"), ov)
-        run = os.path.basename(os.path.dirname(os.path.dirname(os.path.abspath(spec_n))))
-        return EvalTarget(f"{run}@{os.path.basename(spec_n)}", "checkpoint", spec, cfg,
-                          os.path.join(spec_n, "model"))
+        _check_checkpoint(spec_n, spec)
+        return _checkpoint_target(spec_n, spec, config, ov, trust_plugins)
     if os.path.isdir(os.path.join(spec_n, "checkpoints")) or (
             os.path.isdir(spec_n) and os.path.exists(os.path.join(spec_n, "metrics.jsonl"))):
-        cp = checkpoint.latest(spec_n)
+        try:
+            cp = checkpoint.latest(spec_n)  # the newest that verifies
+        except checkpoint.CheckpointError as e:
+            raise EvalError(str(e)) from None
         if cp is None:
             raise EvalError(f"{spec}: a run directory without a complete checkpoint; train "
                             "longer or pass a model path")
-        t = resolve_target(cp, config, ov)
-        t.kind, t.spec = "run", spec
+        _check_checkpoint(cp, spec, verified=True)
+        t = _checkpoint_target(cp, spec, config, ov, trust_plugins)
+        t.kind = "run"
         return t
     if os.path.isdir(spec_n) and not os.path.exists(os.path.join(spec_n, "config.json")):
         raise EvalError(f"{spec}: not a checkpoint (no trainer_state.json), run (no "
                         "checkpoints/) or model directory (no config.json)")
-    parent_cfg = os.path.join(os.path.dirname(os.path.abspath(spec_n)), "config.yaml")
-    if config is None and os.path.basename(spec_n) == "model" and os.path.exists(parent_cfg):
-        config = parent_cfg  # runs/x/checkpoints/step_N/model: its checkpoint's config
-    cfg = _load_cfg(config, ov)
+    parent = os.path.dirname(os.path.abspath(spec_n))
+    if config is None and os.path.basename(spec_n) == "model" and os.path.exists(
+            os.path.join(parent, "config.yaml")):  # step_N/model: step_N's own config
+        if os.path.exists(os.path.join(parent, checkpoint.MANIFEST)):
+            _check_checkpoint(parent, spec)
+        cfg = _saved_cfg(None, os.path.join(parent, "config.yaml"), ov, trust_plugins)
+    else:
+        cfg = _load_cfg(config, ov)
     return EvalTarget(os.path.basename(spec_n) or spec, "model", spec, cfg, spec)
 
 
@@ -334,9 +373,11 @@ def run_eval_command(targets: list[str], *, untrained: list[str] | None = None,
                      config: str | None = None, overrides: list[str] | None = None,
                      settings: EvalSettings | None = None, out: str | None = None,
                      progress: bool = True, opponents: list[str] | None = None,
-                     elo: bool = False) -> list[tuple[str, dict[str, Any]]]:
+                     elo: bool = False, trust_plugins: bool = False,
+                     ) -> list[tuple[str, dict[str, Any]]]:
     """Resolve, evaluate and tabulate every target (against each of ``opponents`` in a game);
-    print the table (and with ``elo``, the Elo table of a round robin); write ``out`` files."""
+    print the table (and with ``elo``, the Elo table of a round robin); write ``out`` files.
+    ``trust_plugins``: a checkpoint's own config may import the plugins it names."""
     s = settings or EvalSettings()
     if s.repeats < 1:
         raise EvalError("--repeats must be at least 1")
@@ -348,7 +389,7 @@ def run_eval_command(targets: list[str], *, untrained: list[str] | None = None,
         resolved = [EvalTarget(f"endpoint:{model or cfg.policy.model}", "endpoint",
                                s.endpoint, cfg, model)]
     else:
-        resolved = [resolve_target(t, config, overrides) for t in targets]
+        resolved = [resolve_target(t, config, overrides, trust_plugins) for t in targets]
         resolved += [untrained_target(c, overrides) for c in (untrained or [])]
     if not resolved:
         raise EvalError("nothing to evaluate: pass a checkpoint, run directory or model, "
@@ -427,12 +468,16 @@ def add_eval_arguments(p: Any) -> None:
                    help="games: also play every pair of targets and print an Elo table fitted "
                         "to all games (targets and --opponent players)")
     p.add_argument("--out", metavar="DIR", help="write eval.json, eval.md and trajectories here")
+    p.add_argument("--trust-plugins", action="store_true",
+                   help="let a checkpoint's or run's saved config import the 'pkg.module:Class' "
+                        "plugins it names (only for checkpoints whose code you trust)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def eval_main(args: Any) -> int:
     """``agentrl eval`` from parsed arguments; returns the exit status."""
     from agentrl.config import parse_overrides
+    from agentrl.progress import one_line
 
     try:
         env_kwargs = dict(parse_overrides(args.env_kwargs)) if args.env_kwargs else None
@@ -444,8 +489,9 @@ def eval_main(args: Any) -> int:
         run_eval_command(args.targets, untrained=args.untrained, config=args.config,
                          overrides=args.overrides, settings=settings, out=args.out,
                          progress=not args.no_progress and sys.stderr.isatty(),
-                         opponents=args.opponent, elo=args.elo)
+                         opponents=args.opponent, elo=args.elo,
+                         trust_plugins=args.trust_plugins)
     except (EvalError, ConfigError) as e:
-        print(f"agentrl eval: {e}", file=sys.stderr)
+        print(f"agentrl eval: {one_line(e)}", file=sys.stderr)
         return 2
     return 0

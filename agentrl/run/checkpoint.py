@@ -39,6 +39,8 @@ MANIFEST = "manifest.json"
 class CheckpointError(RuntimeError):
     """A checkpoint could not be written or read; the message says what to do."""
 
+    exit_code = 2  # `agentrl` prints the message as one line and exits with this status
+
 
 def seed_everything(seed: int) -> None:
     """Seed Python's, NumPy's and torch's global generators (model init, task draws)."""
@@ -193,17 +195,21 @@ def latest(run_dir: str) -> str | None:
         CheckpointError: the run has checkpoints and none of them verifies.
     """
     cps = list_checkpoints(run_dir)
+    problems = []
     for path in reversed(cps):
         problem = verify(path)
         if problem is None:
+            for bad, why in problems:
+                print(f"[agentrl] warning: checkpoint {bad} is corrupt ({why}); falling back "
+                      "to the previous one", file=sys.stderr)
             return path
-        print(f"[agentrl] warning: checkpoint {path} is corrupt ({problem}); falling back to "
-              "the previous one", file=sys.stderr)
+        problems.append((path, problem))
     if cps:
+        found = "; ".join(f"{os.path.basename(p)}: {why}" for p, why in problems)
         raise CheckpointError(
-            f"no checkpoint of {run_dir} verifies against its manifest (see the warnings above); "
-            f"restore one from a backup, or delete {os.path.join(run_dir, 'checkpoints')} to "
-            "start the run over")
+            f"no checkpoint of {run_dir} verifies against its manifest ({found}); restore one "
+            f"from a backup, or delete {os.path.join(run_dir, 'checkpoints')} to start the run "
+            "over")
     return None
 
 
@@ -223,9 +229,43 @@ def load_state(path: str) -> dict[str, Any]:
             f"by agentrl. ({str(e).splitlines()[0]})") from None
 
 
+#: Files that hold pickles, which can run code when loaded: a checkpoint's model is safetensors.
+PICKLE_WEIGHTS = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+
+
+def check_weights(path: str) -> None:
+    """Refuse a checkpoint whose model directories hold a pickled weights file, which only
+    safetensors should be (agentrl writes no other format).
+
+    Raises:
+        CheckpointError: naming the file.
+    """
+    for d, _, names in os.walk(path):
+        for n in sorted(names):
+            if n.endswith(PICKLE_WEIGHTS) and os.path.join(d, n) != os.path.join(path, "state.pt"):
+                raise CheckpointError(
+                    f"{os.path.join(d, n)}: refused to load: model weights of a checkpoint are "
+                    "safetensors, and a pickled weights file could run code when loaded. Only "
+                    "load checkpoints written by agentrl")
+
+
 def checkpoint_iteration(path: str) -> int:
-    with open(os.path.join(path, "trainer_state.json"), encoding="utf-8") as f:
-        return int(json.load(f)["iteration"])
+    """The iteration ``trainer_state.json`` of checkpoint ``path`` records.
+
+    Raises:
+        CheckpointError: the file is missing, not JSON, or holds no whole-number iteration.
+    """
+    f = os.path.join(path, "trainer_state.json")
+    try:
+        with open(f, encoding="utf-8") as fh:
+            it = json.load(fh)["iteration"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{f}: unreadable ({type(e).__name__}: {e}); not a checkpoint "
+                              "of agentrl") from None
+    if not isinstance(it, int) or isinstance(it, bool) or it < 0:
+        raise CheckpointError(f"{f}: 'iteration' must be a whole number, not {it!r:.60}; not "
+                              "a checkpoint of agentrl")
+    return it
 
 
 def discard_after(run_dir: str, iteration: int) -> list[str]:

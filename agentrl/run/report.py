@@ -7,6 +7,11 @@ Reads only what a run leaves behind (``metrics.jsonl``, ``eval/*.json``, ``traje
 ``config.yaml``), so it works on a finished run, a crashed one, or one still training. Plots go
 to ``RUN_DIR/plots/``; a plot whose metric the run never logged is listed with the reason
 instead of drawn empty.
+
+Every file is read and checked before anything is written: a damaged or hostile one (a
+metrics row without its iteration, an eval summary without its interval, a record that is not
+a trajectory, a config with a Python tag) is a `ValueError` naming the file, and the run
+directory is left as it was. Every value from the run's files is escaped in the page.
 """
 
 from __future__ import annotations
@@ -14,13 +19,16 @@ from __future__ import annotations
 import glob
 import html
 import json
+import math
 import os
 import sys
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
+from agentrl.progress import one_line
 from agentrl.run.metrics import read_metrics
-from agentrl.run.viewer import trajectory_sources, turn_entropy, write_viewer
-from agentrl.types import read_jsonl
+from agentrl.run.viewer import MAX_EPISODES, collect_episodes, write_viewer
 
 #: (file stem, title, y label, [(metric key, legend label)]) of the simple line plots.
 LINE_PLOTS: list[tuple[str, str, str, list[tuple[str, str]]]] = [
@@ -63,16 +71,75 @@ def _series(rows: list[dict[str, Any]], key: str) -> tuple[list[int], list[float
     return [p[0] for p in pts], [float(p[1]) for p in pts]
 
 
+def _short(value: Any) -> str:
+    """``repr(value)`` cut to one short line (hostile values end up in error messages)."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63
+
+
+def _finite(value: Any) -> bool:
+    """A number that can be plotted: finite, and an int small enough for a float."""
+    if isinstance(value, int):
+        return abs(value) < 2**63
+    return isinstance(value, float) and math.isfinite(value)
+
+
+def _checked_eval(s: dict[str, Any], path: str) -> dict[str, Any]:
+    """Summary ``s`` of ``path`` with its tag; ValueError unless the values the report plots
+    (iteration, success rate, 95% interval) are numbers."""
+    if not _whole(s.get("iteration", 0)):
+        raise ValueError(f"{path}: 'iteration' must be a whole number, not "
+                         f"{_short(s['iteration'])}")
+    if not _finite(s["success_rate"]) or isinstance(s["success_rate"], bool):
+        raise ValueError(f"{path}: 'success_rate' must be a number, not "
+                         f"{_short(s['success_rate'])}")
+    ci = s.get("ci95")
+    if not (isinstance(ci, list) and len(ci) == 2 and all(_finite(x) for x in ci)):
+        raise ValueError(f"{path}: no 95% interval ('ci95': [low, high] numbers, found "
+                         f"{_short(ci)}); it is not an evaluation summary of agentrl")
+    return {**s, "tag": str(s.get("tag", os.path.basename(path)[:-5]))}
+
+
 def read_evals(run_dir: str) -> list[dict[str, Any]]:
-    """The run's ``eval/*.json`` summaries, by iteration."""
+    """The run's ``eval/*.json`` summaries, by iteration.
+
+    Raises:
+        ValueError: a file that is not JSON, or a summary without a whole-number iteration,
+            a numeric success rate or its 95% interval (the message names the file).
+    """
     out = []
-    for p in glob.glob(os.path.join(run_dir, "eval", "*.json")):
-        with open(p, encoding="utf-8") as f:
-            s = json.load(f)
+    for p in sorted(glob.glob(os.path.join(run_dir, "eval", "*.json"))):
+        try:
+            with open(p, encoding="utf-8") as f:
+                s = json.load(f)
+        except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+            raise ValueError(f"{p}: not a JSON file ({e})") from None
         if isinstance(s, dict) and "success_rate" in s:
-            s.setdefault("tag", os.path.basename(p)[:-5])
-            out.append(s)
+            out.append(_checked_eval(s, p))
     return sorted(out, key=lambda s: (s.get("iteration", 0), s["tag"] != "before"))
+
+
+def read_report_metrics(run_dir: str) -> list[dict[str, Any]]:
+    """The rows of ``metrics.jsonl`` with their plottable values only (finite numbers; a
+    string or NaN is left out of the plots).
+
+    Raises:
+        ValueError: a line that is not a JSON object, or a row without a whole-number
+            ``iteration`` (the message names the file and row).
+    """
+    path = os.path.join(run_dir, "metrics.jsonl")
+    out = []
+    for n, r in enumerate(read_metrics(run_dir), 1):
+        if not _whole(r.get("iteration")):
+            raise ValueError(f"{path}: row {n} has no whole-number 'iteration' (found "
+                             f"{_short(r.get('iteration'))}); it is not a metrics file of "
+                             "agentrl train")
+        out.append({k: v for k, v in r.items() if _finite(v)})
+    return out
 
 
 def _save(plt: Any, fig: Any, path: str) -> str:
@@ -85,6 +152,13 @@ def _save(plt: Any, fig: Any, path: str) -> str:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def _legend(text: str) -> str:
+    """``text`` as matplotlib draws it verbatim: "$" would start its math mode (which raises on
+    what it cannot parse), a lone surrogate cannot be drawn, a long name would hide the plot."""
+    text = one_line(text).encode("utf-8", "replace").decode("utf-8").replace("$", r"\$")
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def plot_success(plt: Any, rows: list[dict[str, Any]], evals: list[dict[str, Any]],
@@ -100,7 +174,7 @@ def plot_success(plt: Any, rows: list[dict[str, Any]], evals: list[dict[str, Any
                     if k.startswith("rollout/success_rate/")})
     for t in types:
         tx, ty = _series(rows, f"rollout/success_rate/{t}")
-        ax.plot(tx, ty, lw=0.8, alpha=0.6, label=f"train: {t}")
+        ax.plot(tx, ty, lw=0.8, alpha=0.6, label="train: " + _legend(t))
     if evals:
         ex = [e.get("iteration", 0) for e in evals]
         ax.plot(ex, [e["success_rate"] for e in evals], "o-", label="held-out eval")
@@ -160,18 +234,17 @@ def plot_time(plt: Any, rows: list[dict[str, Any]], path: str) -> str | None:
     return _save(plt, fig, path)
 
 
-def entropy_matrix(run_dir: str) -> tuple[list[int], list[list[float | None]]]:
-    """(iterations, matrix[turn][iteration]) of mean per-turn entropy from training dumps."""
+def entropy_matrix(episodes: list[dict[str, Any]]) -> tuple[list[int], list[list[float | None]]]:
+    """(iterations, matrix[turn][iteration]) of mean per-turn entropy over the training dumps'
+    viewer records (`collect_episodes`)."""
     by_it: dict[int, dict[int, list[float]]] = {}
-    for label, p in trajectory_sources(run_dir):
-        if not label.startswith("train it "):
+    for ep in episodes:
+        if not ep["source"].startswith("train it "):
             continue
-        it = int(label.split()[-1])
-        for t in read_jsonl(p):
-            for k, u in enumerate(t.turns):
-                e, _ = turn_entropy(u)
-                if e is not None:
-                    by_it.setdefault(it, {}).setdefault(k, []).append(e)
+        it = int(ep["source"].split()[-1])
+        for k, u in enumerate(ep["turns"]):
+            if u["entropy"] is not None:
+                by_it.setdefault(it, {}).setdefault(k, []).append(u["entropy"])
     its = sorted(by_it)
     depth = max((k + 1 for d in by_it.values() for k in d), default=0)
     mat = [[(sum(v) / len(v)) if (v := by_it[i].get(k)) else None for i in its]
@@ -179,9 +252,9 @@ def entropy_matrix(run_dir: str) -> tuple[list[int], list[list[float | None]]]:
     return its, mat
 
 
-def plot_entropy_heatmap(plt: Any, run_dir: str, path: str) -> str | None:
+def plot_entropy_heatmap(plt: Any, episodes: list[dict[str, Any]], path: str) -> str | None:
     """Turn index x iteration heatmap of per-turn entropy (from the trajectory dumps)."""
-    its, mat = entropy_matrix(run_dir)
+    its, mat = entropy_matrix(episodes)
     if not its:
         return None
     import numpy as np
@@ -199,33 +272,42 @@ def plot_entropy_heatmap(plt: Any, run_dir: str, path: str) -> str | None:
 
 def write_plots(run_dir: str, rows: list[dict[str, Any]] | None = None,
                 evals: list[dict[str, Any]] | None = None,
+                episodes: list[dict[str, Any]] | None = None,
                 ) -> tuple[dict[str, str], dict[str, str]]:
     """Write every plot to ``RUN_DIR/plots``; returns ({name: path}, {name: why skipped}).
 
-    ``rows`` / ``evals``: the run's metrics and eval summaries when already read.
+    ``rows`` / ``evals`` / ``episodes``: the run's metrics (`read_report_metrics`), eval
+    summaries and trajectory records (`collect_episodes`) when already read.
     """
     plt = _plt()
-    rows = read_metrics(run_dir) if rows is None else rows
+    rows = read_report_metrics(run_dir) if rows is None else rows
     evals = read_evals(run_dir) if evals is None else evals
+    episodes = collect_episodes(run_dir, None) if episodes is None else episodes
     d = os.path.join(run_dir, "plots")
     os.makedirs(d, exist_ok=True)
     done: dict[str, str] = {}
     skipped: dict[str, str] = {}
 
-    def put(name: str, path: str | None, why: str) -> None:
+    def put(name: str, draw: Callable[[], str | None], why: str) -> None:
+        try:
+            path = draw()
+        except (ValueError, OverflowError) as e:  # values matplotlib cannot lay out (1e308)
+            plt.close("all")
+            path, why = None, f"could not be drawn ({one_line(e)[:200]})"
         if path:
             done[name] = path
         else:
             skipped[name] = why
 
-    put("success_rate", plot_success(plt, rows, evals, os.path.join(d, "success_rate.png")),
+    put("success_rate", partial(plot_success, plt, rows, evals, os.path.join(d, "success_rate.png")),
         "no rollout/success_rate in metrics.jsonl and no eval/*.json")
     for stem, title, ylabel, keys in LINE_PLOTS:
-        put(stem, plot_lines(plt, rows, title, ylabel, keys, os.path.join(d, f"{stem}.png")),
+        put(stem, partial(plot_lines, plt, rows, title, ylabel, keys, os.path.join(d, f"{stem}.png")),
             "not logged by this run: " + ", ".join(k for k, _ in keys))
-    put("time_split", plot_time(plt, rows, os.path.join(d, "time_split.png")),
+    put("time_split", partial(plot_time, plt, rows, os.path.join(d, "time_split.png")),
         "no perf/seconds_* in metrics.jsonl")
-    put("entropy_heatmap", plot_entropy_heatmap(plt, run_dir, os.path.join(d, "entropy_heatmap.png")),
+    put("entropy_heatmap",
+        partial(plot_entropy_heatmap, plt, episodes, os.path.join(d, "entropy_heatmap.png")),
         "no training trajectory dumps (log.trajectories_every=0?)")
     return done, skipped
 
@@ -240,16 +322,22 @@ def _alarm_summary(rows: list[dict[str, Any]]) -> dict[str, list[int]]:
 
 
 def _config_summary(run_dir: str) -> list[tuple[str, str]]:
+    """(label, value) rows of the run's ``config.yaml``; ValueError if it is not plain YAML."""
     path = os.path.join(run_dir, "config.yaml")
     if not os.path.exists(path):
         return []
     import yaml
 
-    with open(path, encoding="utf-8") as f:
-        c = yaml.safe_load(f) or {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            c = yaml.safe_load(f) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:  # a Python tag, binary, bad syntax
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{path}: not a plain YAML config ({first})") from None
     g = lambda *ks: _dig(c, ks)  # noqa: E731
-    return [("env", f"{g('env', 'id')} {json.dumps(g('env', 'kwargs'))}"),
-            ("eval split", json.dumps(g("env", "eval_kwargs"))),
+    dumps = lambda v: json.dumps(v, default=str)  # noqa: E731  (YAML dates are not JSON)
+    return [("env", f"{g('env', 'id')} {dumps(g('env', 'kwargs'))}"),
+            ("eval split", dumps(g("env", "eval_kwargs"))),
             ("algorithm", str(g("algorithm", "name"))),
             ("model", f"{g('policy', 'model')} ({g('policy', 'dtype')}, {g('policy', 'backend')})"),
             ("episodes / iteration", f"{g('rollout', 'groups')} groups x "
@@ -263,65 +351,97 @@ def _dig(d: Any, keys: tuple[str, ...]) -> Any:
     return d
 
 
-def write_report(run_dir: str) -> dict[str, Any]:
-    """Plots, ``viewer.html`` and ``report.html`` for ``run_dir``; returns their paths."""
-    if not os.path.isdir(run_dir):
-        raise FileNotFoundError(f"{run_dir}: no such run directory")
-    rows = read_metrics(run_dir)
-    evals = read_evals(run_dir)
-    plots, skipped = write_plots(run_dir, rows, evals)
-    viewer = write_viewer(run_dir)
-    esc = html.escape
-    name = os.path.basename(os.path.abspath(run_dir))
+def _esc(value: Any) -> str:
+    """``value`` as HTML text, quotes included (lone surrogates, unwritable, become "?")."""
+    return html.escape(str(value).encode("utf-8", "replace").decode("utf-8"))
+
+
+def _cell(value: Any, spec: str) -> str:
+    """A table cell: a number formatted with ``spec``, anything else as escaped text."""
+    if value is None:
+        return ""
+    if _finite(value) and not isinstance(value, bool):
+        return format(value, spec)
+    return _esc(value)
+
+
+def _eval_table(evals: list[dict[str, Any]]) -> list[str]:
+    if not evals:
+        return ["<p>No eval/*.json yet.</p>"]
+    out = ["<table><tr><th>tag</th><th>iteration</th><th>episodes</th><th>success</th>"
+           "<th>95% CI</th><th>turns</th><th>return</th><th>invalid actions</th></tr>"]
+    for e in evals:
+        lo, hi = e["ci95"]
+        cells = [_esc(e["tag"]), _cell(e.get("iteration"), ""), _cell(e.get("episodes"), ""),
+                 _cell(e["success_rate"], ".3f"), f"[{lo:.2f}, {hi:.2f}]",
+                 _cell(e.get("turns"), ".2f"), _cell(e.get("return"), ".3f"),
+                 _cell(e.get("invalid_action_rate"), ".3f")]
+        out.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    return out + ["</table>"]
+
+
+def _alarm_section(rows: list[dict[str, Any]]) -> str:
+    fired = _alarm_summary(rows)
+    if fired:
+        return "<ul>" + "".join(
+            f"<li class='alarm'><b>{_esc(k)}</b> fired at {len(v)} iteration(s): "
+            f"{_esc(', '.join(map(str, v[:20])))}{' ...' if len(v) > 20 else ''}</li>"
+            for k, v in sorted(fired.items())) + "</ul>"
+    return "<p>None fired" + ("" if any(k.startswith("alarm/") for r in rows for k in r)
+                              else " (this run did not log alarm/* metrics)") + ".</p>"
+
+
+def render_report(name: str, rows: list[dict[str, Any]], evals: list[dict[str, Any]],
+                  config: list[tuple[str, str]], plots: dict[str, str],
+                  skipped: dict[str, str]) -> str:
+    """The ``report.html`` page of run ``name``: its config summary, held-out evaluations,
+    alarms and plots (``plots``: name -> path relative to the page). Every value is escaped."""
     last = max((r["iteration"] for r in rows), default=0)
-    parts = [f"<h1>agentrl run: {esc(name)}</h1>",
+    parts = [f"<h1>agentrl run: {_esc(name)}</h1>",
              f"<p>{last} iterations logged · <a href='viewer.html'>trajectory viewer</a> · "
              "<a href='metrics.jsonl'>metrics.jsonl</a> · <a href='config.yaml'>config.yaml</a>"
              "</p><table>"]
-    parts += [f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in _config_summary(run_dir)]
+    parts += [f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in config]
     parts.append("</table><h2>Held-out evaluation</h2>")
-    if evals:
-        parts.append("<table><tr><th>tag</th><th>iteration</th><th>episodes</th><th>success</th>"
-                     "<th>95% CI</th><th>turns</th><th>return</th><th>invalid actions</th></tr>")
-        for e in evals:
-            lo, hi = e["ci95"]
-            parts.append(f"<tr><td>{esc(str(e['tag']))}</td><td>{e.get('iteration', '')}</td>"
-                         f"<td>{e.get('episodes', '')}</td><td>{e['success_rate']:.3f}</td>"
-                         f"<td>[{lo:.2f}, {hi:.2f}]</td><td>{e.get('turns', 0):.2f}</td>"
-                         f"<td>{e.get('return', 0):.3f}</td>"
-                         f"<td>{e.get('invalid_action_rate', 0):.3f}</td></tr>")
-        parts.append("</table>")
-    else:
-        parts.append("<p>No eval/*.json yet.</p>")
-    fired = _alarm_summary(rows)
-    parts.append("<h2>Alarms</h2>")
-    if fired:
-        parts.append("<ul>" + "".join(
-            f"<li class='alarm'><b>{esc(k)}</b> fired at {len(v)} iteration(s): "
-            f"{esc(', '.join(map(str, v[:20])))}{' ...' if len(v) > 20 else ''}</li>"
-            for k, v in sorted(fired.items())) + "</ul>")
-    else:
-        parts.append("<p>None fired" + ("" if any(k.startswith("alarm/") for r in rows for k in r)
-                                        else " (this run did not log alarm/* metrics)") + ".</p>")
-    parts.append("<h2>Plots</h2><div class='grid'>")
-    for k, p in plots.items():
-        rel = os.path.relpath(p, run_dir)
-        parts.append(f"<figure><a href='{esc(rel)}'><img src='{esc(rel)}' alt='{esc(k)}'></a>"
-                     f"<figcaption>{esc(k)}</figcaption></figure>")
+    parts += _eval_table(evals)
+    parts += ["<h2>Alarms</h2>", _alarm_section(rows), "<h2>Plots</h2><div class='grid'>"]
+    for k, rel in plots.items():
+        parts.append(f"<figure><a href='{_esc(rel)}'><img src='{_esc(rel)}' alt='{_esc(k)}'></a>"
+                     f"<figcaption>{_esc(k)}</figcaption></figure>")
     parts.append("</div>")
     if skipped:
         parts.append("<h3>Not plotted</h3><ul>" + "".join(
-            f"<li>{esc(k)}: {esc(v)}</li>" for k, v in skipped.items()) + "</ul>")
-    page = ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-            f"<title>agentrl report: {esc(name)}</title><style>"
+            f"<li>{_esc(k)}: {_esc(v)}</li>" for k, v in skipped.items()) + "</ul>")
+    return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+            f"<title>agentrl report: {_esc(name)}</title><style>"
             "body{font:14px/1.45 system-ui,sans-serif;margin:20px;color:#1d2330}"
             "table{border-collapse:collapse}th,td{border:1px solid #ddd;padding:3px 8px;"
             "text-align:left}.grid{display:flex;flex-wrap:wrap;gap:10px}"
             "figure{margin:0}img{width:480px;border:1px solid #ddd}.alarm{color:#b03a2e}"
             "</style></head><body>" + "\n".join(parts) + "</body></html>")
+
+
+def write_report(run_dir: str) -> dict[str, Any]:
+    """Plots, ``viewer.html`` and ``report.html`` for ``run_dir``; returns their paths.
+
+    Raises:
+        ValueError: a damaged or hostile file (named in the message); nothing is written then.
+        ImportError: matplotlib is not installed.
+    """
+    if not os.path.isdir(run_dir):
+        raise FileNotFoundError(f"{run_dir}: no such run directory")
+    rows = read_report_metrics(run_dir)
+    evals = read_evals(run_dir)
+    config = _config_summary(run_dir)
+    episodes = collect_episodes(run_dir, None)
+    _plt()  # matplotlib missing: say so before writing anything
+    plots, skipped = write_plots(run_dir, rows, evals, episodes)
+    viewer = write_viewer(run_dir, episodes=episodes[-MAX_EPISODES:])
+    name = os.path.basename(os.path.abspath(run_dir))
+    rel = {k: os.path.relpath(p, run_dir) for k, p in plots.items()}
     path = os.path.join(run_dir, "report.html")
     with open(path, "w", encoding="utf-8") as f:
-        f.write(page)
+        f.write(render_report(name, rows, evals, config, rel, skipped))
     return {"html": path, "viewer": viewer, "plots": plots, "skipped": skipped}
 
 
@@ -333,8 +453,8 @@ def report_main(run_dir: str) -> int:
         return 2
     try:
         out = write_report(run_dir)
-    except ImportError as e:
-        print(f"agentrl report: {e}", file=sys.stderr)
+    except (ImportError, ValueError) as e:  # ValueError: a damaged file, nothing written
+        print(f"agentrl report: {one_line(e)}", file=sys.stderr)
         return 2
     print(f"[agentrl] report:  {os.path.abspath(out['html'])}")
     print(f"[agentrl] viewer:  {os.path.abspath(out['viewer'])}")

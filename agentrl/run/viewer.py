@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from agentrl.learn.batch import Batch
 
 MAX_TEXT = 4000  # characters per observation/reply kept in the page (keeps big runs loadable)
+MAX_EPISODES = 3000  # episodes in the page (the newest dumps win when there are more)
 
 
 def trajectory_sources(run_dir: str) -> list[tuple[str, str]]:
@@ -104,12 +105,22 @@ def episode_record(t: Trajectory, source: str) -> dict[str, Any]:
             "episode": t.episode_id, "role": t.role, "player": t.player, "result": t.outcome}
 
 
-def collect_episodes(run_dir: str, max_episodes: int = 3000) -> list[dict[str, Any]]:
-    """Records for every dumped trajectory (the newest dumps win when there are too many)."""
+def collect_episodes(run_dir: str, max_episodes: int | None = MAX_EPISODES,
+                     ) -> list[dict[str, Any]]:
+    """Records for every dumped trajectory (the newest ``max_episodes`` when there are more;
+    None: all).
+
+    Raises:
+        ValueError: a line that is not a trajectory (the message names the file and record).
+    """
     eps: list[dict[str, Any]] = []
     for label, path in trajectory_sources(run_dir):
-        eps += [episode_record(t, label) for t in read_jsonl(path)]
-    return eps[-max_episodes:]
+        for i, t in enumerate(read_jsonl(path), 1):
+            try:
+                eps.append(episode_record(t, label))
+            except (TypeError, ValueError, AttributeError) as e:  # fields of the wrong type
+                raise ValueError(f"{path}: record {i} is not a trajectory ({e})") from None
+    return eps if max_episodes is None else eps[-max_episodes:]
 
 
 def render_html(episodes: list[dict[str, Any]], title: str) -> str:
@@ -136,9 +147,11 @@ def _json_safe(x: Any) -> Any:
     return x
 
 
-def write_viewer(run_dir: str, out_path: str | None = None, max_episodes: int = 3000) -> str:
-    """Write ``viewer.html`` for ``run_dir`` (or ``out_path``); returns its path."""
-    eps = collect_episodes(run_dir, max_episodes)
+def write_viewer(run_dir: str, out_path: str | None = None, max_episodes: int = MAX_EPISODES,
+                 episodes: list[dict[str, Any]] | None = None) -> str:
+    """Write ``viewer.html`` for ``run_dir`` (or ``out_path``); returns its path.
+    ``episodes``: the records to show when already collected (`collect_episodes`)."""
+    eps = collect_episodes(run_dir, max_episodes) if episodes is None else episodes
     path = out_path or os.path.join(run_dir, "viewer.html")
     title = f"agentrl trajectories: {os.path.basename(os.path.abspath(run_dir))}"
     with open(path, "w", encoding="utf-8") as f:

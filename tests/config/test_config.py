@@ -1,10 +1,11 @@
 """Config: strict keys, types and ranges with messages that name the fix; overrides; files."""
 
 import glob
+import os
 
 import pytest
 
-from agentrl.config import ConfigError, config_from_dict, config_to_dict, load_config
+from agentrl.config import PLUGIN_KEYS, ConfigError, config_from_dict, config_to_dict, load_config
 
 
 def test_quickstart_loads_and_roundtrips() -> None:
@@ -135,3 +136,23 @@ def test_a_config_saved_with_the_old_flat_backend_keys_still_loads() -> None:
     assert (oa.policy.base_url, oa.policy.served_model, oa.policy.api_key_env) == (
         "http://h/v1", "m", "K")
     assert len(caught) == 3 and "old names" in str(caught[0].message)
+
+
+@pytest.mark.parametrize("key", PLUGIN_KEYS)
+def test_an_untrusted_config_imports_no_plugin(key: str, tmp_path, monkeypatch) -> None:
+    """``trust_plugins=False`` (a config saved with a run) refuses every plugin key's
+    ``"pkg.module:Class"`` before importing it; an override of the key is the user's."""
+    marker = tmp_path / "IMPORTED"
+    module = f"planted_{key.replace('.', '_')}"
+    (tmp_path / f"{module}.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    section, _, name = key.partition(".")
+    saved = tmp_path / "config.yaml"
+    saved.write_text(f"{section}:\n  {name}: {module}:Thing\n")
+    with pytest.raises(ConfigError, match=f"{key}='{module}:Thing'.*--trust-plugins"):
+        load_config(str(saved), trust_plugins=False)
+    assert not os.path.exists(marker)
+    registered = {"algorithm.name": "grpo", "policy.backend": "hf", "env.pool": "inprocess"}
+    cfg = load_config(str(saved), [f"{key}={registered[key]}"], trust_plugins=False)
+    assert getattr(getattr(cfg, section), name) == registered[key]
+    assert not os.path.exists(marker)
