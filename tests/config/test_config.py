@@ -135,3 +135,16 @@ def test_a_config_saved_with_the_old_flat_backend_keys_still_loads() -> None:
     assert (oa.policy.base_url, oa.policy.served_model, oa.policy.api_key_env) == (
         "http://h/v1", "m", "K")
     assert len(caught) == 3 and "old names" in str(caught[0].message)
+
+
+def test_multiagent_combinations_that_cannot_run_are_refused() -> None:
+    # AEPO's branching replays single-agent prefixes: refused on every game, with the reason
+    for extra in ([], ["multiagent.opponent=league"], ["env.kwargs={opponent: random}"]):
+        with pytest.raises(ConfigError, match="algorithm aepo cannot train on the multi-agent "
+                           "game agentrl/TicTacToe-v0: its branching"):
+            load_config(None, ["env.id=agentrl/TicTacToe-v0", "algorithm.name=aepo", *extra])
+    assert load_config(None, ["env.id=agentrl/TicTacToe-v0", "algorithm.name=grpo"])
+    assert load_config(None, ["algorithm.name=aepo"])  # single-agent: fine
+    # an opponent for a single-agent env would be silently ignored
+    with pytest.raises(ConfigError, match="multiagent.opponent=league needs a multi-agent env"):
+        load_config(None, ["multiagent.opponent=league"])
