@@ -173,3 +173,24 @@ def test_eval_samples_at_eval_temperature_and_training_at_rollout_temperature(tm
         assert gap(0.4) < 1e-5 < gap(1.0)  # the sampler's logprobs are those of T = 0.4
     finally:
         tr.close()
+
+
+def test_eval_refuses_a_scripted_opponent_the_game_does_not_have(tmp_path, capsys) -> None:
+    cfg = tmp_path / "ta.yaml"
+    cfg.write_text("env: {id: agentrl/TextArena-TicTacToe-v0}\npolicy: {model: tiny}\n")
+    rc = main(["eval", "--untrained", str(cfg), "--opponent", "random", "--seeds", "0-1",
+               "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the tokenizer's progress
+    assert rc == 2 and err.startswith("agentrl eval: ")
+    assert "--opponent random: agentrl/TextArena-TicTacToe-v0 has no scripted opponents" in err
+
+
+def test_an_evaluation_whose_episodes_all_failed_is_an_error(tmp_path, capsys) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("env: {id: test/Corridor-v0}\npolicy: {model: tiny, tiny_corpus_episodes: 2}\n")
+    # an env kwarg the env does not take: every episode ends with env_error at its reset
+    rc = main(["eval", "--untrained", str(cfg), "--env-kwargs", "no_such_kwarg=1",
+               "--seeds", "0-2", "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert rc == 2 and err.startswith("agentrl eval: "), err
+    assert "all 3 episodes failed in the env (env_error: " in err and "no_such_kwarg" in err
