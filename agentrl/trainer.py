@@ -369,7 +369,7 @@ class Trainer:
         self.iteration += 1
         if c.eval.every and self.iteration % c.eval.every == 0 and self.iteration < total:
             m["eval/success_rate"] = self.run_eval(f"iter_{self.iteration}")["success_rate"]
-        m.update(alarm_metrics(m, c.alarms))
+        m.update(alarm_metrics(m, c.alarms, c.rollout))
         self.logger.log(self.iteration, m)
         line = console_line(self.iteration, total, m)
         if bar is not None:
