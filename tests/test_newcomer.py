@@ -530,3 +530,28 @@ def test_a_hub_model_without_network_is_one_line_in_seconds(
     assert rc == 2 and time.monotonic() - t0 < 20
     assert "policy.model=agentrl-test/not-cached-anywhere: not a local directory" in line
     assert ("HF_HUB_OFFLINE is set" if how == "offline" else "cannot be reached") in line
+
+
+def test_evaluation_inside_training_shows_progress_on_a_terminal(
+        tmp_path: Any, monkeypatch: Any) -> None:
+    import io
+
+    from agentrl.trainer import Trainer
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    cfg = load_config(None, ["env.id=test/Corridor-v0", "env.kwargs={length: 2}",
+                             "rollout.constrained=true", "rollout.max_new_tokens=4",
+                             "rollout.groups=1", "rollout.group_size=2", "eval.episodes=3",
+                             "policy.tiny_corpus_episodes=2", "log.tensorboard=false",
+                             f"output_dir={tmp_path}"])
+    tr = Trainer(cfg)
+    try:
+        term = Terminal()
+        monkeypatch.setattr(sys, "stderr", term)
+        tr.run_eval("before")
+    finally:
+        tr.close()
+    assert "eval (before): " in term.getvalue()  # the bar, drawn while the episodes ran

@@ -194,3 +194,22 @@ def test_an_evaluation_whose_episodes_all_failed_is_an_error(tmp_path, capsys) -
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert rc == 2 and err.startswith("agentrl eval: "), err
     assert "all 3 episodes failed in the env (env_error: " in err and "no_such_kwarg" in err
+
+
+def test_the_trainers_eval_line_names_decoding_counts_and_self_play() -> None:
+    from agentrl.evaluate import eval_line
+
+    plain = {"episodes": 100, "k": 1, "success_rate": 0.85, "ci95": [0.77, 0.91], "turns": 4.0}
+    assert eval_line("final", 40, plain, 100, greedy=False) == (
+        "eval (final, iteration 40, sampled): success 0.850 (95% CI 0.77-0.91) over 100 "
+        "held-out episodes, 4.0 turns")
+    # a game against the env's scripted player: one seat per game is the policy's
+    game = {**plain, "games": {"all": {"win": 0.5, "win_or_draw": 0.75}}}
+    line = eval_line("final", 40, game, 100, greedy=True)
+    assert "iteration 40, greedy)" in line and "over 100 held-out episodes" in line
+    assert line.endswith("; win 0.500, win or draw 0.750")
+    # self-play: both seats are the policy, 200 trajectories from 100 games
+    selfplay = {**game, "episodes": 200}
+    line = eval_line("final", 40, selfplay, 100, greedy=False)
+    assert "over 100 held-out games (200 seats played by the policy)" in line
+    assert "self-play: the policy holds every seat, so its success cannot show learning" in line
