@@ -374,3 +374,23 @@ def test_env_seconds_of_turns_add_up_to_wall_time_not_worker_time(tiny_model, ti
     assert len(turns) == 12
     env = sum(t.seconds_env for t in turns)
     assert 3 * 0.3 <= env <= wall  # three batched steps of >= 0.3 s; never the 3.6 s sum
+
+
+class WhichWorker(CorridorEnv):
+    """Reports the env worker index the pool gave its process."""
+
+    def reset(self, *, seed: int | None = None, options: object = None) -> tuple[str, dict]:
+        from agentrl.progress import worker_index
+
+        obs, info = super().reset(seed=seed, options=options)
+        return obs, {**info, "worker": worker_index()}
+
+
+register_env("test/WhichWorker-v0", entry_point=WhichWorker, description="worker index")
+
+
+def test_each_worker_process_knows_its_index() -> None:
+    with ProcessPool("test/WhichWorker-v0", {}, 4, step_timeout=30, envs_per_worker=2) as pool:
+        assert [r.info["worker"] for r in pool.reset([0, 1, 2, 3], [0] * 4)] == [0, 0, 1, 1]
+    pool = InProcessPool("test/WhichWorker-v0", {}, 1)
+    assert pool.reset([0], [0])[0].info["worker"] is None
