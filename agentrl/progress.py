@@ -13,6 +13,7 @@ games (57/200 done); kept: the 57 finished games in ~/.cache/agentrl/...``.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -29,6 +30,18 @@ def is_terminal(stream: TextIO | None = None) -> bool:
         return stream.isatty()
     except (AttributeError, ValueError):
         return False
+
+
+#: Set by the process env pool in each worker: the worker's index in its pool.
+WORKER_ENV = "AGENTRL_WORKER"
+
+
+def worker_index() -> int | None:
+    """This process's index among its env pool's worker processes; None outside one. Env code
+    announces per-process start-up work (a JVM) from worker 0 only: one line, not one per
+    worker."""
+    v = os.environ.get(WORKER_ENV, "")
+    return int(v) if v.isdigit() else None
 
 
 def say(msg: str) -> None:

@@ -22,7 +22,7 @@ import yaml
 from agentrl import collectives as C
 from agentrl.assemble import assemble, async_rollouts, rank_seed
 from agentrl.config import Config, config_to_dict
-from agentrl.evaluate import EVAL_SAMPLER_SEED, evaluate, summarize
+from agentrl.evaluate import EVAL_SAMPLER_SEED, eval_line, evaluate, summarize
 from agentrl.learn.batch import Batch
 from agentrl.learn.distributed import (
     SHARDED,
@@ -173,10 +173,15 @@ class Trainer:
         # Evaluation samples from its own seed; training sampling resumes where it left off.
         state = self.policy.state_dict()
         self.policy.seed(rank_seed(EVAL_SAMPLER_SEED + e.seed_start))
-        with phase(f"evaluating ({tag}) on {len(seeds)} held-out episodes"):
-            # Under torchrun each rank plays its share of the seeds; rank 0 summarizes them all.
-            summary, trajs = evaluate(self.eval_engine, seeds[self.rank::C.world_size()],
-                                      greedy=e.greedy)
+        bar = self._bar(f"eval ({tag})", None, "turn")
+        try:
+            with phase(f"evaluating ({tag}) on {len(seeds)} held-out episodes"):
+                # Under torchrun each rank plays its share of the seeds; rank 0 summarizes.
+                summary, trajs = evaluate(self.eval_engine, seeds[self.rank::C.world_size()],
+                                          greedy=e.greedy, progress=bar)
+        finally:
+            if bar is not None:
+                bar.close()
         self.policy.load_state_dict(state)
         if C.is_distributed():
             trajs = C.gather_lists(trajs)
@@ -192,10 +197,7 @@ class Trainer:
             json.dump(summary, f, indent=2)
         fault_point("eval")
         write_jsonl(os.path.join(self.run_dir, "eval", f"{tag}_trajectories.jsonl"), trajs)
-        lo, hi = summary["ci95"]
-        print(f"[agentrl] eval ({tag}, iteration {self.iteration}): success "
-              f"{summary['success_rate']:.3f} (95% CI {lo:.2f}-{hi:.2f}) over {summary['episodes']} "
-              f"held-out episodes, {summary['turns']:.1f} turns")
+        print("[agentrl] " + eval_line(tag, self.iteration, summary, len(seeds), e.greedy))
         return summary
 
     # -- the loop -----------------------------------------------------------------------
@@ -380,7 +382,7 @@ class Trainer:
         self.iteration += 1
         if c.eval.every and self.iteration % c.eval.every == 0 and self.iteration < total:
             m["eval/success_rate"] = self.run_eval(f"iter_{self.iteration}")["success_rate"]
-        m.update(alarm_metrics(m, c.alarms))
+        m.update(alarm_metrics(m, c.alarms, c.rollout))
         self.logger.log(self.iteration, m)
         line = console_line(self.iteration, total, m)
         if bar is not None:

@@ -59,7 +59,9 @@ class Turn:
             dropped or summarised earlier turns), not an extension; a new training sample
             starts here.
         info: JSON-safe subset of the env's info after the step.
-        seconds_generate / seconds_env: time spent producing this turn.
+        seconds_generate / seconds_env: this turn's share of the wall time of the batched
+            generation / env step that produced it (summed over an iteration's turns: the
+            wall time of each, however many env workers stepped in parallel).
         episode_turn: in a multi-agent episode, this turn's place among every agent's turns
             (0, 1, 2, ...), so the trajectories of one game line up move by move; ``None`` in
             single-agent episodes, where it is the turn index.

@@ -144,6 +144,10 @@ class AEPO(Algorithm):
     # replays its prefixes within the iteration; `collect` also keeps state (branch RNG, the
     # statistics `advantages` reports) that a rollout running ahead would overwrite.
     async_rollouts = "current"
+    refuses_multiagent = (
+        "its branching replays one trajectory's turns up to a high-entropy turn and re-samples "
+        "from there; in a game those turns interleave with the other seats' moves, which a "
+        "single-agent prefix cannot replay")
 
     def __init__(self, cfg: AEPOConfig) -> None:
         super().__init__(cfg)

@@ -99,6 +99,9 @@ class Algorithm:
     #: groups, filter_groups) and the reward alarms apply; False for imitation (SFT), which
     #: reports them as NaN
     learns_from_rewards: ClassVar[bool] = True
+    #: why it cannot train on multi-agent games ('' = it can); the config refuses the
+    #: combination with this reason
+    refuses_multiagent: ClassVar[str] = ""
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg

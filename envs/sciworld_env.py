@@ -109,11 +109,16 @@ class _JVM:
         stderr: collections.deque[str] = collections.deque(maxlen=50)
         # Serial GC: a single collector thread; the box has 2 cores shared by several JVMs.
         opts = [f"-Xmx{max_heap}", "-XX:+UseSerialGC"]
-        from agentrl.progress import phase
+        from agentrl.progress import phase, worker_index
 
+        # A few seconds idle, much longer on a busy machine: say so, once per process, or in
+        # an env pool's workers once for all of them (from worker 0).
+        w = worker_index()
+        what = (f"starting a ScienceWorld JVM (-Xmx{max_heap}, process {os.getpid()})"
+                if w is None else
+                f"starting ScienceWorld JVMs, one per env worker process (-Xmx{max_heap} each)")
         try:
-            # A few seconds idle, much longer on a busy machine: say so (once per process).
-            with phase(f"starting a ScienceWorld JVM (-Xmx{max_heap}, process {os.getpid()})"):
+            with phase(what, announce=w in (None, 0)):
                 port, proc = launch_gateway(classpath=JAR_PATH, javaopts=opts, java_path=java,
                                             die_on_exit=True, cwd=BASEPATH, return_proc=True,
                                             redirect_stderr=stderr)

@@ -194,6 +194,12 @@ class Policy:
     version: int = 0
 
     @classmethod
+    def unavailable(cls) -> str | None:
+        """Why this backend cannot run in this environment (a missing package), naming the
+        fix; None when it can. Checked before any slow set-up."""
+        return None
+
+    @classmethod
     def from_config(cls, cfg: RunConfig, model: Any, tokenizer: Any) -> Policy:
         """Build the backend from a resolved config (``cfg.policy`` is a ``cls.Config``), the
         learner's model (``None`` when there is none, e.g. evaluating a served endpoint) and

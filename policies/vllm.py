@@ -188,6 +188,14 @@ class VLLMPolicy(SeededRNG, Policy):
 
     Config = VLLMConfig
 
+    @classmethod
+    def unavailable(cls) -> str | None:
+        try:
+            _require()
+        except ImportError as e:
+            return str(e)
+        return None
+
     def __init__(self, model_path: str, tokenizer: Any, dtype: str = "float32",
                  device: str = "cpu", max_model_len: int = 4096,
                  gpu_memory_utilization: float = 0.3, sleep_level: int = 0,

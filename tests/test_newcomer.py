@@ -489,3 +489,69 @@ def test_every_registered_env_trains_with_a_live_learning_signal(env_id: str,
         assert not any(k.startswith("rollout/termination/env_") for k in r), r
         # the recommended max_new_tokens fits every admissible action (none cut off)
         assert r["rollout/response_length_hit_rate"] == 0.0
+
+
+# ---------------------------------------------------------------- scale-out paths fail fast
+
+def _no_slow_set_up(monkeypatch: Any) -> None:
+    import agentrl.trainer as T
+
+    def never(*a: Any, **k: Any) -> None:
+        raise AssertionError("slow set-up ran before the check")
+
+    monkeypatch.setattr(T, "assemble", never)
+
+
+def test_vllm_backend_without_vllm_is_one_line_before_any_set_up(
+        tmp_path: Any, capsys: Any, monkeypatch: Any) -> None:
+    import policies.vllm as vllm_backend
+
+    monkeypatch.setattr(vllm_backend, "_IMPORT_ERROR", ImportError("no vllm", name="vllm"))
+    _no_slow_set_up(monkeypatch)
+    rc = main(["train", "policy.backend=vllm", f"output_dir={tmp_path}", *QUIET])
+    line = _one_line_error(capsys.readouterr().err)
+    assert rc == 2 and "policy.backend=vllm needs vLLM" in line
+
+
+@pytest.mark.parametrize("how", ["offline", "unreachable"])
+def test_a_hub_model_without_network_is_one_line_in_seconds(
+        how: str, tmp_path: Any, capsys: Any, monkeypatch: Any) -> None:
+    import huggingface_hub.constants as hub
+
+    if how == "offline":
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    else:  # a hub that refuses connections at once, as a machine without network
+        monkeypatch.setattr(hub, "ENDPOINT", "http://127.0.0.1:9")
+    _no_slow_set_up(monkeypatch)
+    t0 = time.monotonic()
+    rc = main(["train", "policy.model=agentrl-test/not-cached-anywhere",
+               f"output_dir={tmp_path}", *QUIET])
+    line = _one_line_error(capsys.readouterr().err)
+    assert rc == 2 and time.monotonic() - t0 < 20
+    assert "policy.model=agentrl-test/not-cached-anywhere: not a local directory" in line
+    assert ("HF_HUB_OFFLINE is set" if how == "offline" else "cannot be reached") in line
+
+
+def test_evaluation_inside_training_shows_progress_on_a_terminal(
+        tmp_path: Any, monkeypatch: Any) -> None:
+    import io
+
+    from agentrl.trainer import Trainer
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    cfg = load_config(None, ["env.id=test/Corridor-v0", "env.kwargs={length: 2}",
+                             "rollout.constrained=true", "rollout.max_new_tokens=4",
+                             "rollout.groups=1", "rollout.group_size=2", "eval.episodes=3",
+                             "policy.tiny_corpus_episodes=2", "log.tensorboard=false",
+                             f"output_dir={tmp_path}"])
+    tr = Trainer(cfg)
+    try:
+        term = Terminal()
+        monkeypatch.setattr(sys, "stderr", term)
+        tr.run_eval("before")
+    finally:
+        tr.close()
+    assert "eval (before): " in term.getvalue()  # the bar, drawn while the episodes ran

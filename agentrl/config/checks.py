@@ -48,6 +48,7 @@ def cross_checks(cfg: Config) -> None:
                               f"one of {sorted(TOOL_PARSERS)}")
     _async_checks(cfg)
     _per_role_checks(cfg)
+    _multiagent_checks(cfg)
     n = cfg.rollout.groups * cfg.rollout.group_size
     if cfg.train.minibatches > n and cfg.rollout.context == "full":
         raise ConfigError(f"train.minibatches={cfg.train.minibatches} exceeds the {n} trajectories "
@@ -122,3 +123,27 @@ def _per_role_checks(cfg: Config) -> None:
     if not is_multiagent(cfg.env.id):
         raise ConfigError(f"{pre} needs a multi-agent env (registered with multiagent=True); "
                           f"{cfg.env.id} is single-agent: use multiagent.policies=shared")
+
+
+def _multiagent_checks(cfg: Config) -> None:
+    """Opponents only for games; algorithms only where they can train on games."""
+    from agentrl.registry import get_algorithm, is_multiagent
+
+    opp = cfg.multiagent.opponent
+    if not is_multiagent(cfg.env.id):
+        if opp != "self":
+            raise ConfigError(f"multiagent.opponent={opp} needs a multi-agent env (registered "
+                              f"with multiagent=True); {cfg.env.id} is single-agent: leave "
+                              "multiagent.opponent=self")
+        return
+    name = cfg.algorithm.name
+    if ":" in name:  # a user's class: imported when the run starts, not by the config check
+        return
+    try:
+        why = getattr(get_algorithm(name), "refuses_multiagent", "")
+    except KeyError:
+        return  # an unknown name is reported where the algorithm is built
+    if why:
+        raise ConfigError(f"algorithm {cfg.algorithm.name} cannot train on the multi-agent game "
+                          f"{cfg.env.id}: {why}. Use another algorithm (e.g. "
+                          "algorithm.name=grpo or gigpo)")

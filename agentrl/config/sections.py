@@ -70,9 +70,13 @@ class RayConfig:
 
     address: str = F("", "'' = start a local Ray instance for this run (stopped with it); "
                      "'auto' or 'host:port' = join a running cluster (`ray start --head`)")
-    num_cpus: int = F(2, "local instance only: CPUs it offers the env actors", ge=1)
-    worker_cpus: float = F(1.0, "CPUs reserved per env actor (env.envs_per_worker envs each); "
-                           "Ray places actors where they fit", gt=0)
+    num_cpus: int = F(0, "local instance only: CPUs it offers the env actors (0 = this "
+                      "machine's)", ge=0)
+    worker_cpus: float = F(0.0, "CPUs reserved per env actor (env.envs_per_worker envs each); "
+                           "Ray places actors where they fit. 0 = auto: each pool takes at most "
+                           "half the CPUs free, so the evaluation pool fits beside the training "
+                           "pool: 1 CPU per actor while they last, else envs packed into fewer "
+                           "actors (down to one with a fraction of a CPU)", ge=0)
 
 
 @dataclass

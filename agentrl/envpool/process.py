@@ -28,6 +28,7 @@ from agentrl.envpool.base import (
     _read_rss,
     _SlotPool,
 )
+from agentrl.progress import WORKER_ENV
 
 if TYPE_CHECKING:
     pass
@@ -318,7 +319,7 @@ class ProcessPool(_WorkerSlots):
     def _start(self, w: int) -> None:
         self._built.difference_update(self._slots_of(w))
         ours, theirs = _CTX.Pipe()
-        boot = (list(sys.path), dict(os.environ), os.getcwd())
+        boot = (list(sys.path), {**os.environ, WORKER_ENV: str(w)}, os.getcwd())
         proc = _CTX.Process(target=_worker_main, args=(theirs, boot, self._blob),
                             name=f"agentrl-env-{self.env_id}-{w}", daemon=False)
         proc.start()

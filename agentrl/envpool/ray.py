@@ -5,7 +5,11 @@
 
 The semantics are the process pool's (`agentrl.envpool.ProcessPool`), with a Ray actor in the
 place of a worker process: ``env.envs_per_worker`` slots per actor, each actor reserving
-``ray.worker_cpus`` CPUs. Every request of a batch is submitted at once (actors step in
+``ray.worker_cpus`` CPUs. With ``ray.worker_cpus=0`` (auto, the default) a pool sizes itself to
+the CPUs free when it is built (`auto_layout`: at most half of them, so that the evaluation
+pool fits beside the training pool). The pool waits for its actors to start for at most
+``WORKER_START_TIMEOUT`` seconds; actors the cluster cannot place end it with a
+`PlacementError` that names what does not fit, never a silent wait. Every request of a batch is submitted at once (actors step in
 parallel; one actor runs its own requests in order) and each is timed from the moment its actor
 could start it: ``env.step_timeout`` / ``env.reset_timeout``, and ``env.build_timeout`` for an
 env's build and first request. An actor past its timeout is killed (``ray.kill``) and replaced;
@@ -97,6 +101,30 @@ def disconnect() -> None:
             _LOCAL["started"] = False
 
 
+class PlacementError(ValueError):
+    """Env actors that the Ray cluster cannot hold (a start-up error: exit status 2)."""
+
+    exit_code = 2
+
+
+def auto_layout(num_envs: int, envs_per_worker: int, free: float, total: float,
+                ranks: int = 1) -> tuple[int, float]:
+    """(envs per actor, CPUs per actor) with ``ray.worker_cpus=0`` (auto): a pool takes at most
+    half of the CPUs ``free`` now, split among ``ranks`` torchrun ranks joining one cluster, so
+    that the evaluation pool, built after the training pool, fits beside it. Actors reserve
+    1 CPU each while the share holds them, with at least ``envs_per_worker`` envs each;
+    envs are packed into fewer actors when it does not, down to one actor reserving a
+    fraction of a CPU (Ray's resolution: 1e-4)."""
+    share = free / (2 * max(1, ranks))
+    n = min(-(-num_envs // envs_per_worker), max(1, int(share)))
+    cpus = 1.0 if n <= share else int(share / n * 10_000) / 10_000
+    if cpus <= 0:
+        raise PlacementError(
+            f"env.pool=ray: no CPU of the Ray cluster is free for {num_envs} envs ({free:g} of "
+            f"{total:g} free); add CPUs (ray.num_cpus for a local cluster) or free them")
+    return -(-num_envs // n), cpus
+
+
 class EnvActor:
     """The body of one Ray actor: the envs of its slots, built on first use (the Ray class is
     made from this one in `RayPool`, so importing this module does not need Ray)."""
@@ -158,24 +186,73 @@ class RayPool(_WorkerSlots):
                  build_timeout: float | None = None, ray_cfg: RayConfig | None = None) -> None:
         from agentrl.config import RayConfig
 
-        super().__init__(env_id, env_kwargs, num_envs, step_timeout, reset_timeout,
-                         envs_per_worker, recycle_after, build_timeout)
         rc = ray_cfg or RayConfig()
-        self._ray = connect(rc.address, rc.num_cpus)
+        self._connected = False
+        self._ray = connect(rc.address, rc.num_cpus or os.cpu_count() or 1)
         self._connected = True
-        n_actors = len(self._workers)
-        total = float(self._ray.cluster_resources().get("CPU", 0.0))
-        if n_actors * rc.worker_cpus > total:
+        try:
+            envs_per_worker, cpus = self._layout(rc, num_envs, envs_per_worker)
+            super().__init__(env_id, env_kwargs, num_envs, step_timeout, reset_timeout,
+                             envs_per_worker, recycle_after, build_timeout)
+        except BaseException:
             self._release()
-            raise ValueError(
-                f"env.pool=ray: {n_actors} env actors x ray.worker_cpus={rc.worker_cpus} CPUs "
-                f"do not fit the cluster's {total:g} CPUs; raise env.envs_per_worker, lower "
-                "ray.worker_cpus, or add CPUs (ray.num_cpus for a local cluster)")
-        self._cls = self._ray.remote(num_cpus=rc.worker_cpus, max_restarts=0,
+            raise
+        self.worker_cpus = cpus
+        self._cls = self._ray.remote(num_cpus=cpus, max_restarts=0,
                                      max_task_retries=0)(EnvActor)
         self._path = [p or os.getcwd() for p in sys.path]  # "" is this directory
-        for w in range(n_actors):
+        for w in range(len(self._workers)):
             self._start(w)
+        self._await_placement()
+
+    def _cpus(self) -> tuple[float, float]:
+        """(CPUs free, CPUs in all) of the cluster now."""
+        free = float(self._ray.available_resources().get("CPU", 0.0))
+        return free, float(self._ray.cluster_resources().get("CPU", 0.0))
+
+    def _layout(self, rc: RayConfig, num_envs: int, envs_per_worker: int) -> tuple[int, float]:
+        """(envs per actor, CPUs per actor) for ``num_envs`` envs: the configured ones when
+        ``ray.worker_cpus`` is set, else `auto_layout` over the CPUs free now."""
+        free, total = self._cpus()
+        if rc.worker_cpus > 0:
+            n = -(-num_envs // envs_per_worker)
+            if n * rc.worker_cpus > total:
+                raise PlacementError(
+                    f"env.pool=ray: {n} env actors x ray.worker_cpus={rc.worker_cpus:g} CPUs do "
+                    f"not fit the cluster's {total:g} CPUs; raise env.envs_per_worker, lower "
+                    "ray.worker_cpus, or add CPUs (ray.num_cpus for a local cluster)")
+            if _LOCAL["started"] and n * rc.worker_cpus > free:  # nothing else will free them
+                raise PlacementError(
+                    f"env.pool=ray: {n} env actors x ray.worker_cpus={rc.worker_cpus:g} CPUs do "
+                    f"not fit the {free:g} of {total:g} CPUs of the local cluster still free "
+                    "(the run's other env pools hold the rest); set ray.worker_cpus=0 (auto), "
+                    "lower it, or raise env.envs_per_worker")
+            return envs_per_worker, rc.worker_cpus
+        ranks = 1 if _LOCAL["started"] else int(os.environ.get("WORLD_SIZE", "1") or 1)
+        return auto_layout(num_envs, envs_per_worker, free, total, ranks)
+
+    def _await_placement(self) -> None:
+        """Wait until every actor runs (`WORKER_START_TIMEOUT` at most): an actor Ray cannot
+        place, for want of CPUs, would otherwise hold its requests forever."""
+        live = [a for a in self._workers if a is not None]
+        refs = {a.handle.pid.remote(): a for a in live}
+        ready, pending = self._ray.wait(list(refs), num_returns=len(refs),
+                                        timeout=WORKER_START_TIMEOUT)
+        for ref in ready:
+            refs[ref].ready = True
+        if not pending:
+            return
+        free, total = self._cpus()
+        need = len(pending) * self.worker_cpus
+        why = (f"they need {need:g} CPUs and the cluster has {free:g} of {total:g} free (other "
+               "pools or jobs hold the rest); lower ray.worker_cpus (0 = auto), raise "
+               "env.envs_per_worker, or add CPUs" if need > free else
+               "the machine may be overloaded; check `ray status` and the actors' logs")
+        self.close()
+        raise PlacementError(
+            f"env.pool=ray: {len(pending)} of {len(refs)} env actors "
+            f"({self.worker_cpus:g} CPUs each) did not start within "
+            f"{WORKER_START_TIMEOUT:g}s: {why}")
 
     # -- introspection (tests, benchmarks) ------------------------------------------------
     def actor(self, slot: int) -> Any:
@@ -236,7 +313,7 @@ class RayPool(_WorkerSlots):
         """Seconds the request may take from the moment its actor can start it, and what it
         is (for the message)."""
         if slot not in self._built:
-            extra = 0.0 if a.ready else WORKER_START_TIMEOUT
+            extra = 0.0 if a.ready else WORKER_START_TIMEOUT  # a replacement starting
             return self.build_timeout + extra, f"building the env of slot {slot} (for a {cmd})"
         limit = self.reset_timeout if cmd == "reset" else self.step_timeout
         return (float("inf") if limit is None else limit), f"{cmd} of slot {slot}"

@@ -35,9 +35,9 @@ from agentrl.evaluate.command import (
     untrained_target,
     write_outputs,
 )
-from agentrl.evaluate.episodes import EVAL_SAMPLER_SEED, evaluate, summarize
+from agentrl.evaluate.episodes import EVAL_SAMPLER_SEED, eval_line, evaluate, summarize
 
 __all__ = ["EVAL_SAMPLER_SEED", "EvalError", "EvalSettings", "EvalTarget", "add_eval_arguments",
-           "eval_main", "evaluate", "evaluate_target", "format_markdown", "format_table",
+           "eval_line", "eval_main", "evaluate", "evaluate_target", "format_markdown", "format_table",
            "parse_seeds", "resolve_target", "run_eval_command", "summarize", "table_rows",
            "untrained_target", "write_outputs"]

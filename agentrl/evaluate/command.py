@@ -232,7 +232,7 @@ def evaluate_target(target: EvalTarget, s: EvalSettings, progress: bool = False,
     sampler_seed = (EVAL_SAMPLER_SEED + cfg.eval.seed_start if s.sampler_seed is None
                     else s.sampler_seed)
     try:
-        env_kwargs, lineup = opponent_setup(s.opponent, cfg, env_kwargs)
+        env_kwargs, lineup = opponent_setup(s.opponent, cfg, env_kwargs, env_id)
     except OpponentError as e:
         raise EvalError(str(e)) from None
     policy = _build_policy(target, s.device, s.endpoint)
@@ -261,6 +261,7 @@ def evaluate_target(target: EvalTarget, s: EvalSettings, progress: bool = False,
             p.close()
         if bar is not None:
             bar.close()
+    _refuse_all_failed(target, env_id, trajs)
     summary.update({"target": target.spec, "kind": target.kind, "env_id": env_id,
                     "env_kwargs": env_kwargs, "seeds": seeds, "greedy": greedy,
                     "temperature": None if greedy else eval_rollout_config(cfg).temperature,
@@ -268,6 +269,17 @@ def evaluate_target(target: EvalTarget, s: EvalSettings, progress: bool = False,
     if s.opponent is not None:
         summary["opponent"] = s.opponent
     return summary, trajs
+
+
+def _refuse_all_failed(target: EvalTarget, env_id: str, trajs: list[Trajectory]) -> None:
+    """An evaluation whose every episode failed in the env measured nothing: an error."""
+    failed = [t for t in trajs if t.termination in ("env_error", "env_timeout")]
+    if not trajs or len(failed) < len(trajs):
+        return
+    why = str(failed[0].extra.get("error", "")).strip().splitlines()
+    raise EvalError(f"{target.name}: all {len(trajs)} episodes failed in the env "
+                    f"({failed[0].termination}" + (f": {why[0]}" if why else "") + "); "
+                    f"nothing was evaluated. `agentrl play {env_id}` reproduces it by hand")
 
 
 # ------------------------------------------------------------------------------ the tables

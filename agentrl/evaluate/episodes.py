@@ -96,3 +96,26 @@ def evaluate(engine: RolloutEngine, seeds: list[int], greedy: bool = False, repe
             t.extra["repeat"] = r
         trajs += run
     return summarize([t for t in trajs if not t.player], repeats), trajs
+
+
+def eval_line(tag: str, iteration: int, summary: dict[str, Any], seeds: int,
+              greedy: bool) -> str:
+    """The one line the trainer prints for an evaluation of ``seeds`` seeds: the decoding
+    (sampled or greedy, which rates depend on), what was counted (episodes, or for a game its
+    games and the seats the policy held), win and win-or-draw for games, and a warning when the
+    policy held every seat (self-play), where success cannot show learning."""
+    lo, hi = summary["ci95"]
+    n = summary["episodes"] // max(1, summary.get("k", 1))
+    what = (f"{seeds} held-out episodes" if n == seeds else
+            f"{seeds} held-out games ({n} seats played by the policy)")
+    line = (f"eval ({tag}, iteration {iteration}, {'greedy' if greedy else 'sampled'}): success "
+            f"{summary['success_rate']:.3f} (95% CI {lo:.2f}-{hi:.2f}) over {what}, "
+            f"{summary['turns']:.1f} turns")
+    g = summary.get("games", {}).get("all")
+    if g:
+        line += f"; win {g['win']:.3f}, win or draw {g['win_or_draw']:.3f}"
+    if n > seeds:
+        line += ("; self-play: the policy holds every seat, so its success cannot show learning "
+                 "(measure it against an opponent: agentrl eval RUN --opponent CHECKPOINT, or "
+                 "env.kwargs={opponent: random} for games that have one)")
+    return line

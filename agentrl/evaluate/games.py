@@ -125,13 +125,41 @@ class OpponentError(ValueError):
     """An ``--opponent`` that names no player; the message says what to pass instead."""
 
 
-def opponent_setup(spec: str | None, cfg: Config, env_kwargs: dict[str, Any]
-                   ) -> tuple[dict[str, Any], Lineup | None]:
+def scripted_opponents(env_id: str) -> tuple[str, ...] | None:
+    """The scripted opponents the game ``env_id`` plays itself (its class's ``opponents``);
+    None when its entry point is not a class that says."""
+    import importlib
+
+    import gymnasium as gym
+
+    from agentrl.registry import load_builtin_envs
+
+    load_builtin_envs()
+    spec = gym.registry.get(env_id)
+    ep = spec.entry_point if spec is not None else None
+    if isinstance(ep, str) and ":" in ep:
+        mod, _, attr = ep.partition(":")
+        ep = getattr(importlib.import_module(mod), attr, None)
+    offered = getattr(ep, "opponents", None)
+    return tuple(offered) if isinstance(offered, (tuple, list)) else None
+
+
+def opponent_setup(spec: str | None, cfg: Config, env_kwargs: dict[str, Any],
+                   env_id: str | None = None) -> tuple[dict[str, Any], Lineup | None]:
     """(env kwargs, lineup) to play against ``spec``: the env's own ``random`` or ``heuristic``
-    player (an env setting), or a frozen model on every other seat."""
+    player (an env setting; refused for a game that has none), or a frozen model on every other
+    seat. ``env_id``: the game played (default ``cfg.env.id``)."""
     if spec is None:
         return env_kwargs, None
     if spec in SCRIPTED:
+        env_id = env_id or cfg.env.id
+        offered = scripted_opponents(env_id)
+        if offered is not None and spec not in offered:
+            raise OpponentError(
+                f"--opponent {spec}: {env_id} has no scripted opponents"
+                + (f" (it offers {', '.join(offered)})" if offered else "")
+                + "; play it against a checkpoint (--opponent runs/NAME/checkpoints/step_N) or "
+                "against itself (no --opponent)")
         return {**env_kwargs, "opponent": spec}, None
     from agentrl.assemble import load_player
     from agentrl.rollout.lineup import Versus

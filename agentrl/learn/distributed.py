@@ -44,24 +44,32 @@ def launched_by_torchrun() -> bool:
     return "WORLD_SIZE" in os.environ and "RANK" in os.environ
 
 
+class LaunchError(ValueError):
+    """``train.strategy`` does not match how the process was launched (a start-up error:
+    exit status 2, one line)."""
+
+    exit_code = 2
+
+
 def init_distributed(strategy: str, device: str = "auto") -> torch.device:
     """Join the process group torchrun set up (``nccl`` on CUDA, ``gloo`` on CPU) and return
     this rank's device. ``strategy=single`` under torchrun, or ddp/fsdp without it, is an
     error that names the fix.
 
     Raises:
-        ValueError: strategy and launch do not match.
+        LaunchError: strategy and launch do not match.
     """
     if strategy == "single":
         if launched_by_torchrun() and int(os.environ["WORLD_SIZE"]) > 1:
-            raise ValueError("launched by torchrun with several ranks but train.strategy=single:"
+            raise LaunchError("launched by torchrun with several ranks but train.strategy=single:"
                              " set train.strategy=ddp or train.strategy=fsdp")
         return torch.device("cuda" if device == "auto" and torch.cuda.is_available()
                             else ("cpu" if device == "auto" else device))
     if not launched_by_torchrun():
-        raise ValueError(f"train.strategy={strategy} runs under torchrun: "
-                         f"torchrun --nproc_per_node=N -m agentrl train CONFIG "
-                         f"(or set train.strategy=single)")
+        raise LaunchError(f"train.strategy={strategy} runs under torchrun: launch the same "
+                          "command as torchrun --nproc_per_node=N -m agentrl train ... (or add "
+                          "train.strategy=single to run in one process; a distributed run's "
+                          "checkpoint resumes that way too)")
     local = int(os.environ.get("LOCAL_RANK", "0"))
     cuda = torch.cuda.is_available() and device in ("auto", "cuda")
     if cuda:

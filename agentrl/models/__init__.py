@@ -139,6 +139,53 @@ def load_pretrained(name_or_path: str, dtype: str = "float32") -> tuple[Any, Any
     return model, tok
 
 
+def _offline() -> bool:
+    flags = (os.environ.get(k, "").upper() for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(f in ("1", "ON", "YES", "TRUE") for f in flags)
+
+
+def hub_problem(name: str, timeout: float = 10.0) -> str | None:
+    """Why the model ``name`` cannot be loaded here, found in at most ``timeout`` seconds and
+    without downloading it: not a local directory, not in the Hugging Face cache, and the hub
+    offline (``HF_HUB_OFFLINE``), unreachable or without that model. None when it can be loaded
+    (or the question is for the loader: a gated model, a hub error other than these)."""
+    if name in ("tiny", "smollm2") or os.path.isdir(name):
+        return None
+    from huggingface_hub import constants, model_info, try_to_load_from_cache
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        HFValidationError,
+        RepositoryNotFoundError,
+    )
+
+    where = f"policy.model={name}: not a local directory"
+    try:
+        if isinstance(try_to_load_from_cache(name, "config.json"), str):
+            return None
+    except HFValidationError:
+        return f"{where}, nor a hub model name (ORG/NAME); give a directory that exists"
+    if _offline():
+        return (f"{where} nor in the Hugging Face cache ({constants.HF_HUB_CACHE}), and "
+                "HF_HUB_OFFLINE is set: download it where there is network (hf download "
+                f"{name}) or give a local directory")
+    try:
+        model_info(name, timeout=timeout)
+    except GatedRepoError:
+        return None
+    except RepositoryNotFoundError:
+        return (f"{where}, and the hub ({constants.ENDPOINT}) has no model by that name (check "
+                "it; for a private model log in: hf auth login)")
+    except HfHubHTTPError:
+        return None
+    except Exception as e:  # no network: connection refused, DNS, timeout
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        return (f"{where} nor in the Hugging Face cache, and the hub ({constants.ENDPOINT}) "
+                f"cannot be reached ({type(e).__name__}: {first}): connect, download it "
+                f"where there is network (hf download {name}), or give a local directory")
+    return None
+
+
 def own_storage(model: torch.nn.Module) -> torch.nn.Module:
     """Give every parameter and buffer of ``model`` memory of its own (in place; returns it).
 

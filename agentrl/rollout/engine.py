@@ -158,9 +158,13 @@ class RolloutEngine:
                 if ready:
                     gens, seconds = self._generate(ready, sampling)
                     replies = [self._parse(r, g) for r, g in zip(ready, gens)]
+                    t0 = time.perf_counter()
                     results = self._step(ready, [action for action, _, _ in replies])
+                    # each turn's share of the batched step's wall time, as for generation
+                    # (the envs' own times overlap when they run in workers)
+                    env_s = (time.perf_counter() - t0) / len(results)
                     for r, g, reply, res in zip(ready, gens, replies, results):
-                        self._record(r, g, reply, res, seconds)
+                        self._record(r, g, reply, res, (seconds, env_s))
                     if progress is not None:
                         progress.update(len(ready))
                 live = {k: ep for k, ep in live.items() if not ep.traj.termination}
@@ -325,8 +329,9 @@ class RolloutEngine:
         return self.pool.step([r.ep.slot for r in ready], actions)
 
     def _record(self, r: _Ready, gen: Generation, parsed: tuple[str, str, bool],
-                res: EnvResult, seconds: float) -> None:
-        """Append the turn to the acting episode's trajectory; end it or move it on."""
+                res: EnvResult, seconds: tuple[float, float]) -> None:
+        """Append the turn to the acting episode's trajectory; end it or move it on.
+        ``seconds``: the turn's shares of the wall time of generation and of the env step."""
         c, ep = self.cfg, r.ep
         action, reply, ok = parsed
         valid = ok and bool(res.info.get("action_valid", True)) and res.error is None
@@ -338,7 +343,7 @@ class RolloutEngine:
             finish_reason=gen.finish_reason, allowed_ids=gen.allowed_ids,
             state_key=_state_key(ep.info), context_reset=r.context_reset,
             info=json_info(res.info, self.skip_info),
-            seconds_generate=seconds, seconds_env=res.seconds,
+            seconds_generate=seconds[0], seconds_env=seconds[1],
             policy_version=self._player(ep)[0].version))
         if res.error:
             ep.traj.termination = res.error

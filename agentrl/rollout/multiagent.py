@@ -141,7 +141,7 @@ class MultiAgentRolloutEngine(RolloutEngine):
                     ep.traj.extra["error"] = error
 
     def _record(self, r: _Ready, gen: Generation, parsed: tuple[str, str, bool],
-                res: EnvResult, seconds: float) -> None:
+                res: EnvResult, seconds: tuple[float, float]) -> None:
         super()._record(r, gen, parsed, res, seconds)
         slot, game = r.ep.slot, self._games[r.ep.slot]
         r.ep.traj.turns[-1].episode_turn = self._moves[slot]

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from agentrl.config import AlarmConfig
+from agentrl.config import AlarmConfig, RolloutConfig
 from agentrl.envpool import rss_bytes
 
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ def _over(metrics: dict[str, Any], key: str, threshold: float) -> float | None:
     return float(v) if v >= threshold else None
 
 
-def _zero_variance(m: dict[str, Any], cfg: AlarmConfig) -> str | None:
+def _zero_variance(m: dict[str, Any], cfg: AlarmConfig, _r: RolloutConfig) -> str | None:
     v = _over(m, "algo/zero_variance_groups", cfg.zero_variance_groups)
     return None if v is None else (
         f"{v:.0%} of groups have zero reward variance, so their advantages are all 0 and "
@@ -52,7 +52,7 @@ def _zero_variance(m: dict[str, Any], cfg: AlarmConfig) -> str | None:
         "train on tasks the policy sometimes solves")
 
 
-def _zero_grad(m: dict[str, Any], cfg: AlarmConfig) -> str | None:
+def _zero_grad(m: dict[str, Any], cfg: AlarmConfig, _r: RolloutConfig) -> str | None:
     gn = m.get("train/grad_norm")
     if not (isinstance(gn, (int, float)) and math.isfinite(gn) and gn < cfg.min_grad_norm):
         return None
@@ -61,7 +61,7 @@ def _zero_grad(m: dict[str, Any], cfg: AlarmConfig) -> str | None:
             "and lost_episodes alarms, and check that the env pays rewards the policy can reach")
 
 
-def _lost_episodes(m: dict[str, Any], cfg: AlarmConfig) -> str | None:
+def _lost_episodes(m: dict[str, Any], cfg: AlarmConfig, _r: RolloutConfig) -> str | None:
     lost = sum(float(m.get(f"rollout/termination/{r}", 0.0)) for r in LOST)
     if m.get("train/skipped"):
         lost = 1.0
@@ -72,21 +72,28 @@ def _lost_episodes(m: dict[str, Any], cfg: AlarmConfig) -> str | None:
             "(`agentrl play ENV` reproduces an env by hand; raise env.step_timeout for slow envs)")
 
 
-def _length_hits(m: dict[str, Any], cfg: AlarmConfig) -> str | None:
+def _length_hits(m: dict[str, Any], cfg: AlarmConfig, _r: RolloutConfig) -> str | None:
     v = _over(m, "rollout/response_length_hit_rate", cfg.response_length_hit_rate)
     return None if v is None else (
         f"{v:.0%} of replies hit the token limit and were cut off; raise "
         "rollout.max_new_tokens or ask for shorter replies in rollout.template")
 
 
-def _invalid_actions(m: dict[str, Any], cfg: AlarmConfig) -> str | None:
+def _invalid_actions(m: dict[str, Any], cfg: AlarmConfig, r: RolloutConfig) -> str | None:
     v = _over(m, "rollout/invalid_action_rate", cfg.invalid_action_rate)
-    return None if v is None else (
-        f"{v:.0%} of actions were invalid; check rollout.action_format and the prompt "
-        "(`agentrl play ENV` shows valid actions), or set rollout.constrained=true")
+    if v is None:
+        return None
+    if r.action_format == "tool_call":  # constrained decoding needs admissible strings
+        return (f"{v:.0%} of actions were invalid tool calls; check rollout.tool_parser against "
+                "the model's chat template and the tools in the prompt (`agentrl play ENV` "
+                "shows valid calls), or warm-start on expert trajectories (`agentrl collect`, "
+                "then algorithm.name=sft)")
+    return (f"{v:.0%} of actions were invalid; check rollout.action_format and the prompt "
+            "(`agentrl play ENV` shows valid actions)"
+            + ("" if r.constrained else ", or set rollout.constrained=true"))
 
 
-def _mismatch(m: dict[str, Any], cfg: AlarmConfig) -> str | None:
+def _mismatch(m: dict[str, Any], cfg: AlarmConfig, _r: RolloutConfig) -> str | None:
     v = _over(m, "train/logprob_mismatch", cfg.logprob_mismatch)
     if v is None:
         return None
@@ -96,7 +103,7 @@ def _mismatch(m: dict[str, Any], cfg: AlarmConfig) -> str | None:
             "has the latest weights, policy.dtype, and that both use rollout.temperature")
 
 
-def _host_memory(m: dict[str, Any], cfg: AlarmConfig) -> str | None:
+def _host_memory(m: dict[str, Any], cfg: AlarmConfig, _r: RolloutConfig) -> str | None:
     v = _over(m, "perf/host_memory_fraction", cfg.host_memory_fraction)
     if v is None:
         return None
@@ -106,7 +113,7 @@ def _host_memory(m: dict[str, Any], cfg: AlarmConfig) -> str | None:
             "rollout.batch_size and the number of env workers")
 
 
-def _nonfinite_loss(m: dict[str, Any], cfg: AlarmConfig) -> str | None:
+def _nonfinite_loss(m: dict[str, Any], cfg: AlarmConfig, _r: RolloutConfig) -> str | None:
     loss = m.get("train/loss")
     if not isinstance(loss, (int, float)) or math.isfinite(loss):
         return None
@@ -115,7 +122,7 @@ def _nonfinite_loss(m: dict[str, Any], cfg: AlarmConfig) -> str | None:
 
 
 #: alarm name -> (metrics, thresholds) -> its message when it fires, else None
-RULES: dict[str, Callable[[dict[str, Any], AlarmConfig], str | None]] = {
+RULES: dict[str, Callable[[dict[str, Any], AlarmConfig, RolloutConfig], str | None]] = {
     "zero_variance_groups": _zero_variance, "zero_grad_norm": _zero_grad,
     "lost_episodes": _lost_episodes, "response_length_hit_rate": _length_hits,
     "invalid_action_rate": _invalid_actions, "logprob_mismatch": _mismatch,
@@ -123,29 +130,34 @@ RULES: dict[str, Callable[[dict[str, Any], AlarmConfig], str | None]] = {
 }
 
 
-def firing_alarms(metrics: dict[str, Any], cfg: AlarmConfig) -> dict[str, str]:
-    """``{name: message}`` for each alarm (`RULES`) whose metric crosses its threshold.
+def firing_alarms(metrics: dict[str, Any], cfg: AlarmConfig,
+                  rollout: RolloutConfig | None = None) -> dict[str, str]:
+    """``{name: message}`` for each alarm (`RULES`) whose metric crosses its threshold; the
+    fixes suggested fit ``rollout`` (the run's rollout settings; None = the defaults).
 
     A metric the run does not log (e.g. ``algo/zero_variance_groups`` for PPO) cannot fire.
     """
     if not cfg.enabled:
         return {}
-    fired = {name: rule(metrics, cfg) for name, rule in RULES.items()}
+    r = rollout or RolloutConfig()
+    fired = {name: rule(metrics, cfg, r) for name, rule in RULES.items()}
     return {name: msg for name, msg in fired.items() if msg is not None}
 
 
-def check_alarms(metrics: dict[str, Any], cfg: AlarmConfig) -> list[str]:
+def check_alarms(metrics: dict[str, Any], cfg: AlarmConfig,
+                 rollout: RolloutConfig | None = None) -> list[str]:
     """Messages (``"<name>: <what is wrong and what to do>"``) for every alarm that fires."""
-    return [f"{k}: {msg}" for k, msg in firing_alarms(metrics, cfg).items()]
+    return [f"{k}: {msg}" for k, msg in firing_alarms(metrics, cfg, rollout).items()]
 
 
-def alarm_metrics(metrics: dict[str, Any], cfg: AlarmConfig) -> dict[str, float]:
+def alarm_metrics(metrics: dict[str, Any], cfg: AlarmConfig,
+                  rollout: RolloutConfig | None = None) -> dict[str, float]:
     """Check, print each firing alarm once (``[agentrl] ALARM: ...``), return ``alarm/*``."""
     if not cfg.enabled:
         return {}
     from tqdm import tqdm
 
-    fired = firing_alarms(metrics, cfg)
+    fired = firing_alarms(metrics, cfg, rollout)
     for name, msg in fired.items():
         # tqdm.write keeps a live progress bar intact
         tqdm.write(f"[agentrl] ALARM: {name}: {msg}")

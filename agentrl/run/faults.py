@@ -27,15 +27,37 @@ from typing import Any
 EXIT_INTERRUPTED = 75  # sysexits.h EX_TEMPFAIL: `agentrl train` after a SIGTERM/SIGINT stop
 
 
+def resume_command(run_dir: str) -> str:
+    """The command that continues ``run_dir`` as this process was launched: ``agentrl train
+    --resume`` in one process; under torchrun, the torchrun command with this launch's
+    process counts (and the one-process alternative: the checkpoint resumes on any number of
+    ranks)."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world <= 1 or "RANK" not in os.environ:
+        return f"agentrl train --resume {run_dir}"
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)) or world)
+    nodes = max(1, world // max(1, local))
+    launch = f"torchrun --nproc_per_node={local}" + (
+        f" --nnodes={nodes} (on every node, with its --node_rank and --rdzv_endpoint)"
+        if nodes > 1 else "")
+    return (f"{launch} -m agentrl train --resume {run_dir} (or in one process: agentrl train "
+            f"--resume {run_dir} train.strategy=single)")
+
+
 class Interrupted(Exception):
-    """The run stopped on a signal after checkpointing; the message says how to continue."""
+    """The run stopped on a signal after checkpointing; the message says how to continue (on
+    rank 0 of a torchrun launch; the other ranks say that they stopped)."""
 
     exit_code = EXIT_INTERRUPTED
 
     def __init__(self, signum: int, iteration: int, checkpoint: str, run_dir: str) -> None:
+        name = signal.Signals(signum).name
+        rank = int(os.environ.get("RANK", "0") or 0)
         super().__init__(
-            f"stopped by {signal.Signals(signum).name} after iteration {iteration}; checkpoint "
-            f"{checkpoint}. Continue with: agentrl train --resume {run_dir}")
+            f"rank {rank} stopped by {name} after iteration {iteration} (rank 0 says how to "
+            "continue)" if rank else
+            f"stopped by {name} after iteration {iteration}; checkpoint {checkpoint}. Continue "
+            f"with: {resume_command(run_dir)}")
         self.signum, self.iteration, self.checkpoint = signum, iteration, checkpoint
 
 

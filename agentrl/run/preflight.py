@@ -41,6 +41,12 @@ class PreflightError(ConfigError):
 def preflight(cfg: Config, run_dir: str) -> None:
     """Print the run directory, check the env setup, prepare env data, probe the actions."""
     say(f"run directory: {os.path.abspath(run_dir)}")
+    from agentrl.models import hub_problem
+    from agentrl.policies import backend_class
+
+    missing = backend_class(cfg.policy.backend).unavailable() or hub_problem(cfg.policy.model)
+    if missing:
+        raise PreflightError(missing)
     check_env_setup(cfg)
     prepare_env_data(cfg)
     if cfg.rollout.constrained:

@@ -156,3 +156,16 @@ def test_an_untrusted_config_imports_no_plugin(key: str, tmp_path, monkeypatch) 
     cfg = load_config(str(saved), [f"{key}={registered[key]}"], trust_plugins=False)
     assert getattr(getattr(cfg, section), name) == registered[key]
     assert not os.path.exists(marker)
+
+
+def test_multiagent_combinations_that_cannot_run_are_refused() -> None:
+    # AEPO's branching replays single-agent prefixes: refused on every game, with the reason
+    for extra in ([], ["multiagent.opponent=league"], ["env.kwargs={opponent: random}"]):
+        with pytest.raises(ConfigError, match="algorithm aepo cannot train on the multi-agent "
+                           "game agentrl/TicTacToe-v0: its branching"):
+            load_config(None, ["env.id=agentrl/TicTacToe-v0", "algorithm.name=aepo", *extra])
+    assert load_config(None, ["env.id=agentrl/TicTacToe-v0", "algorithm.name=grpo"])
+    assert load_config(None, ["algorithm.name=aepo"])  # single-agent: fine
+    # an opponent for a single-agent env would be silently ignored
+    with pytest.raises(ConfigError, match="multiagent.opponent=league needs a multi-agent env"):
+        load_config(None, ["multiagent.opponent=league"])

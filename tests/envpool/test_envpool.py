@@ -344,3 +344,53 @@ def test_paper_configs_share_workers_between_envs() -> None:
     assert cfg.env.pool == "auto" and envpool.isolated(cfg.env.id)
     n = cfg.rollout.groups * cfg.rollout.group_size
     assert n == 128 and -(-n // cfg.env.envs_per_worker) <= 16
+
+
+class SlowStep(CorridorEnv):
+    """Every step takes 0.3 s."""
+
+    def step(self, action: str) -> tuple[str, float, bool, bool, dict]:
+        time.sleep(0.3)
+        return super().step(action)
+
+
+register_env("test/SlowStep-v0", entry_point=SlowStep, description="slow steps",
+             max_episode_steps=20)
+
+
+def test_env_seconds_of_turns_add_up_to_wall_time_not_worker_time(tiny_model, tiny_tok) -> None:
+    # Four envs in four workers, every step 0.3 s: stepped in parallel, a batch takes ~0.3 s
+    # of wall time, not 4 x 0.3. The turns' env seconds must add up to the wall time.
+    cfg = RolloutConfig(max_turns=3, max_new_tokens=4, constrained=True, action_format="raw",
+                        template="{observation}")
+    with ProcessPool("test/SlowStep-v0", {"length": 9}, 4, step_timeout=30) as pool:
+        pool.reset([0, 1, 2, 3], [0, 1, 2, 3])  # workers started before timing
+        engine = RolloutEngine(HFPolicy(tiny_model, tiny_tok), pool,
+                               PromptBuilder(tiny_tok, cfg), cfg, "test/SlowStep-v0")
+        t0 = time.perf_counter()
+        trajs = engine.run([0, 1, 2, 3])
+        wall = time.perf_counter() - t0
+    turns = [t for tr in trajs for t in tr.turns]
+    assert len(turns) == 12
+    env = sum(t.seconds_env for t in turns)
+    assert 3 * 0.3 <= env <= wall  # three batched steps of >= 0.3 s; never the 3.6 s sum
+
+
+class WhichWorker(CorridorEnv):
+    """Reports the env worker index the pool gave its process."""
+
+    def reset(self, *, seed: int | None = None, options: object = None) -> tuple[str, dict]:
+        from agentrl.progress import worker_index
+
+        obs, info = super().reset(seed=seed, options=options)
+        return obs, {**info, "worker": worker_index()}
+
+
+register_env("test/WhichWorker-v0", entry_point=WhichWorker, description="worker index")
+
+
+def test_each_worker_process_knows_its_index() -> None:
+    with ProcessPool("test/WhichWorker-v0", {}, 4, step_timeout=30, envs_per_worker=2) as pool:
+        assert [r.info["worker"] for r in pool.reset([0, 1, 2, 3], [0] * 4)] == [0, 0, 1, 1]
+    pool = InProcessPool("test/WhichWorker-v0", {}, 1)
+    assert pool.reset([0], [0])[0].info["worker"] is None

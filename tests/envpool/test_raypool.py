@@ -100,7 +100,8 @@ def test_ray_pool_gives_the_same_results_as_inprocess() -> None:
     runs, pids = [], []
     for pool in (InProcessPool("test/Corridor-v0", {"length": 2}, 3),
                  make_pool(EnvConfig(id="test/Corridor-v0", pool="ray", envs_per_worker=2,
-                                     step_timeout=30), 3, {"length": 2})):
+                                     step_timeout=30), 3, {"length": 2},
+                           RayConfig(worker_cpus=0.5))):
         try:
             runs.append([[_view(r) for r in getattr(pool, kind)(slots, args)]
                          for kind, slots, args in script])
@@ -117,7 +118,8 @@ def test_ray_pool_gives_the_same_results_as_inprocess() -> None:
 
 def test_hang_kill_and_exception_end_only_their_episodes() -> None:
     pool = raypool.RayPool("test/Corridor-v0", {"hang_on": "HANG", "crash_on": "take coin"}, 4,
-                           step_timeout=2.0, reset_timeout=60, envs_per_worker=2)
+                           step_timeout=2.0, reset_timeout=60, envs_per_worker=2,
+                           ray_cfg=RayConfig(worker_cpus=0.5))
     try:
         assert [r.error for r in pool.reset([0, 1, 2, 3], [0, 1, 2, 3])] == [None] * 4
         pids = [pool.worker_pid(0), pool.worker_pid(2)]
@@ -237,3 +239,61 @@ def test_clear_errors() -> None:
         raypool.RayPool("test/Corridor-v0", {}, 5, ray_cfg=RayConfig(worker_cpus=1.0))
     cfg = load_config(None, ["env.pool=ray", "ray.address=auto", "ray.worker_cpus=0.25"])
     assert cfg.ray.address == "auto" and cfg.env.pool == "ray"
+
+
+def test_auto_layout_keeps_half_of_the_free_cpus() -> None:
+    # 32 CPUs free, one rank: 16 for this pool; 72 envs at >= 1 per actor -> 16 actors of
+    # ceil(72/16) = 5 envs, 1 CPU each
+    assert raypool.auto_layout(72, 1, 32.0, 32.0) == (5, 1.0)
+    # the configured envs per actor is a floor: 72 envs at 8 -> 9 actors, all fit in 16
+    assert raypool.auto_layout(72, 8, 32.0, 32.0) == (8, 1.0)
+    # 2 CPUs (this machine): 1 for the training pool, one actor; then 1 free: 0.5 for the
+    # evaluation pool's single actor
+    assert raypool.auto_layout(72, 1, 2.0, 2.0) == (72, 1.0)
+    assert raypool.auto_layout(64, 1, 1.0, 2.0) == (64, 0.5)
+    # 8 torchrun ranks joining 32 free CPUs: 32 / (2 * 8) = 2 actors each
+    assert raypool.auto_layout(72, 1, 32.0, 32.0, ranks=8) == (36, 1.0)
+    with pytest.raises(raypool.PlacementError, match="no CPU of the Ray cluster is free"):
+        raypool.auto_layout(4, 1, 0.0, 2.0)
+
+
+def test_quickstart_sized_pools_fit_side_by_side_by_default() -> None:
+    # The quickstart's training pool (12 x 6 envs) and evaluation pool (64) with the default
+    # ray: section, on this module's 2-CPU instance: both are placed and answer at once.
+    train = make_pool(EnvConfig(id="test/Corridor-v0", pool="ray"), 72, ray_cfg=RayConfig())
+    try:
+        t0 = time.monotonic()
+        ev = make_pool(EnvConfig(id="test/Corridor-v0", pool="ray"), 64, ray_cfg=RayConfig())
+        try:
+            assert [r.error for r in ev.reset([0, 63], [0, 1])] == [None, None]
+            assert [r.error for r in train.reset([0, 71], [0, 1])] == [None, None]
+        finally:
+            ev.close()
+        assert time.monotonic() - t0 < 60
+        assert (train.worker_cpus, ev.worker_cpus) == (1.0, 0.5)  # type: ignore[attr-defined]
+    finally:
+        train.close()
+
+
+def test_actors_that_cannot_be_placed_fail_fast_in_one_line(monkeypatch: Any) -> None:
+    deadline = time.monotonic() + 30  # the CPUs of closed pools come back asynchronously
+    while ray.available_resources().get("CPU", 0) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    full = raypool.RayPool("test/Corridor-v0", {}, 2, ray_cfg=RayConfig(worker_cpus=1.0))
+    try:
+        # the run's own instance, all of it held: refused before any actor starts
+        t0 = time.monotonic()
+        with pytest.raises(raypool.PlacementError, match="0 of 2 CPUs of the local cluster") as e:
+            raypool.RayPool("test/Corridor-v0", {}, 1, ray_cfg=RayConfig(worker_cpus=1.0))
+        assert e.value.exit_code == 2 and "\n" not in str(e.value)
+        # a joined cluster whose CPUs others hold: the actor waits for its placement until
+        # the deadline, then the pool says what does not fit
+        monkeypatch.setitem(raypool._LOCAL, "started", False)
+        monkeypatch.setattr(raypool, "WORKER_START_TIMEOUT", 3.0)
+        with pytest.raises(raypool.PlacementError,
+                           match=r"1 of 1 env actors \(1 CPUs each\) did not start within 3s: "
+                           "they need 1 CPUs and the cluster has 0 of 2 free"):
+            raypool.RayPool("test/Corridor-v0", {}, 1, ray_cfg=RayConfig(worker_cpus=1.0))
+        assert time.monotonic() - t0 < 30
+    finally:
+        full.close()

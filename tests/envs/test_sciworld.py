@@ -229,3 +229,26 @@ def test_unknown_task_and_bad_arguments() -> None:
         ScienceWorldEnv(task="boil-an-egg")
     with pytest.raises(ValueError, match="split"):
         ScienceWorldEnv(split="validation")
+
+
+@pytest.mark.parametrize("worker,lines", [(None, 1), ("0", 1), ("1", 0)])
+def test_jvm_starts_are_announced_once_per_pool(worker: str | None, lines: int, monkeypatch,
+                                                capsys) -> None:
+    # In an env pool's workers only worker 0 says that JVMs are starting (one line, not one
+    # per worker); a process outside a pool says it for its own JVM.
+    import py4j.java_gateway
+
+    from agentrl.envs import sciworld_env
+
+    def no_jvm(**kw):
+        raise RuntimeError("not started in this test")
+
+    monkeypatch.setattr(py4j.java_gateway, "launch_gateway", no_jvm)
+    if worker is None:
+        monkeypatch.delenv("AGENTRL_WORKER", raising=False)
+    else:
+        monkeypatch.setenv("AGENTRL_WORKER", worker)
+    with pytest.raises(RuntimeError, match="could not start the ScienceWorld JVM"):
+        sciworld_env._JVM("1g")
+    said = [ln for ln in capsys.readouterr().err.splitlines() if "ScienceWorld JVM" in ln]
+    assert len(said) == lines

@@ -173,3 +173,43 @@ def test_eval_samples_at_eval_temperature_and_training_at_rollout_temperature(tm
         assert gap(0.4) < 1e-5 < gap(1.0)  # the sampler's logprobs are those of T = 0.4
     finally:
         tr.close()
+
+
+def test_eval_refuses_a_scripted_opponent_the_game_does_not_have(tmp_path, capsys) -> None:
+    cfg = tmp_path / "ta.yaml"
+    cfg.write_text("env: {id: agentrl/TextArena-TicTacToe-v0}\npolicy: {model: tiny}\n")
+    rc = main(["eval", "--untrained", str(cfg), "--opponent", "random", "--seeds", "0-1",
+               "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the tokenizer's progress
+    assert rc == 2 and err.startswith("agentrl eval: ")
+    assert "--opponent random: agentrl/TextArena-TicTacToe-v0 has no scripted opponents" in err
+
+
+def test_an_evaluation_whose_episodes_all_failed_is_an_error(tmp_path, capsys) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("env: {id: test/Corridor-v0}\npolicy: {model: tiny, tiny_corpus_episodes: 2}\n")
+    # an env kwarg the env does not take: every episode ends with env_error at its reset
+    rc = main(["eval", "--untrained", str(cfg), "--env-kwargs", "no_such_kwarg=1",
+               "--seeds", "0-2", "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert rc == 2 and err.startswith("agentrl eval: "), err
+    assert "all 3 episodes failed in the env (env_error: " in err and "no_such_kwarg" in err
+
+
+def test_the_trainers_eval_line_names_decoding_counts_and_self_play() -> None:
+    from agentrl.evaluate import eval_line
+
+    plain = {"episodes": 100, "k": 1, "success_rate": 0.85, "ci95": [0.77, 0.91], "turns": 4.0}
+    assert eval_line("final", 40, plain, 100, greedy=False) == (
+        "eval (final, iteration 40, sampled): success 0.850 (95% CI 0.77-0.91) over 100 "
+        "held-out episodes, 4.0 turns")
+    # a game against the env's scripted player: one seat per game is the policy's
+    game = {**plain, "games": {"all": {"win": 0.5, "win_or_draw": 0.75}}}
+    line = eval_line("final", 40, game, 100, greedy=True)
+    assert "iteration 40, greedy)" in line and "over 100 held-out episodes" in line
+    assert line.endswith("; win 0.500, win or draw 0.750")
+    # self-play: both seats are the policy, 200 trajectories from 100 games
+    selfplay = {**game, "episodes": 200}
+    line = eval_line("final", 40, selfplay, 100, greedy=False)
+    assert "over 100 held-out games (200 seats played by the policy)" in line
+    assert "self-play: the policy holds every seat, so its success cannot show learning" in line

@@ -140,3 +140,73 @@ def test_train_under_torchrun_resumes_across_rank_counts(tmp_path, fmt: str) -> 
     assert [r["iteration"] for r in rows] == [1, 2, 3]  # one row per iteration: rank 0 logs
     assert sorted(os.listdir(run / "trajectories")) == [f"iter_0000{i}.jsonl" for i in (1, 2, 3)]
     assert checkpoint.checkpoint_iteration(checkpoint.latest(str(run))) == 3
+
+
+def test_ddp_without_torchrun_is_one_line_before_any_work(monkeypatch, tmp_path, capsys) -> None:
+    from agentrl.cli import main
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.delenv("RANK", raising=False)
+    rc = main(["train", "train.strategy=ddp", f"output_dir={tmp_path}"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1, err
+    assert err.startswith("agentrl: train.strategy=ddp runs under torchrun: ")
+    assert not os.listdir(tmp_path)  # nothing was written
+
+
+def test_on_resume_rank_0_alone_cuts_the_run_back(monkeypatch, tmp_path) -> None:
+    # Every rank resumes the same run directory; ranks other than 0 must not rewrite its files
+    # (they raced on metrics.jsonl.tmp) and all wait at a barrier until rank 0 has.
+    import agentrl.trainer as T
+    from agentrl.config import load_config
+
+    cfg = load_config(None, [f"output_dir={tmp_path}", "run_name=r"])
+
+    class Stop(Exception):
+        pass
+
+    def stop(*a, **k):
+        raise Stop
+
+    for rank in (0, 1):
+        calls: list[str] = []
+        monkeypatch.setattr(T, "init_distributed", lambda *a: None)
+        monkeypatch.setattr(T.C, "rank", lambda r=rank: r)
+        monkeypatch.setattr(T.C, "broadcast", lambda x, src=0: x)
+        monkeypatch.setattr(T.C, "barrier", lambda c=calls: c.append("barrier"))
+        monkeypatch.setattr(T.Trainer, "_prepare_run_dir",
+                            lambda self, resume: setattr(self, "resume_from", "cp/step_3"))
+        monkeypatch.setattr(T.checkpoint, "checkpoint_iteration", lambda p: 3)
+        monkeypatch.setattr(T.checkpoint, "discard_after",
+                            lambda run, it, c=calls: c.append(f"discard_after {it}"))
+        monkeypatch.setattr(T, "assemble", stop)
+        with pytest.raises(Stop):
+            T.Trainer(cfg, resume=True, run_dir=str(tmp_path / "r"))
+        assert calls == (["discard_after 3", "barrier"] if rank == 0 else ["barrier"])
+
+
+@pytest.mark.slow  # ~30 s: one 2-rank launch training a tokenizer and a tiny model
+def test_preemption_under_torchrun_exits_75_on_every_rank(tmp_path) -> None:
+    # Every rank gets SIGTERM at the end of its first iteration, as a scheduler's preemption
+    # forwarded by torchrun: each writes its part of the checkpoint and stops; rank 0 names
+    # the torchrun command that resumes the run. (torchrun itself then reports the ranks'
+    # exit codes and exits 1: its own convention.)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "",
+           "AGENTRL_FAULT": "iteration_end:term"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node=2", "-m", "agentrl", "train", "train.strategy=ddp",
+                           f"output_dir={tmp_path}", "run_name=run", *QUICK,
+                           "train.iterations=3"], env=env, text=True, capture_output=True,
+                          timeout=600)
+    out = proc.stdout + proc.stderr
+    # (torchrun ends the other rank once the first exits, so its summary may list one)
+    assert "exitcode  : 75" in out, out[-3000:]
+    run = tmp_path / "run"
+    assert f"Continue with: torchrun --nproc_per_node=2 -m agentrl train --resume {run} " in out
+    assert "rank 1 stopped by SIGTERM after iteration 1" in out
+    frames = [ln for ln in out.splitlines() if ln.strip().startswith('File "')]
+    import agentrl
+
+    pkg = os.path.dirname(agentrl.__file__)
+    assert not [f for f in frames if pkg in f], out[-3000:]  # no traceback from agentrl
+    assert (run / "checkpoints" / "step_1").is_dir()

@@ -148,3 +148,15 @@ def test_real_run_with_truncated_replies_prints_and_logs_alarms(tmp_path, capsys
     assert it1["alarm/response_length_hit_rate"] == 1.0 and it1["alarm/invalid_action_rate"] == 1.0
     assert it1["alarm/logprob_mismatch"] == 0.0 and it1["train/logprob_mismatch"] < 1e-5
     assert it1["perf/host_rss_gb"] > 0 and "perf/workers_rss_gb" in it1
+
+
+def test_the_invalid_action_fix_fits_the_action_format() -> None:
+
+    sick = {**HEALTHY, "rollout/invalid_action_rate": 0.9}
+    (tags,) = check_alarms(sick, AlarmConfig(), RolloutConfig(action_format="tags"))
+    assert "set rollout.constrained=true" in tags
+    (done,) = check_alarms(sick, AlarmConfig(), RolloutConfig(constrained=True))
+    assert "constrained" not in done  # already on
+    # tool calls cannot be constrained (the config refuses it): never suggest it
+    (tool,) = check_alarms(sick, AlarmConfig(), RolloutConfig(action_format="tool_call"))
+    assert "constrained" not in tool and "rollout.tool_parser" in tool

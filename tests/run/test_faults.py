@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -111,3 +112,24 @@ def test_second_signal_exits_at_once(tmp_path) -> None:
     r = _train(tmp_path, "twice", "rollout@1:term,rollout@1:term")
     assert r.returncode == -15, (r.returncode, r.stderr[-2000:])
     assert checkpoint.list_checkpoints(str(tmp_path / "twice")) == []
+
+
+def test_the_resume_command_follows_the_launch(monkeypatch: pytest.MonkeyPatch) -> None:
+    from agentrl.run.faults import Interrupted, resume_command
+
+    for k in ("WORLD_SIZE", "RANK", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(k, raising=False)
+    assert resume_command("runs/x") == "agentrl train --resume runs/x"
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    msg = str(Interrupted(signal.SIGTERM, 4, "runs/x/checkpoints/step_4", "runs/x"))
+    assert msg == ("stopped by SIGTERM after iteration 4; checkpoint runs/x/checkpoints/step_4. "
+                   "Continue with: torchrun --nproc_per_node=2 -m agentrl train --resume runs/x "
+                   "(or in one process: agentrl train --resume runs/x train.strategy=single)")
+    monkeypatch.setenv("RANK", "1")  # one resume command per launch, from rank 0
+    assert str(Interrupted(signal.SIGTERM, 4, "cp", "runs/x")) == (
+        "rank 1 stopped by SIGTERM after iteration 4 (rank 0 says how to continue)")
+    monkeypatch.setenv("WORLD_SIZE", "16")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert resume_command("r").startswith("torchrun --nproc_per_node=8 --nnodes=2 (on every node")
