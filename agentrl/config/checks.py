@@ -10,7 +10,7 @@ from typing import Any
 from agentrl.config.sections import Config
 from agentrl.fields import ConfigError
 
-POOLS = ("auto", "inprocess", "process", "ray")
+POOLS = ("auto", "inprocess", "thread", "process", "ray")
 
 
 def cross_checks(cfg: Config) -> None:

@@ -47,12 +47,14 @@ class EnvConfig:
     train_seeds: int = F(100_000, "training episodes draw seeds from [0, train_seeds)", ge=1)
     pool: str = F("auto", "where envs run: 'auto' (worker processes for envs registered with "
                   "isolate=True: ScienceWorld's JVM, ALFWorld's planner; else this process), "
-                  "'inprocess', 'process', 'ray' (Ray actors, see the ray: section) or "
-                  "'pkg.module:Class' (your own EnvPool)")
+                  "'inprocess', 'thread' (this process, many requests at once: envs that wait "
+                  "on networks or tools), 'process', 'ray' (Ray actors, see the ray: section) "
+                  "or 'pkg.module:Class' (your own EnvPool)")
+    threads: int = F(0, "thread pool: requests in flight at once (0 = one per env slot)", ge=0)
     envs_per_worker: int = F(1, "process/ray pool: envs per worker process or actor (they share its JVM, "
                              "and a crash or timeout ends all of its episodes)", ge=1)
-    step_timeout: float = F(60.0, "process/ray pool: seconds before a step counts as hung (its "
-                            "worker is killed and replaced)", gt=0)
+    step_timeout: float = F(60.0, "process/ray/thread pool: seconds before a step counts as hung "
+                            "(its worker is killed and replaced; a thread is abandoned)", gt=0)
     reset_timeout: float | None = F(None, "process/ray pool: seconds a reset may take (null = "
                                     "step_timeout)", gt=0)
     build_timeout: float = F(600.0, "process/ray pool: seconds a worker may take to build an env "

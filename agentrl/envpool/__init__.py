@@ -12,6 +12,10 @@ Implementations:
 
 - `InProcessPool`: envs live in this process. An exception ends that episode with
   ``env_error``; nothing can interrupt a hung step, so there is no step timeout.
+- `ThreadPool` (``env.pool=thread``): envs live in this process and every request of a batch
+  runs on its own thread (``env.threads`` at once), for envs that wait on a network, a tool or
+  a remote simulator: their waits overlap. Deadlines as the process pool's; a hung request's
+  thread is abandoned with its env.
 - `ProcessPool`: envs live in worker processes, ``envs_per_worker`` slots each. A batch is sent
   to every worker first and gathered afterwards, so workers step in parallel. A worker that runs
   past ``step_timeout``/``reset_timeout`` is killed (with everything it started, e.g. a JVM)
@@ -34,7 +38,7 @@ Every failure result has ``terminated=True`` and a ``message``; the env is rebui
 slot's next reset, and the run goes on. ``recycle_after`` replaces an env (in-process) or a
 worker after that many episodes, to bound slow memory leaks in env code.
 
-The package: `base` (the protocol, `EnvResult`, slot bookkeeping), `inprocess`, `process`
+The package: `base` (the protocol, `EnvResult`, slot bookkeeping), `inprocess`, `threads`, `process`
 (worker processes) and `ray` (Ray actors, imported only for ``env.pool=ray``).
 
 Workers get the env's registration (gymnasium ``EnvSpec``) from this process, so an env that a
@@ -57,6 +61,7 @@ from agentrl.envpool.base import (
 )
 from agentrl.envpool.inprocess import InProcessPool
 from agentrl.envpool.process import CLOSE_GRACE, ProcessPool
+from agentrl.envpool.threads import ThreadPool
 
 if TYPE_CHECKING:
     from agentrl.config import EnvConfig, RayConfig
@@ -95,6 +100,12 @@ def make_pool(env_cfg: EnvConfig, num_envs: int, env_kwargs: dict[str, Any] | No
         kind = "process" if isolated(env_cfg.id) else "inprocess"
     if kind == "inprocess":
         return InProcessPool(env_cfg.id, kwargs, num_envs, recycle_after=env_cfg.recycle_after)
+    if kind == "thread":
+        return ThreadPool(env_cfg.id, kwargs, num_envs, threads=env_cfg.threads or None,
+                          step_timeout=env_cfg.step_timeout,
+                          reset_timeout=env_cfg.reset_timeout,
+                          build_timeout=env_cfg.build_timeout,
+                          recycle_after=env_cfg.recycle_after)
     if kind == "process":
         return ProcessPool(env_cfg.id, kwargs, num_envs, step_timeout=env_cfg.step_timeout,
                            reset_timeout=env_cfg.reset_timeout,
@@ -109,9 +120,9 @@ def make_pool(env_cfg: EnvConfig, num_envs: int, env_kwargs: dict[str, Any] | No
             ray_cfg=ray_cfg)
     if ":" in kind:  # a user's pool, loaded by name
         return _load_pool(kind)(env_cfg.id, kwargs, num_envs, env_cfg)
-    raise ValueError(f"env.pool={kind!r}: use auto, inprocess, process, ray or "
+    raise ValueError(f"env.pool={kind!r}: use auto, inprocess, thread, process, ray or "
                      "'pkg.module:Class'")
 
 
 __all__ = ["CLOSE_GRACE", "ENV_BUILD_TIMEOUT", "WORKER_START_TIMEOUT", "EnvPool", "EnvResult",
-           "InProcessPool", "ProcessPool", "isolated", "make_pool", "rss_bytes"]
+           "InProcessPool", "ProcessPool", "ThreadPool", "isolated", "make_pool", "rss_bytes"]

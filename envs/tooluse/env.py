@@ -29,6 +29,7 @@ from __future__ import annotations
 import functools
 import random
 import re
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -105,6 +106,9 @@ class ToolUseEnv(TextEnv):
             expression and its variants with the last operator changed, or differences of the
             years found so far).
             Every other well-formed call stays valid.
+        tool_latency: seconds each tool call waits before it answers, as a remote search API
+            or code runner would (``time.sleep``: the process waits, no CPU). For envs that
+            wait, ``env.pool=thread`` steps many episodes at once.
     """
 
     def __init__(self, task_types: Sequence[str] = TASK_TYPES, split: str = "train",
@@ -113,8 +117,12 @@ class ToolUseEnv(TextEnv):
                  wrong_reward: float = 0.0, python_timeout: float = 5.0,
                  python_cpu_seconds: int = 3, python_memory_mb: int = 256,
                  max_output: int = 1500, max_action_chars: int = 8000, instructions: bool = True,
-                 action_choices: bool = False, render_mode: str | None = None) -> None:
+                 action_choices: bool = False, tool_latency: float = 0.0,
+                 render_mode: str | None = None) -> None:
         super().__init__(render_mode)
+        if tool_latency < 0:
+            raise ValueError(f"tool_latency must be >= 0 seconds, got {tool_latency!r}")
+        self.tool_latency = float(tool_latency)
         bad = [t for t in task_types if t not in TASK_TYPES]
         if bad or not task_types:
             raise ValueError(f"task_types must be a non-empty subset of {TASK_TYPES}, got "
@@ -244,6 +252,8 @@ class ToolUseEnv(TextEnv):
                               f"answer with answer[text]."), False
             else:
                 self._tool_calls += 1
+                if self.tool_latency:  # a remote API's round trip: waiting, no CPU
+                    time.sleep(self.tool_latency)
                 obs = self._run_tool(tool, arg)
                 if self.action_choices:
                     self._note_returned(tool, arg, obs)
