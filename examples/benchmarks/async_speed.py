@@ -84,14 +84,14 @@ def run(env: str, mode: str, warmup: int, iterations: int) -> dict[str, Any]:
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--env", choices=sorted(ENVS), default="alfworld")
     ap.add_argument("--modes", default="sync,async", help=f"comma-separated, of {list(MODES)}")
     ap.add_argument("--pairs", type=int, default=2, help="rounds of every mode")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--iterations", type=int, default=4)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     modes = args.modes.split(",")
     print(machine.describe(), flush=True)
     runs: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}

@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 
+from examples.benchmarks import machine
 from examples.benchmarks.learner_memory import _rss_gb, synthetic_trajectories
 
 
@@ -100,18 +101,19 @@ def compare(vocab: int, a: argparse.Namespace) -> dict[str, float]:
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--vocabs", default="49152,151936")
     ap.add_argument("--rows", type=int, default=16)
     ap.add_argument("--tokens", type=int, default=1024, help="tokens per row")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # a child process
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     if a.one is not None:
         vocab, chunk, grads = a.one.split(",", 2)
         print(json.dumps(one(int(vocab), int(chunk), a.rows, a.tokens, grads)))
         return
+    machine.header("learner memory: chunked logits vs a micro-batch's logits at once")
     print(f"{a.rows} rows x {a.tokens} tokens (a quarter action tokens), one micro-batch, "
           f"1 thread, {a.repeats} alternating pairs")
     print(f"{'vocab':>7} {'whole GB':>9} {'chunked GB':>10} {'memory':>7} {'whole s':>8} "

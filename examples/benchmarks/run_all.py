@@ -13,6 +13,10 @@
    reason when that environment is absent).
 6. ``quickstart``: quickstart seconds per iteration, before vs after.
 7. ``profile``: where one quickstart iteration's time goes.
+8. ``logits``: learner memory and speed with chunked logits vs a micro-batch's logits at once
+   (49k and 152k vocabularies).
+9. ``latency``: an env that waits (ToolUse, 200 ms per tool call): the in-process pool vs
+   ``env.pool=thread``, without and with asynchronous rollouts.
 """
 
 from __future__ import annotations
@@ -46,6 +50,8 @@ def main(argv: list[str] | None = None) -> None:
     a = ap.parse_args(argv)
     from examples.benchmarks import (
         anchor_trl,
+        async_speed,
+        logits_memory,
         multiturn_generation,
         profile_quickstart,
         quickstart_speed,
@@ -66,6 +72,11 @@ def main(argv: list[str] | None = None) -> None:
         "quickstart": lambda: quickstart_speed.main(
             pairs + ["--base", a.base] + (["--iterations", "1"] if a.quick else [])),
         "profile": lambda: profile_quickstart.main(["--threads", str(a.threads)]),
+        "logits": lambda: logits_memory.main(
+            ["--repeats", "1" if a.quick else str(a.pairs)] + (["--rows", "4"] if a.quick else [])),
+        "latency": lambda: async_speed.main(
+            ["--env", "tooluse", "--modes", "sync,thread,thread+async", "--pairs",
+             "1" if a.quick else str(a.pairs), "--iterations", "1" if a.quick else "3"]),
     }
     chosen = [s for s in a.only.split(",") if s] or list(suite)
     unknown = set(chosen) - set(suite)
