@@ -42,7 +42,13 @@ from agentrl.envs.tooluse.kb import (
     make_multihop,
 )
 from agentrl.envs.tooluse.sandbox import check_sandbox, run_python
-from agentrl.envs.tooluse.tools import BM25Search, CalculatorError, calculate, format_number
+from agentrl.envs.tooluse.tools import (
+    BM25Search,
+    CalculatorError,
+    Document,
+    calculate,
+    format_number,
+)
 
 TASK_TYPES = ("multihop", "arithmetic")
 TOOLS = ("search", "calculate", "python")
@@ -142,6 +148,7 @@ class ToolUseEnv(TextEnv):
         self.action_choices = action_choices
         self._returned: list[str] = []  # values the last tool call returned (action_choices)
         self._years: list[str] = []  # years found so far in this episode (action_choices)
+        self._hits: list[Document] = []  # the last search's documents
         self.task: Task | None = None
         self._steps = self._tool_calls = 0
         self._last = ""
@@ -189,8 +196,8 @@ class ToolUseEnv(TextEnv):
         if tool != "search":
             self._returned = []
             return
-        facts = [(a, v) for d in self.search.search(arg) for a, v in
-                 self.kb.by_name[d.title].attrs.items()] if arg.strip() else []
+        # the documents this search returned (`_run_tool`), not a second BM25 query
+        facts = [(a, v) for d in self._hits for a, v in self.kb.by_name[d.title].attrs.items()]
         self._returned = sorted({format_number(v) for _, v in facts})
         years = [str(v) for a, v in facts if a in ("founded", "birth_year")]
         self._years = list(dict.fromkeys(self._years + years))[-3:]
@@ -198,7 +205,8 @@ class ToolUseEnv(TextEnv):
     # -- tools ----------------------------------------------------------------------------
     def _run_tool(self, tool: str, arg: str) -> str:
         if tool == "search":
-            return self.search.render(arg)[: self.max_output]
+            self._hits = self.search.search(arg)  # kept for `_note_returned`
+            return self.search.format(arg, self._hits)[: self.max_output]
         if tool == "calculate":
             try:
                 return f"{arg.strip()} = {format_number(calculate(arg))}"
