@@ -149,6 +149,7 @@ class ToolUseEnv(TextEnv):
         self._returned: list[str] = []  # values the last tool call returned (action_choices)
         self._years: list[str] = []  # years found so far in this episode (action_choices)
         self._hits: list[Document] = []  # the last search's documents
+        self._question_choices: frozenset[str] | None = None  # `_choices` of the question
         self.task: Task | None = None
         self._steps = self._tool_calls = 0
         self._last = ""
@@ -179,12 +180,17 @@ class ToolUseEnv(TextEnv):
         """Candidate calls (``action_choices``): they name what the agent has seen, never
         which one is right."""
         assert self.task is not None
-        text = f"{self.task.question}\n{self._last}"
-        out = {f"search[{name}]" for name in self.kb.by_name if name in text}
+        if self._question_choices is None:  # what the question offers: the same all episode
+            q = self.task.question
+            fixed = {f"search[{name}]" for name in self.kb.by_name if name in q}
+            if self.task.expression and self.task.task_type == "arithmetic":
+                fixed |= {f"calculate[{e}]" for e in _operator_variants(self.task.expression)}
+            self._question_choices = frozenset(fixed)
+        # A name is one line, so it is in "question\nlast" iff it is in one of the two.
+        out = self._question_choices | {f"search[{name}]" for name in self.kb.by_name
+                                        if name in self._last}
         out |= {f"answer[{v}]" for v in self._returned}
         if self.task.expression:
-            if self.task.task_type == "arithmetic":
-                out |= {f"calculate[{e}]" for e in _operator_variants(self.task.expression)}
             out |= {f"calculate[{a} - {b}]" for a in self._years for b in self._years if a != b}
         return sorted(out)
 
@@ -226,7 +232,7 @@ class ToolUseEnv(TextEnv):
         self.task = self.task_for_seed(seed, task_type)
         self._steps = self._tool_calls = 0
         self._last, self._done, self._success = "", False, False
-        self._returned, self._years = [], []
+        self._returned, self._years, self._question_choices = [], [], None
         obs = f"Question: {self.task.question}"
         if self.instructions:
             obs = f"{obs}\n{INSTRUCTIONS}"
