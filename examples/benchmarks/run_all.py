@@ -13,6 +13,9 @@
    reason when that environment is absent).
 6. ``quickstart``: quickstart seconds per iteration, before vs after.
 7. ``profile``: where one quickstart iteration's time goes.
+8. ``env``: steps/s of each env family through agentrl (env, in-process pool) against its bare
+   engine, same recorded actions (``env_overhead.py``; families whose package is missing are
+   skipped with the reason).
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     a = ap.parse_args(argv)
     from examples.benchmarks import (
         anchor_trl,
+        env_overhead,
         multiturn_generation,
         profile_quickstart,
         quickstart_speed,
@@ -66,6 +70,8 @@ def main(argv: list[str] | None = None) -> None:
         "quickstart": lambda: quickstart_speed.main(
             pairs + ["--base", a.base] + (["--iterations", "1"] if a.quick else [])),
         "profile": lambda: profile_quickstart.main(["--threads", str(a.threads)]),
+        "env": lambda: env_overhead.main(pairs + (["--seconds", "0.2"] if a.quick
+                                                  else ["--process"])),
     }
     chosen = [s for s in a.only.split(",") if s] or list(suite)
     unknown = set(chosen) - set(suite)
