@@ -15,6 +15,8 @@ import string
 from typing import Any
 
 import gymnasium as gym
+import numpy as np
+from gymnasium.utils import seeding
 
 #: The fixed info keys. `success` must be present at episode end; `action_valid` after every step.
 INFO_KEYS = {
@@ -72,6 +74,32 @@ class TextEnv(gym.Env[str, str]):
         self.action_space = TextSpace()
         self.render_mode = render_mode
         self._last_obs = ""
+
+    # The generator gymnasium keeps in ``_np_random``, built on first use (see `reset`).
+    _rng: np.random.Generator | None = None
+    _rng_seed: int | None = None  # the seed of the last reset, until its generator is built
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
+              ) -> tuple[str, dict[str, Any]]:
+        """Seed ``self.np_random`` as `gymnasium.Env.reset` does, but build the generator on
+        its first use: text envs mostly take their task from the seed itself, and numpy's
+        seeding costs more than a step of a light env. The generator is the one ``seed``
+        gives, whenever it is built."""
+        if seed is not None:
+            if not isinstance(seed, int) or seed < 0:
+                seeding.np_random(seed)  # raises gymnasium's error for this seed
+            self._rng, self._rng_seed, self._np_random_seed = None, seed, seed
+        return super().reset(options=options)  # type: ignore[return-value]
+
+    @property  # type: ignore[override]
+    def _np_random(self) -> np.random.Generator | None:
+        if self._rng is None and self._rng_seed is not None:
+            self._rng = seeding.np_random(self._rng_seed)[0]
+        return self._rng
+
+    @_np_random.setter
+    def _np_random(self, value: np.random.Generator | None) -> None:
+        self._rng, self._rng_seed = value, None
 
     def render(self) -> str | None:
         return self._last_obs if self.render_mode == "ansi" else None

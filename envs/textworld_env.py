@@ -354,6 +354,18 @@ class TextWorldEnv(TextEnv):
         self._applied = history
         return self._eng
 
+    def _engine_reset(self) -> Any:
+        """Reset an engine of the current game (the held one, else `_take_engine`'s) and return
+        its first game state: one engine reset, where `_engine_at` would reset it and the
+        caller then reset it again."""
+        if self._eng is None or self._eng_path != self._path:
+            self._release_engine()
+            self._eng, _ = _take_engine(self._path, ())
+            self._eng_path = self._path
+        gs = self._eng.reset()
+        self._applied = ()
+        return gs
+
     def _release_engine(self) -> None:
         if self._eng is not None:
             _give_engine(self._eng_path, self._eng, self._applied)
@@ -390,8 +402,7 @@ class TextWorldEnv(TextEnv):
         key = (self._path, ())
         rec = _TRANSITIONS.get(key) if self.cache_transitions else None
         if rec is None:
-            eng = self._engine_at(())
-            gs = eng.reset()
+            gs = self._engine_reset()
             obs = _clean(gs.feedback)
             # The banner's tail repeats the objective before the first room; keep the room text.
             if gs.objective and gs.objective in obs:

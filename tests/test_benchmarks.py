@@ -30,3 +30,14 @@ def test_multiturn_benchmark_tiny_budget() -> None:
     assert res["same"]
     without, with_reuse = res["prefill_per_episode"]
     assert with_reuse * 1.5 < without
+
+
+def test_env_overhead_benchmark_tiny_budget(capsys) -> None:
+    from examples.benchmarks import env_overhead as E
+
+    fam = E.families()["tooluse"]
+    fam.seeds = [0, 1]
+    rates = E.measure(fam, pairs=1, seconds=0.01, process=False)
+    assert set(rates) == {"bare", "env", "pool"}
+    assert all(len(v) == 1 and v[0] > 0 for v in rates.values())
+    assert E.report("tooluse", rates)[-1].startswith("pool/bare ")

@@ -44,3 +44,33 @@ def test_textworld_cached_transitions_equal_the_engine() -> None:
             if b[2] or b[3]:
                 break
     assert len(textworld_env._TRANSITIONS) > 0
+
+
+def test_text_env_seeds_its_generator_as_gymnasium_does() -> None:
+    import gymnasium as gym
+    from gymnasium.utils import seeding
+
+    from agentrl.envs.base import TextEnv
+
+    class Draws(TextEnv):
+        def reset(self, *, seed=None, options=None):
+            super().reset(seed=seed)
+            return "", {}
+
+    class Eager(gym.Env):  # gymnasium's own seeding, built at reset
+        pass
+
+    lazy, eager = Draws(), Eager()
+    for seed in (7, None, 3, None, None):
+        lazy.reset(seed=seed)
+        gym.Env.reset(eager, seed=seed)
+        assert lazy.np_random.integers(0, 2**31, 4).tolist() == \
+            eager.np_random.integers(0, 2**31, 4).tolist()
+        assert lazy.np_random_seed == eager.np_random_seed
+    fresh = Draws()
+    fresh.reset(seed=11)  # never drawn from, then a seedless reset: still seed 11's stream
+    fresh.reset()
+    assert fresh.np_random.integers(0, 99, 3).tolist() == \
+        seeding.np_random(11)[0].integers(0, 99, 3).tolist()
+    with pytest.raises(gym.error.Error):
+        fresh.reset(seed=-1)

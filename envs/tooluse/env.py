@@ -42,7 +42,13 @@ from agentrl.envs.tooluse.kb import (
     make_multihop,
 )
 from agentrl.envs.tooluse.sandbox import check_sandbox, run_python
-from agentrl.envs.tooluse.tools import BM25Search, CalculatorError, calculate, format_number
+from agentrl.envs.tooluse.tools import (
+    BM25Search,
+    CalculatorError,
+    Document,
+    calculate,
+    format_number,
+)
 
 TASK_TYPES = ("multihop", "arithmetic")
 TOOLS = ("search", "calculate", "python")
@@ -142,6 +148,8 @@ class ToolUseEnv(TextEnv):
         self.action_choices = action_choices
         self._returned: list[str] = []  # values the last tool call returned (action_choices)
         self._years: list[str] = []  # years found so far in this episode (action_choices)
+        self._hits: list[Document] = []  # the last search's documents
+        self._question_choices: frozenset[str] | None = None  # `_choices` of the question
         self.task: Task | None = None
         self._steps = self._tool_calls = 0
         self._last = ""
@@ -172,12 +180,17 @@ class ToolUseEnv(TextEnv):
         """Candidate calls (``action_choices``): they name what the agent has seen, never
         which one is right."""
         assert self.task is not None
-        text = f"{self.task.question}\n{self._last}"
-        out = {f"search[{name}]" for name in self.kb.by_name if name in text}
+        if self._question_choices is None:  # what the question offers: the same all episode
+            q = self.task.question
+            fixed = {f"search[{name}]" for name in self.kb.by_name if name in q}
+            if self.task.expression and self.task.task_type == "arithmetic":
+                fixed |= {f"calculate[{e}]" for e in _operator_variants(self.task.expression)}
+            self._question_choices = frozenset(fixed)
+        # A name is one line, so it is in "question\nlast" iff it is in one of the two.
+        out = self._question_choices | {f"search[{name}]" for name in self.kb.by_name
+                                        if name in self._last}
         out |= {f"answer[{v}]" for v in self._returned}
         if self.task.expression:
-            if self.task.task_type == "arithmetic":
-                out |= {f"calculate[{e}]" for e in _operator_variants(self.task.expression)}
             out |= {f"calculate[{a} - {b}]" for a in self._years for b in self._years if a != b}
         return sorted(out)
 
@@ -189,8 +202,8 @@ class ToolUseEnv(TextEnv):
         if tool != "search":
             self._returned = []
             return
-        facts = [(a, v) for d in self.search.search(arg) for a, v in
-                 self.kb.by_name[d.title].attrs.items()] if arg.strip() else []
+        # the documents this search returned (`_run_tool`), not a second BM25 query
+        facts = [(a, v) for d in self._hits for a, v in self.kb.by_name[d.title].attrs.items()]
         self._returned = sorted({format_number(v) for _, v in facts})
         years = [str(v) for a, v in facts if a in ("founded", "birth_year")]
         self._years = list(dict.fromkeys(self._years + years))[-3:]
@@ -198,7 +211,8 @@ class ToolUseEnv(TextEnv):
     # -- tools ----------------------------------------------------------------------------
     def _run_tool(self, tool: str, arg: str) -> str:
         if tool == "search":
-            return self.search.render(arg)[: self.max_output]
+            self._hits = self.search.search(arg)  # kept for `_note_returned`
+            return self.search.format(arg, self._hits)[: self.max_output]
         if tool == "calculate":
             try:
                 return f"{arg.strip()} = {format_number(calculate(arg))}"
@@ -218,7 +232,7 @@ class ToolUseEnv(TextEnv):
         self.task = self.task_for_seed(seed, task_type)
         self._steps = self._tool_calls = 0
         self._last, self._done, self._success = "", False, False
-        self._returned, self._years = [], []
+        self._returned, self._years, self._question_choices = [], [], None
         obs = f"Question: {self.task.question}"
         if self.instructions:
             obs = f"{obs}\n{INSTRUCTIONS}"

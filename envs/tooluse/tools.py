@@ -164,7 +164,11 @@ class BM25Search:
 
     def render(self, query: str, k: int | None = None) -> str:
         """Search results as observation text."""
-        hits = self.search(query, k)
+        return self.format(query, self.search(query, k))
+
+    @staticmethod
+    def format(query: str, hits: Sequence[Document]) -> str:
+        """``hits`` of ``query`` as observation text."""
         if not hits:
             return f"No results for {query!r}."
         return "\n".join(f"[{i}] {d.title}: {d.text}" for i, d in enumerate(hits, 1))

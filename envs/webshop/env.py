@@ -43,19 +43,21 @@ DEFAULT_NUM_PRODUCTS = 3000
 
 _STORES: dict[tuple[Any, ...], Store] = {}
 
-#: The actions as JSON-schema function tools (``info["tools"]`` at reset, for
-#: ``rollout.action_format=tool_call``): a call ``name(param=value)`` is ``name[value]``.
-TOOLS: list[dict[str, Any]] = [
-    {"type": "function", "function": {
-        "name": "search", "description": "Search the store (only on the search page).",
-        "parameters": {"type": "object", "properties": {"query": {
-            "type": "string", "description": "search keywords"}}, "required": ["query"]}}},
-    {"type": "function", "function": {
-        "name": "click", "description": "Click a button, product or option on the page.",
-        "parameters": {"type": "object", "properties": {"button": {
-            "type": "string", "description": "the clickable text, e.g. 'Buy Now' or a product "
-            "id"}}, "required": ["button"]}}},
-]
+def tool_schemas() -> list[dict[str, Any]]:
+    """The actions as JSON-schema function tools (``info["tools"]`` at reset, for
+    ``rollout.action_format=tool_call``): a call ``name(param=value)`` is ``name[value]``. A
+    new list each call, so a caller may change its copy."""
+    return [
+        {"type": "function", "function": {
+            "name": "search", "description": "Search the store (only on the search page).",
+            "parameters": {"type": "object", "properties": {"query": {
+                "type": "string", "description": "search keywords"}}, "required": ["query"]}}},
+        {"type": "function", "function": {
+            "name": "click", "description": "Click a button, product or option on the page.",
+            "parameters": {"type": "object", "properties": {"button": {
+                "type": "string", "description": "the clickable text, e.g. 'Buy Now' or a "
+                "product id"}}, "required": ["button"]}}},
+    ]
 
 
 def get_store(data_path: str | None = None, num_products: int | None = None,
@@ -165,9 +167,10 @@ class WebShopEnv(TextEnv):
         self.goal = self.goals[idx]
         self._go_search()
         self.done, self.score, self.score_details = False, 0.0, {}
-        obs = self._observation()
+        body = self._body()
+        obs = self._observation(body)
         self._last_obs = obs
-        return obs, {**self._info(True), "tools": json.loads(json.dumps(TOOLS))}
+        return obs, {**self._info(True, body), "tools": tool_schemas()}
 
     def step(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
         """Apply ``search[...]`` or ``click[...]``; anything else is a no-op invalid step."""
@@ -180,9 +183,10 @@ class WebShopEnv(TextEnv):
             success = self.score >= 1.0
             reward = (self.success_reward * float(success) if self.reward_mode == "success"
                       else self.score)
-        obs = self._observation()
+        body = self._body()  # the page's texts: the observation and the state key
+        obs = self._observation(body)
         self._last_obs = obs
-        return obs, reward, self.done, False, self._info(valid)
+        return obs, reward, self.done, False, self._info(valid, body)
 
     def _apply(self, name: str, arg: str) -> bool:
         if name == "search":
@@ -295,9 +299,10 @@ class WebShopEnv(TextEnv):
             texts.append("No reviews found")
         return texts
 
-    def _observation(self) -> str:
+    def _observation(self, body: list[str] | None = None) -> str:
+        """The page as text; ``body``: `_body`'s texts when the caller has them already."""
         instr = self.goal["instruction_text"]
-        body = self._body()
+        body = self._body() if body is None else body
         if self.page == "search":
             return SEP.join(["WebShop", "Instruction:", instr, *body])
         if self.page == "done":
@@ -314,12 +319,13 @@ class WebShopEnv(TextEnv):
             return ["search[<query>]"]
         return [f"click[{b}]" for b in self._clickables()]
 
-    def _info(self, valid: bool) -> dict[str, Any]:
+    def _info(self, valid: bool, body: list[str]) -> dict[str, Any]:
+        """The step's info; ``body``: `_body`'s texts (the state key)."""
         info: dict[str, Any] = {
             "task_type": self.goal["category"],
             "task": self.goal["instruction_text"],
             "admissible_actions": [] if self.done else self.admissible_actions(),
-            "state_key": SEP.join(self._body()),
+            "state_key": SEP.join(body),
             "action_valid": valid,
             "success": bool(self.done and self.score >= 1.0),
             "score": float(self.score),

@@ -17,6 +17,9 @@
    (49k and 152k vocabularies).
 9. ``latency``: an env that waits (ToolUse, 200 ms per tool call): the in-process pool vs
    ``env.pool=thread``, without and with asynchronous rollouts.
+10. ``env``: steps/s of each env family through agentrl (env, in-process pool) against its bare
+   engine, same recorded actions (``env_overhead.py``; families whose package is missing are
+   skipped with the reason).
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     from examples.benchmarks import (
         anchor_trl,
         async_speed,
+        env_overhead,
         logits_memory,
         multiturn_generation,
         profile_quickstart,
@@ -77,6 +81,8 @@ def main(argv: list[str] | None = None) -> None:
         "latency": lambda: async_speed.main(
             ["--env", "tooluse", "--modes", "sync,thread,thread+async", "--pairs",
              "1" if a.quick else str(a.pairs), "--iterations", "1" if a.quick else "3"]),
+        "env": lambda: env_overhead.main(pairs + (["--seconds", "0.2"] if a.quick
+                                                  else ["--process"])),
     }
     chosen = [s for s in a.only.split(",") if s] or list(suite)
     unknown = set(chosen) - set(suite)

@@ -77,3 +77,18 @@ def test_an_idle_engine_is_caught_up_not_replayed(starts) -> None:
     finally:
         a.close()
         b.close()
+
+
+def test_a_reset_resets_its_engine_once_with_the_same_episode(starts) -> None:
+    env = _make(False)
+    try:
+        first = _play(env, 0, 3)
+        eng = env.unwrapped._eng
+        calls: list[str] = []
+        reset = eng.reset
+        eng.reset = lambda: calls.append("reset") or reset()
+        assert _play(env, 0, 3) == first  # the engine 3 commands in, reset once
+        assert calls == ["reset"]
+        assert len(starts) == 1
+    finally:
+        env.close()

@@ -213,3 +213,38 @@ def test_determinism_within_and_across_processes() -> None:
     # search results in a fresh process (in-process envs share one cached index)
     assert search == repr(env.search.render("founded"))
     assert env.search.render("founded").startswith("[1] ")
+
+
+def test_action_choices_equal_the_reference_scan() -> None:
+    """The candidates built incrementally (question once per episode, last search's documents
+    reused) equal a full scan of question + last observation with a fresh search."""
+    import random
+
+    from agentrl.envs.tooluse.env import _operator_variants
+    from agentrl.registry import make_env
+
+    env = make_env("agentrl/ToolUse-v0", expert_actions=True, action_choices=True)
+    inner, rng = env.unwrapped, random.Random(0)
+    for seed in range(12):
+        _, info = env.reset(seed=seed)
+        returned: list[str] = []
+        for _ in range(6):
+            task, last = inner.task, inner._last
+            want = {f"search[{n}]" for n in inner.kb.by_name if n in f"{task.question}\n{last}"}
+            want |= {f"answer[{v}]" for v in returned}
+            if task.expression:
+                if task.task_type == "arithmetic":
+                    want |= {f"calculate[{e}]" for e in _operator_variants(task.expression)}
+                want |= {f"calculate[{a} - {b}]" for a in inner._years for b in inner._years
+                         if a != b}
+            assert info["admissible_actions"] == sorted(want)
+            action = info["expert_action"] if seed % 2 else rng.choice(info["admissible_actions"])
+            _, _, term, trunc, info = env.step(action)
+            if term or trunc:
+                break
+            if action.startswith("search["):
+                docs = inner.search.search(action[7:-1])
+                returned = sorted({format_number(v) for d in docs
+                                   for v in inner.kb.by_name[d.title].attrs.values()})
+            elif action.startswith("calculate["):
+                returned = [inner._last.rsplit(" = ", 1)[1]]
