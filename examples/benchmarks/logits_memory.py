@@ -80,14 +80,15 @@ def compare(vocab: int, a: argparse.Namespace) -> dict[str, float]:
 
     from agentrl.config import LOGITS_CHUNK
 
-    runs: dict[int, list[dict[str, float]]] = {0: [], LOGITS_CHUNK: []}
+    chunk = a.chunk or LOGITS_CHUNK
+    runs: dict[int, list[dict[str, float]]] = {0: [], chunk: []}
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(a.repeats):
             for chunk in runs:
                 runs[chunk].append(_child(vocab, chunk, a, os.path.join(tmp, f"{chunk}.pt")))
         g0 = torch.load(os.path.join(tmp, "0.pt"))
-        g1 = torch.load(os.path.join(tmp, f"{LOGITS_CHUNK}.pt"))
-    whole, chunked = runs[0], runs[LOGITS_CHUNK]
+        g1 = torch.load(os.path.join(tmp, f"{chunk}.pt"))
+    whole, chunked = runs[0], runs[chunk]
     return {
         "vocab": vocab,
         "whole_peak_gb": max(r["peak_growth_gb"] for r in whole),
@@ -107,6 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rows", type=int, default=16)
     ap.add_argument("--tokens", type=int, default=1024, help="tokens per row")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--chunk", type=int, default=0, help="train.logits_chunk (0: the default)")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # a child process
     a = ap.parse_args(argv)
     if a.one is not None:
