@@ -386,7 +386,8 @@ class WhichWorker(CorridorEnv):
         return obs, {**info, "worker": worker_index()}
 
 
-register_env("test/WhichWorker-v0", entry_point=WhichWorker, description="worker index")
+register_env("test/WhichWorker-v0", entry_point=WhichWorker, description="worker index",
+             max_episode_steps=20)
 
 
 def test_each_worker_process_knows_its_index() -> None:

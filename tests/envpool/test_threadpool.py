@@ -17,7 +17,7 @@ from agentrl.registry import make_env, register_env
 class Waiting(CorridorEnv):
     """The corridor with a wait in every step (a remote tool's round trip)."""
 
-    def __init__(self, wait: float = 0.2, **kw: object) -> None:
+    def __init__(self, wait: float = 0.01, **kw: object) -> None:
         super().__init__(**kw)
         self.wait = wait
 
@@ -26,7 +26,8 @@ class Waiting(CorridorEnv):
         return super().step(action)
 
 
-register_env("test/Waiting-v0", entry_point=Waiting, description="corridor that waits")
+register_env("test/Waiting-v0", entry_point=Waiting, description="corridor that waits",
+             max_episode_steps=20)
 
 
 def _script() -> list[tuple[str, list[int], list]]:

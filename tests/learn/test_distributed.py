@@ -174,8 +174,9 @@ def test_on_resume_rank_0_alone_cuts_the_run_back(monkeypatch, tmp_path) -> None
         monkeypatch.setattr(T.C, "rank", lambda r=rank: r)
         monkeypatch.setattr(T.C, "broadcast", lambda x, src=0: x)
         monkeypatch.setattr(T.C, "barrier", lambda c=calls: c.append("barrier"))
-        monkeypatch.setattr(T.Trainer, "_prepare_run_dir",
-                            lambda self, resume: setattr(self, "resume_from", "cp/step_3"))
+        monkeypatch.setattr(T.checkpoint, "latest", lambda run: "cp/step_3")
+        monkeypatch.setattr(T.Trainer, "_open_checkpoint", staticmethod(lambda path: {}))
+        monkeypatch.setattr(T.Trainer, "_prepare_run_dir", lambda self: None)
         monkeypatch.setattr(T.checkpoint, "checkpoint_iteration", lambda p: 3)
         monkeypatch.setattr(T.checkpoint, "discard_after",
                             lambda run, it, c=calls: c.append(f"discard_after {it}"))
