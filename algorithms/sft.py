@@ -89,6 +89,9 @@ class SFT(Algorithm):
                                  f"({len(demos)} episodes in algorithm.data)")
             demos, self.val = demos[:-c.val_demos], demos[-c.val_demos:]
         demos = demos[:c.max_demos] if c.max_demos else demos
+        for t in demos + self.val:  # the recording run's timings: nothing is generated here
+            for turn in t.turns:
+                turn.seconds_generate = turn.seconds_env = 0.0
         if not demos:
             raise ValueError(f"algorithm.data {c.data}: no episode to train on"
                              + (" (success_only: none succeeded)" if c.success_only else ""))

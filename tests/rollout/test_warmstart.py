@@ -179,6 +179,12 @@ def test_warm_start_resumes_exactly_and_refuses_other_tokenizers(demos, tmp_path
     a = load_file(os.path.join(checkpoint.latest(full["run_dir"]), "model", "model.safetensors"))
     b = load_file(os.path.join(checkpoint.latest(part["run_dir"]), "model", "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # a warm-start iteration steps no env and generates nothing: the demos' recorded timings
+    # are not reported as this run's
+    with open(os.path.join(full["run_dir"], "metrics.jsonl"), encoding="utf-8") as f:
+        its = [r for r in map(json.loads, f) if "perf/seconds_env" in r]
+    assert len(its) == 3
+    assert all(r["perf/seconds_env"] == r["perf/seconds_generate"] == 0.0 for r in its)
     # demos recorded under another tokenizer (another corpus) are refused, naming the fix
     with pytest.raises(ValueError, match="recorded with another tokenizer"):
         Trainer(cfg(1, "other", ("policy.tiny_corpus_seed=7",))).train()
