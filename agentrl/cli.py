@@ -242,6 +242,11 @@ def _train(build: Callable[[], Any]) -> int:
         trainer = build()
         trainer.train()
         return 0
+    except Exception:  # a refusal or a stop (exit 2, 3, 75): under torchrun, leave cleanly
+        from agentrl.learn.distributed import leave_process_group
+
+        leave_process_group()
+        raise
     except KeyboardInterrupt:
         what = interrupted()
         reset_phases()

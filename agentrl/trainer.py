@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import signal
 import sys
@@ -45,6 +46,15 @@ from agentrl.run.preflight import preflight
 from agentrl.run.report import write_curve
 from agentrl.run.viewer import record_turn_advantages
 from agentrl.types import Trajectory, write_jsonl
+
+
+def _picklable(e: Exception | None) -> Exception | None:
+    """``e``, or a RuntimeError with its text when it cannot be sent to the other ranks."""
+    try:
+        pickle.dumps(e)
+        return e
+    except Exception:
+        return RuntimeError(f"{type(e).__name__}: {e}")
 
 
 class Trainer:
@@ -98,9 +108,15 @@ class Trainer:
         config.yaml."""
         os.makedirs(self.run_dir, exist_ok=True)
         for r in range(C.world_size()):
+            mine: Exception | None = None
             if r == self.rank:
-                preflight(self.cfg, self.run_dir)  # run dir, refusals with the fix, env data
-            C.barrier()
+                try:
+                    preflight(self.cfg, self.run_dir)  # run dir, refusals with the fix, env data
+                except Exception as e:  # every rank stops with it (none waits in a barrier)
+                    mine = e
+            refused = C.broadcast(_picklable(mine), src=r)
+            if refused is not None:
+                raise mine or refused
         seed_everything(self.cfg.seed)
         self.config_text = yaml.safe_dump(config_to_dict(self.cfg), sort_keys=False,
                                           allow_unicode=True)

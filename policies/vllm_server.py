@@ -115,6 +115,7 @@ class VLLMServerPolicy(OpenAIPolicy):
         if not wdir:
             wdir = owned = tempfile.mkdtemp(prefix="agentrl-vllm-server-")
         if p.servers:
+            check_servers(list(p.servers))
             return cls(list(p.servers), p.served_model or p.model, tokenizer, wdir,
                        owned_dir=owned)
         if model is None:
@@ -173,6 +174,32 @@ class VLLMServerPolicy(OpenAIPolicy):
         if self._owned_dir:
             shutil.rmtree(self._owned_dir, ignore_errors=True)
             self._owned_dir = None
+
+
+class ServerUnreachable(OpenAIServerError):
+    """A server of ``policy.servers`` does not answer (a start-up error: exit status 2)."""
+
+    exit_code = 2
+
+
+def check_servers(urls: list[str], timeout: float = 10.0) -> None:
+    """Raise `ServerUnreachable` unless every server answers ``GET /v1/models`` within
+    ``timeout`` seconds: a run would otherwise build everything and then fail its first
+    generation after retries."""
+    for url in urls:
+        root = url.rstrip("/").removesuffix("/v1")
+        try:
+            with urllib.request.urlopen(root + "/v1/models", timeout=timeout):
+                pass
+        except urllib.error.HTTPError:
+            pass  # it answers; what it refuses shows in the first request
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            why = getattr(e, "reason", None) or e
+            raise ServerUnreachable(
+                f"policy.servers: no answer from {root} ({why}); start it there "
+                "(VLLM_SERVER_DEV_MODE=1 vllm serve MODEL --logprobs-mode processed_logprobs "
+                "--port 8000) or fix the URL; policy.servers=[] starts policy.num_servers "
+                "here") from None
 
 
 def _control(root: str, path: str, body: dict[str, Any], timeout: float) -> Any:

@@ -81,6 +81,7 @@ def connect(address: str = "", num_cpus: int = 2) -> Any:
             kw: dict[str, Any] = dict(include_dashboard=False, log_to_driver=True,
                                       namespace="agentrl")
             if address:
+                _check_reachable(address)
                 ray.init(address=address, **kw)
             else:
                 # The environment variable keeps Ray from joining a cluster it finds running
@@ -89,6 +90,41 @@ def connect(address: str = "", num_cpus: int = 2) -> Any:
                 _LOCAL["started"] = True
         _LOCAL["pools"] += 1
     return ray
+
+
+class ClusterError(ConnectionError):
+    """No Ray cluster answers at ``ray.address`` (a start-up error: exit status 2)."""
+
+    exit_code = 2
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Raise `ClusterError` unless a Ray cluster answers at ``address`` (``auto``, or
+    ``host:port``; ``RAY_ADDRESS`` wins, as in Ray): ``ray.init`` itself would retry a dead
+    address forever. Ray client addresses (``ray://``) are left to Ray."""
+    import socket
+
+    if address.startswith("ray://") or os.environ.get("RAY_ADDRESS", "").startswith("ray://"):
+        return
+    fix = ("start one (`ray start --head --port=6379`, then `ray start --address=HEAD:6379` on "
+           "the other machines), or set ray.address=\"\" for a private local instance")
+    try:
+        from ray._private.services import canonicalize_bootstrap_address
+    except ImportError:  # a Ray without this helper: ray.init finds out itself
+        return
+    try:
+        found = canonicalize_bootstrap_address(address)
+    except ConnectionError:  # ``auto`` with no cluster running on this machine
+        raise ClusterError(f"ray.address={address}: no running Ray cluster found; {fix}"
+                           ) from None
+    if not found:
+        return
+    host, _, port = found.rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except (OSError, ValueError) as e:
+        raise ClusterError(f"ray.address={address}: no Ray cluster answers at {found} "
+                           f"({type(e).__name__}: {e}); {fix}") from None
 
 
 def disconnect() -> None:

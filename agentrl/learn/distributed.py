@@ -80,6 +80,15 @@ def init_distributed(strategy: str, device: str = "auto") -> torch.device:
     return torch.device("cuda", local) if cuda else torch.device("cpu")
 
 
+def leave_process_group() -> None:
+    """Destroy this rank's process group, if it joined one, before the process exits: a rank
+    that exits with its gloo threads still up can abort ("terminate called without an active
+    exception") and show up as killed by SIGABRT instead of its exit code."""
+    if dist.is_available() and dist.is_initialized():
+        with contextlib.suppress(Exception):
+            dist.destroy_process_group()
+
+
 class ActionScorer(nn.Module):
     """`action_outputs` as a module's forward, so DDP and FSDP2 see every parameter it uses
     (decoder, final norm, tied LM head) go through their forward hooks."""
@@ -285,12 +294,12 @@ def groups_per_rank(groups: int) -> int:
     """This rank's share of ``rollout.groups`` (whole groups: group statistics stay local).
 
     Raises:
-        ValueError: ``groups`` does not divide by the number of ranks.
+        LaunchError: ``groups`` does not divide by the number of ranks.
     """
     w = C.world_size()
     if groups % w:
-        raise ValueError(f"rollout.groups={groups} does not split into {w} ranks: set it to a "
-                         f"multiple of {w} (each rank rolls out whole groups)")
+        raise LaunchError(f"rollout.groups={groups} does not split into {w} ranks: set it to a "
+                          f"multiple of {w} (each rank rolls out whole groups)")
     return groups // w
 
 

@@ -220,6 +220,22 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def device_problem(device: str) -> str | None:
+    """Why ``policy.device`` cannot be used on this machine, or None."""
+    if not device.startswith("cuda"):
+        return None
+    if not torch.cuda.is_available():
+        why = "this torch is built without CUDA" if torch.version.cuda is None else (
+            "no CUDA device is visible")
+        return (f"policy.device={device}, but {why}: run it on a GPU machine, or set "
+                "policy.device=cpu (with a model and backend that fit a CPU)")
+    index = torch.device(device).index
+    if index is not None and index >= torch.cuda.device_count():
+        return (f"policy.device={device}, but this machine has {torch.cuda.device_count()} "
+                "CUDA device(s): pick one of them (policy.device=cuda:0, ...)")
+    return None
+
+
 def env_corpus(env_id: str, kwargs: dict[str, Any], episodes: int, max_turns: int,
                seed: int = 0) -> list[str]:
     """Text an env produces under random admissible play (for training a tiny tokenizer)."""

@@ -41,10 +41,11 @@ class PreflightError(ConfigError):
 def preflight(cfg: Config, run_dir: str) -> None:
     """Print the run directory, check the env setup, prepare env data, probe the actions."""
     say(f"run directory: {os.path.abspath(run_dir)}")
-    from agentrl.models import hub_problem
+    from agentrl.models import device_problem, hub_problem
     from agentrl.policies import backend_class
 
-    missing = backend_class(cfg.policy.backend).unavailable() or hub_problem(cfg.policy.model)
+    missing = (backend_class(cfg.policy.backend).unavailable()
+               or device_problem(cfg.policy.device) or hub_problem(cfg.policy.model))
     if missing:
         raise PreflightError(missing)
     check_env_setup(cfg)
@@ -132,9 +133,14 @@ def prepare_env_data(cfg: Config) -> None:
     mod, _, attr = entry.prepare.partition(":")
     hook = getattr(importlib.import_module(mod), attr)
     e = cfg.eval
-    hook(full_kwargs(cfg.env.id, cfg.env.kwargs), None)
-    hook(full_kwargs(cfg.env.id, {**cfg.env.kwargs, **cfg.env.eval_kwargs}),
-         list(range(e.seed_start, e.seed_start + e.episodes)))
+    for key, kwargs, seeds in (
+            ("env.kwargs", cfg.env.kwargs, None),
+            ("env.eval_kwargs", {**cfg.env.kwargs, **cfg.env.eval_kwargs},
+             list(range(e.seed_start, e.seed_start + e.episodes)))):
+        try:
+            hook(full_kwargs(cfg.env.id, kwargs), seeds)
+        except FileNotFoundError as err:  # data the kwargs name is not there
+            raise PreflightError(f"{key}: {err}") from None
 
 
 # ------------------------------------------------------------------------------ the probe

@@ -20,7 +20,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from agentrl.envs.alfworld.engine import CachedTranslations, keep_argv, make_engine
-from agentrl.envs.alfworld.generate import SPLITS, TASK_TYPES, _is_solvable, ensure_games
+from agentrl.envs.alfworld.generate import (
+    SPLITS,
+    TASK_TYPES,
+    _is_solvable,
+    ensure_games,
+    official_split_dir,
+)
 from agentrl.envs.base import TextEnv
 
 _TASK_PREFIX = "Your task is to: "
@@ -34,15 +40,7 @@ def find_official_games(data_path: str, split: str,
     folder itself. Applies the official loader's filters: a ``traj_data.json`` beside the game,
     a task type in ``task_types``, ``"solvable": true``, no movable/sliced variants.
     """
-    root = os.path.expanduser(os.path.expandvars(data_path))
-    for cand in (os.path.join(root, "json_2.1.1", split), os.path.join(root, split), root):
-        if os.path.isdir(cand):
-            root = cand
-            break
-    else:
-        raise FileNotFoundError(
-            f"no ALFWorld data at {data_path!r}: expected <root>/json_2.1.1/{split}/. Download it "
-            "with `alfworld-download`, or leave data_path unset to use generated games.")
+    root = official_split_dir(data_path, split)
     games = []
     for dirpath, _, files in os.walk(root):
         if "traj_data.json" not in files or "game.tw-pddl" not in files:

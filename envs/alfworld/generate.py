@@ -32,6 +32,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import time
 from collections.abc import Iterator, Sequence
@@ -564,11 +565,28 @@ def ensure_games(split: str, num_games: int, task_types: Sequence[str] = TASK_TY
 SECONDS_PER_GAME = 1.0
 
 
+def official_split_dir(data_path: str, split: str) -> str:
+    """The folder of ``split`` in the ALFWorld dataset at ``data_path`` (``$VARS`` and ``~``
+    expanded); FileNotFoundError, naming the fix, when there is none."""
+    root = os.path.expanduser(os.path.expandvars(data_path))
+    for cand in (os.path.join(root, "json_2.1.1", split), os.path.join(root, split), root):
+        if os.path.isdir(cand):
+            return cand
+    unset = re.findall(r"\$\{?(\w+)", root)  # a variable expandvars left alone is not set
+    why = f" (${unset[0]} is not set)" if unset else ""
+    raise FileNotFoundError(
+        f"no ALFWorld data at {data_path!r}{why}: expected <root>/json_2.1.1/{split}/. Download "
+        "it with `alfworld-download`, or leave data_path unset to use generated games.")
+
+
 def prepare(kwargs: dict[str, Any], seeds: Sequence[int] | None = None) -> None:
     """Generate, with progress and before a run builds its envs, the games `ALFWorldEnv`
     with these constructor ``kwargs`` loads (all of its split's ``num_games``; official data
-    under ``data_path`` needs nothing)."""
-    if kwargs.get("data_path") or kwargs.get("num_games") is None:
+    under ``data_path`` needs nothing but to be there)."""
+    if kwargs.get("data_path"):
+        official_split_dir(kwargs["data_path"], kwargs.get("split", "train"))
+        return
+    if kwargs.get("num_games") is None:
         return
     ensure_games(kwargs.get("split", "train"), int(kwargs["num_games"]),
                  tuple(kwargs.get("task_types") or TASK_TYPES), root=kwargs.get("cache_root"))
