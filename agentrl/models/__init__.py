@@ -221,8 +221,13 @@ def resolve_device(device: str) -> torch.device:
 
 
 def env_corpus(env_id: str, kwargs: dict[str, Any], episodes: int, max_turns: int,
-               seed: int = 0) -> list[str]:
-    """Text an env produces under random admissible play (for training a tiny tokenizer)."""
+               seed: int = 0, tool_parser: str | None = None) -> list[str]:
+    """Text an env produces under random admissible play (for training a tiny tokenizer).
+
+    ``tool_parser`` (runs with ``rollout.action_format=tool_call``): also, per episode, the
+    env's tools (``info["tools"]``) as the prompt describes them and the parser's example call,
+    and every listed action written as a call in that parser's format: the text the model
+    reads and writes there."""
     from agentrl.progress import Progress
     from agentrl.registry import make_env
 
@@ -230,6 +235,7 @@ def env_corpus(env_id: str, kwargs: dict[str, Any], episodes: int, max_turns: in
     rng = random.Random(seed)
     texts: list[str] = []
     failures = 0
+    calls = _call_writer(tool_parser)
     try:
         with Progress(episodes, f"collecting {env_id} text from {episodes} random episodes "
                       "for the tiny model's tokenizer", "episode") as bar:
@@ -237,9 +243,14 @@ def env_corpus(env_id: str, kwargs: dict[str, Any], episodes: int, max_turns: in
                 try:
                     obs, info = env.reset(seed=ep)
                     texts += [obs, str(info.get("task", ""))]
+                    tools = info.get("tools") if calls else None
+                    if tools:
+                        texts.append(calls(None, tools))
                     for _ in range(max_turns):
                         adm = info.get("admissible_actions") or []
                         texts += adm
+                        if tools:
+                            texts += [calls(a, tools) for a in adm]
                         if not adm:
                             break
                         obs, _, term, trunc, info = env.step(rng.choice(adm))
@@ -257,6 +268,28 @@ def env_corpus(env_id: str, kwargs: dict[str, Any], episodes: int, max_turns: in
         print(f"[agentrl] tokenizer corpus: {failures}/{episodes} random episodes of {env_id} "
               "raised in the env and were cut short", file=sys.stderr)
     return texts
+
+
+def _call_writer(tool_parser: str | None) -> Any:
+    """``write(action, tools)`` for `env_corpus`: ``action`` as a call in ``tool_parser``'s
+    format ("" for an action no tool writes); ``action=None``: the tools as the prompt
+    describes them, and the parser's example call. None without a parser."""
+    if tool_parser is None:
+        return None
+    from agentrl.rollout.chat import describe_tools
+    from agentrl.rollout.toolcalls import call_text, get_tool_parser
+
+    parser = get_tool_parser(tool_parser)
+
+    def write(action: str | None, tools: list[dict[str, Any]]) -> str:
+        if action is None:
+            return describe_tools(tools, parser.example)
+        try:
+            return call_text(parser, action, tools)
+        except ValueError:
+            return ""
+
+    return write
 
 
 def build_policy_model(cfg: Any) -> tuple[Any, Any]:
@@ -291,7 +324,9 @@ def _tiny_tokenizer(cfg: Any) -> Any:
         return tok
     corpus = env_corpus(cfg.env.id, cfg.env.kwargs, p.tiny_corpus_episodes,
                         cfg.rollout.max_turns,
-                        cfg.seed if p.tiny_corpus_seed is None else p.tiny_corpus_seed)
+                        cfg.seed if p.tiny_corpus_seed is None else p.tiny_corpus_seed,
+                        cfg.rollout.tool_parser if cfg.rollout.action_format == "tool_call"
+                        else None)
     corpus.append(cfg.rollout.template + " " + cfg.rollout.system_prompt)
     corpus += ["<action>", "</action>"]
     tok = build_tiny_tokenizer(corpus, p.tiny_vocab)
