@@ -24,7 +24,14 @@ import torch
 
 from agentrl.cache import cache_dir
 
+# With tools (``rollout.action_format=tool_call``) a first system line names them and their
+# parameter: ``Tools: search(query), answer(text)``. A model trained from scratch learns the
+# call format from its data, so the prompt spends no tokens on JSON schemas.
 TINY_CHAT_TEMPLATE = (
+    "{% if tools %}<|system|>\nTools: {% for t in tools %}"
+    "{% set f = t['function'] if t['function'] is defined else t %}{{ f['name'] }}("
+    "{{ (f.get('parameters') or {}).get('properties', {}) | list | join(', ') }})"
+    "{% if not loop.last %}, {% endif %}{% endfor %}{{ '\\n' }}{% endif %}"
     "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}"
     "{% if m['role'] == 'assistant' %}<|endoftext|>{% endif %}\n{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
@@ -35,17 +42,22 @@ TINY_SPECIALS = ["<|pad|>", "<|endoftext|>", "<|system|>", "<|user|>", "<|assist
 def build_tiny_tokenizer(corpus: list[str], vocab_size: int = 600,
                          specials: list[str] = TINY_SPECIALS, eos: str = "<|endoftext|>",
                          chat_template: str = TINY_CHAT_TEMPLATE,
-                         added: tuple[str, ...] = ()) -> Any:
+                         added: tuple[str, ...] = (), split_digits: bool = False) -> Any:
     """Train a byte-level BPE tokenizer on ``corpus`` (any string stays encodable).
 
     ``specials`` must include ``eos`` and ``<|pad|>``; ``added`` are extra tokens kept whole
     but not special (they survive ``skip_special_tokens``, like Qwen's ``<tool_call>``).
+    ``split_digits``: every digit is its own token (``" 103"`` is ``" ", "1", "0", "3"``
+    after a space, a quote or anything else), so a number reads the same wherever it stands.
     """
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if split_digits:
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Digits(individual_digits=True), tok.pre_tokenizer])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(specials),
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
@@ -225,9 +237,9 @@ def env_corpus(env_id: str, kwargs: dict[str, Any], episodes: int, max_turns: in
     """Text an env produces under random admissible play (for training a tiny tokenizer).
 
     ``tool_parser`` (runs with ``rollout.action_format=tool_call``): also, per episode, the
-    env's tools (``info["tools"]``) as the prompt describes them and the parser's example call,
-    and every listed action written as a call in that parser's format: the text the model
-    reads and writes there."""
+    env's tools (``info["tools"]``) as the tiny chat template lists them, the parser's example
+    call, and every listed action written as a call in that parser's format: the text the
+    model reads and writes there."""
     from agentrl.progress import Progress
     from agentrl.registry import make_env
 
@@ -270,20 +282,29 @@ def env_corpus(env_id: str, kwargs: dict[str, Any], episodes: int, max_turns: in
     return texts
 
 
+def tiny_tools_text(tools: list[dict[str, Any]]) -> str:
+    """What `TINY_CHAT_TEMPLATE` writes for ``tools`` before the messages."""
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    # as transformers renders chat templates
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    template = env.from_string(TINY_CHAT_TEMPLATE)
+    return template.render(messages=[], tools=tools, add_generation_prompt=False)
+
+
 def _call_writer(tool_parser: str | None) -> Any:
     """``write(action, tools)`` for `env_corpus`: ``action`` as a call in ``tool_parser``'s
-    format ("" for an action no tool writes); ``action=None``: the tools as the prompt
-    describes them, and the parser's example call. None without a parser."""
+    format ("" for an action no tool writes); ``action=None``: the tools as the tiny chat
+    template lists them, and the parser's example call. None without a parser."""
     if tool_parser is None:
         return None
-    from agentrl.rollout.chat import describe_tools
     from agentrl.rollout.toolcalls import call_text, get_tool_parser
 
     parser = get_tool_parser(tool_parser)
 
     def write(action: str | None, tools: list[dict[str, Any]]) -> str:
         if action is None:
-            return describe_tools(tools, parser.example)
+            return f"{tiny_tools_text(tools)}{parser.example}"
         try:
             return call_text(parser, action, tools)
         except ValueError:
@@ -329,7 +350,7 @@ def _tiny_tokenizer(cfg: Any) -> Any:
                         else None)
     corpus.append(cfg.rollout.template + " " + cfg.rollout.system_prompt)
     corpus += ["<action>", "</action>"]
-    tok = build_tiny_tokenizer(corpus, p.tiny_vocab)
+    tok = build_tiny_tokenizer(corpus, p.tiny_vocab, split_digits=p.tiny_split_digits)
     if path:
         from agentrl import collectives as C
 

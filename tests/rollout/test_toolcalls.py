@@ -173,15 +173,24 @@ def test_envs_expose_their_actions_as_tools() -> None:
         check_env(BadTools(), skip_gym=True)
 
 
-def test_a_tool_call_runs_tiny_tokenizer_learns_the_tools_and_the_calls() -> None:
-    from agentrl.models import env_corpus
-    from agentrl.rollout.chat import describe_tools
+def test_the_tiny_template_lists_tools_in_one_line_and_its_tokenizer_learns_the_calls(
+        tiny_tok) -> None:
+    from agentrl.models import env_corpus, tiny_tools_text
+
+    head = "<|system|>\nTools: search(query), calculate(expression), python(code), answer(text)\n"
+    assert tiny_tools_text(TOOLS) == head
+    template = ChatTemplate(tiny_tok, TOOLS)
+    assert template.tools_note == ""  # the template shows the tools itself, no JSON schemas
+    assert template.render([{"role": "user", "content": "q"}], True) == \
+        head + "<|user|>\nq<|assistant|>\n"
+    assert ChatTemplate(tiny_tok).render([{"role": "user", "content": "q"}], True) == \
+        "<|user|>\nq<|assistant|>\n"  # without tools: unchanged
 
     kwargs = {"action_choices": True, "task_types": ["arithmetic"], "max_steps": 4}
     plain = env_corpus("agentrl/ToolUse-v0", kwargs, 3, 4)
     calls = env_corpus("agentrl/ToolUse-v0", kwargs, 3, 4, tool_parser="hermes")
     hermes = get_tool_parser("hermes")
-    note = describe_tools(TOOLS, hermes.example)
+    note = head + hermes.example
     # per episode: the tools as the prompt lists them, and every listed action as a call
     assert note not in plain and calls.count(note) == 3
     actions = [t for t in plain if re.fullmatch(r"(calculate|answer|search)\[.*\]", t)]
