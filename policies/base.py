@@ -43,6 +43,9 @@ class PolicyConfig:
     tiny_layers: int = F(2, "tiny model: transformer layers", ge=1)
     tiny_heads: int = F(4, "tiny model: attention heads", ge=1)
     tiny_vocab: int = F(600, "tiny model: tokenizer vocabulary size (trained on env text)", ge=300)
+    tiny_split_digits: bool = F(False, "tiny tokenizer: every digit its own token, the same "
+                                "wherever a number stands, so numbers are copied digit by "
+                                "digit (tool-call arguments, answers read from a tool result)")
     tiny_corpus_episodes: int = F(200, "tiny tokenizer: random episodes of env text to train on", ge=1)
     tiny_corpus_seed: int | None = F(None, "tiny tokenizer: seed of those random episodes (null = "
                                      "the run's seed)")

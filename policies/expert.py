@@ -4,8 +4,9 @@ Envs that register an expert (`agentrl.register_env(..., expert=...)`: ALFWorld'
 ScienceWorld's gold paths, WebShop's oracle, TextWorld's walkthroughs, ToolUse's reference
 solutions) are built with ``expert_actions=True``, so each step's info carries the expert's next
 action (`agentrl.registry.ExpertActions`). The engine puts that action's reply, encoded exactly
-as the run's prompt builder encodes a reply (its tokenizer, action format and EOS), first among
-the turn's candidates; this backend returns it. The trajectories are ordinary ones: the same
+as the run's prompt builder encodes a reply (its tokenizer, action format and EOS; under
+``rollout.action_format=tool_call`` one call of the env's tools in the tool parser's format),
+first among the turn's candidates; this backend returns it. The trajectories are ordinary ones: the same
 prompts, context mode and token ids an RL policy would see and produce, so a warm start trains
 on exactly what the RL run will sample.
 
@@ -34,9 +35,6 @@ class ExpertPolicy(Policy):
 
     @classmethod
     def from_config(cls, cfg: RunConfig, model: Any, tokenizer: Any) -> ExpertPolicy:
-        if cfg.rollout.action_format == "tool_call":
-            raise ValueError("policy.backend=expert plays actions as text replies; with "
-                             "rollout.action_format=tool_call use 'tags' or 'raw'")
         return cls(tokenizer, cfg.rollout.constrained)
 
     def generate(self, prompts: list[list[int]], sampling: SamplingParams,

@@ -24,7 +24,14 @@ import torch
 
 from agentrl.cache import cache_dir
 
+# With tools (``rollout.action_format=tool_call``) a first system line names them and their
+# parameter: ``Tools: search(query), answer(text)``. A model trained from scratch learns the
+# call format from its data, so the prompt spends no tokens on JSON schemas.
 TINY_CHAT_TEMPLATE = (
+    "{% if tools %}<|system|>\nTools: {% for t in tools %}"
+    "{% set f = t['function'] if t['function'] is defined else t %}{{ f['name'] }}("
+    "{{ (f.get('parameters') or {}).get('properties', {}) | list | join(', ') }})"
+    "{% if not loop.last %}, {% endif %}{% endfor %}{{ '\\n' }}{% endif %}"
     "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}"
     "{% if m['role'] == 'assistant' %}<|endoftext|>{% endif %}\n{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
@@ -35,17 +42,22 @@ TINY_SPECIALS = ["<|pad|>", "<|endoftext|>", "<|system|>", "<|user|>", "<|assist
 def build_tiny_tokenizer(corpus: list[str], vocab_size: int = 600,
                          specials: list[str] = TINY_SPECIALS, eos: str = "<|endoftext|>",
                          chat_template: str = TINY_CHAT_TEMPLATE,
-                         added: tuple[str, ...] = ()) -> Any:
+                         added: tuple[str, ...] = (), split_digits: bool = False) -> Any:
     """Train a byte-level BPE tokenizer on ``corpus`` (any string stays encodable).
 
     ``specials`` must include ``eos`` and ``<|pad|>``; ``added`` are extra tokens kept whole
     but not special (they survive ``skip_special_tokens``, like Qwen's ``<tool_call>``).
+    ``split_digits``: every digit is its own token (``" 103"`` is ``" ", "1", "0", "3"``
+    after a space, a quote or anything else), so a number reads the same wherever it stands.
     """
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if split_digits:
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Digits(individual_digits=True), tok.pre_tokenizer])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(specials),
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
@@ -237,8 +249,13 @@ def device_problem(device: str) -> str | None:
 
 
 def env_corpus(env_id: str, kwargs: dict[str, Any], episodes: int, max_turns: int,
-               seed: int = 0) -> list[str]:
-    """Text an env produces under random admissible play (for training a tiny tokenizer)."""
+               seed: int = 0, tool_parser: str | None = None) -> list[str]:
+    """Text an env produces under random admissible play (for training a tiny tokenizer).
+
+    ``tool_parser`` (runs with ``rollout.action_format=tool_call``): also, per episode, the
+    env's tools (``info["tools"]``) as the tiny chat template lists them, the parser's example
+    call, and every listed action written as a call in that parser's format: the text the
+    model reads and writes there."""
     from agentrl.progress import Progress
     from agentrl.registry import make_env
 
@@ -246,6 +263,7 @@ def env_corpus(env_id: str, kwargs: dict[str, Any], episodes: int, max_turns: in
     rng = random.Random(seed)
     texts: list[str] = []
     failures = 0
+    calls = _call_writer(tool_parser)
     try:
         with Progress(episodes, f"collecting {env_id} text from {episodes} random episodes "
                       "for the tiny model's tokenizer", "episode") as bar:
@@ -253,9 +271,14 @@ def env_corpus(env_id: str, kwargs: dict[str, Any], episodes: int, max_turns: in
                 try:
                     obs, info = env.reset(seed=ep)
                     texts += [obs, str(info.get("task", ""))]
+                    tools = info.get("tools") if calls else None
+                    if tools:
+                        texts.append(calls(None, tools))
                     for _ in range(max_turns):
                         adm = info.get("admissible_actions") or []
                         texts += adm
+                        if tools:
+                            texts += [calls(a, tools) for a in adm]
                         if not adm:
                             break
                         obs, _, term, trunc, info = env.step(rng.choice(adm))
@@ -273,6 +296,37 @@ def env_corpus(env_id: str, kwargs: dict[str, Any], episodes: int, max_turns: in
         print(f"[agentrl] tokenizer corpus: {failures}/{episodes} random episodes of {env_id} "
               "raised in the env and were cut short", file=sys.stderr)
     return texts
+
+
+def tiny_tools_text(tools: list[dict[str, Any]]) -> str:
+    """What `TINY_CHAT_TEMPLATE` writes for ``tools`` before the messages."""
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    # as transformers renders chat templates
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    template = env.from_string(TINY_CHAT_TEMPLATE)
+    return template.render(messages=[], tools=tools, add_generation_prompt=False)
+
+
+def _call_writer(tool_parser: str | None) -> Any:
+    """``write(action, tools)`` for `env_corpus`: ``action`` as a call in ``tool_parser``'s
+    format ("" for an action no tool writes); ``action=None``: the tools as the tiny chat
+    template lists them, and the parser's example call. None without a parser."""
+    if tool_parser is None:
+        return None
+    from agentrl.rollout.toolcalls import call_text, get_tool_parser
+
+    parser = get_tool_parser(tool_parser)
+
+    def write(action: str | None, tools: list[dict[str, Any]]) -> str:
+        if action is None:
+            return f"{tiny_tools_text(tools)}{parser.example}"
+        try:
+            return call_text(parser, action, tools)
+        except ValueError:
+            return ""
+
+    return write
 
 
 def build_policy_model(cfg: Any) -> tuple[Any, Any]:
@@ -307,10 +361,12 @@ def _tiny_tokenizer(cfg: Any) -> Any:
         return tok
     corpus = env_corpus(cfg.env.id, cfg.env.kwargs, p.tiny_corpus_episodes,
                         cfg.rollout.max_turns,
-                        cfg.seed if p.tiny_corpus_seed is None else p.tiny_corpus_seed)
+                        cfg.seed if p.tiny_corpus_seed is None else p.tiny_corpus_seed,
+                        cfg.rollout.tool_parser if cfg.rollout.action_format == "tool_call"
+                        else None)
     corpus.append(cfg.rollout.template + " " + cfg.rollout.system_prompt)
     corpus += ["<action>", "</action>"]
-    tok = build_tiny_tokenizer(corpus, p.tiny_vocab)
+    tok = build_tiny_tokenizer(corpus, p.tiny_vocab, split_digits=p.tiny_split_digits)
     if path:
         from agentrl import collectives as C
 

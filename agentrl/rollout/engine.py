@@ -411,7 +411,12 @@ def _expert_first(ep: LiveEpisode, builder: PromptBuilder,
             ep.info.get("expert_error") or "the env was not made with expert_actions=True, or "
             "its expert has no move in this state"))
         return None
-    reply = builder.candidates([str(action)])[0]
+    try:
+        reply = builder.candidates([str(action)], ep.traj.extra.get("tools"))[0]
+    except ValueError as e:  # tool_call: an action no tool call writes, a parser that cannot
+        ep.traj.termination = "env_error"
+        ep.traj.extra["error"] = f"cannot write the expert's action {action!r}: {e}"
+        return None
     return [reply] + [x for x in cands or () if x != reply]
 
 

@@ -22,7 +22,12 @@ from typing import TYPE_CHECKING, Any
 
 from agentrl.config import RolloutConfig
 from agentrl.rollout.chat import ChatTemplate, Conversation
-from agentrl.rollout.toolcalls import ToolCallParser, assistant_message, get_tool_parser
+from agentrl.rollout.toolcalls import (
+    ToolCallParser,
+    assistant_message,
+    call_text,
+    get_tool_parser,
+)
 
 if TYPE_CHECKING:
     from agentrl.types import Trajectory, Turn
@@ -243,13 +248,26 @@ class PromptBuilder:
         for t in trajectories:
             self._chats.pop(t.trajectory_id, None)
 
-    # -- constrained decoding -----------------------------------------------------------
-    def candidates(self, actions: list[str]) -> list[list[int]]:
-        """Token sequences of the admissible replies, each ending with EOS."""
+    # -- constrained decoding, the expert's replies ----------------------------------------
+    def reply_text(self, action: str, tools: list[dict[str, Any]] | None = None) -> str:
+        """The reply that writes ``action`` in the run's action format: the action itself,
+        in ``<action>`` tags, or (``tool_call``, given the env's ``tools``) one call in the
+        tool parser's format (`agentrl.rollout.toolcalls.call_text`)."""
+        if self.parser is None:
+            return format_action(action, self.cfg.action_format)
+        if not tools:
+            raise ValueError("rollout.action_format=tool_call writes actions as calls of the "
+                             "env's tools (info['tools']); none were given")
+        return call_text(self.parser, action, tools)
+
+    def candidates(self, actions: list[str], tools: list[dict[str, Any]] | None = None
+                   ) -> list[list[int]]:
+        """Token sequences of the replies that write ``actions`` (`reply_text`), each ending
+        with EOS: the admissible replies of constrained decoding, or the expert's reply."""
         eos = self.tok.eos_token_id
 
         def enc(a: str) -> list[int]:
-            return self.tok.encode(format_action(a, self.cfg.action_format),
-                                   add_special_tokens=False) + [eos]
+            return self.tok.encode(self.reply_text(a, tools), add_special_tokens=False) + [eos]
 
-        return [self._encode("candidate", a, enc) for a in actions]
+        kind = "candidate" + (json.dumps(tools, sort_keys=True) if self.parser else "")
+        return [self._encode(kind, a, enc) for a in actions]

@@ -17,6 +17,10 @@ A reply that is not exactly one well-formed call of a known tool (no call, malfo
 call cut off by the token limit, several calls, an unknown tool, wrong arguments) is an invalid
 action whose observation says what was wrong and how to call a tool; it never raises.
 
+The way back, an env action written as a call (`action_to_call`, the parser's ``format``), is
+how the env's expert plays in ``tool_call`` runs (`agentrl collect`): its replies are the calls
+the model is to learn, in the parser's format, and parse back to the same actions.
+
 Parsers are pluggable: `agentrl.register_tool_parser` adds one for another template's format.
 """
 
@@ -63,6 +67,9 @@ class ToolCallParser(Protocol):
     def parse(self, text: str) -> ParsedReply:
         """Find the tool calls in a decoded reply; never raises."""
         ...
+
+    # Optional: ``format(call) -> str``, the reply text of one call (what `parse` reads back).
+    # The built-in parsers have it; an env's expert plays ``tool_call`` runs through it.
 
 
 def _call_from_json(obj: Any, args_key: str) -> tuple[ToolCall | None, str | None]:
@@ -120,6 +127,11 @@ class HermesParser:
         return ParsedReply(content, calls, _one_call_error(calls, errors, self.example),
                            attempted, not errors)
 
+    def format(self, call: ToolCall) -> str:
+        """One call as Qwen2.5's template writes it."""
+        body = json.dumps({"name": call.name, "arguments": call.arguments}, ensure_ascii=False)
+        return f"{self.open_tag}\n{body}\n{self.close_tag}"
+
 
 class JSONParser:
     """Llama-3.1 style: the whole reply is one JSON object ``{"name": .., "parameters": {..}}``
@@ -138,6 +150,9 @@ class JSONParser:
         call, err = _call_from_json(obj, "parameters")
         calls = [call] if call else []
         return ParsedReply("", calls, err, True, err is None)  # type: ignore[list-item]
+
+    def format(self, call: ToolCall) -> str:
+        return json.dumps({"name": call.name, "parameters": call.arguments}, ensure_ascii=False)
 
 
 def _one_call_error(calls: list[ToolCall], errors: list[str], example: str) -> str | None:
@@ -195,6 +210,41 @@ def call_to_action(reply: ParsedReply, tools: list[dict[str, Any]]) -> tuple[str
     value = call.arguments[param]
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
     return f"{call.name}[{text}]", None
+
+
+_BRACKET = re.compile(r"^\s*([^\[\s]+)\s*\[(.*)\]\s*$", re.S)
+
+
+def action_to_call(action: str, tools: list[dict[str, Any]]) -> ToolCall:
+    """The call that `call_to_action` maps to ``action`` (``name[value]``, a tool of
+    ``tools``): ``name(param=value)``, the value as a string.
+
+    Raises:
+        ValueError: ``action`` is not ``name[value]`` of one of ``tools``.
+    """
+    m = _BRACKET.match(action)
+    spec = {t["function"]["name"]: t["function"] for t in tools}
+    if m is None or m.group(1) not in spec:
+        raise ValueError(f"action {action!r} is not a call of one of the tools "
+                         f"({', '.join(spec)}) written as name[value]")
+    (param,) = spec[m.group(1)]["parameters"]["properties"]
+    return ToolCall(m.group(1), {param: m.group(2)})
+
+
+def call_text(parser: ToolCallParser, action: str, tools: list[dict[str, Any]]) -> str:
+    """The reply that writes env ``action`` as one call in ``parser``'s format; parsed back
+    (`call_to_action`), it gives ``action`` again.
+
+    Raises:
+        ValueError: the parser cannot write calls (no ``format``), or ``action`` is no call of
+            ``tools`` (`action_to_call`).
+    """
+    fmt = getattr(parser, "format", None)
+    if fmt is None:
+        raise ValueError(f"the tool parser {type(parser).__name__} cannot write calls (it has "
+                         "no format(call) method), so the env's expert cannot play in "
+                         "rollout.action_format=tool_call runs with it")
+    return fmt(action_to_call(action, tools))
 
 
 def assistant_message(reply_text: str, parsed: ParsedReply, call_id: str) -> dict[str, Any]:

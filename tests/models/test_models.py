@@ -26,3 +26,34 @@ def test_loaded_weights_own_aligned_memory(tmp_path) -> None:
     model.eval(), loaded.eval()
     with torch.no_grad():
         assert torch.equal(model(input_ids=ids).logits, loaded(input_ids=ids).logits)
+
+
+def test_a_tiny_tokenizer_can_give_every_digit_its_own_token(tmp_path) -> None:
+    from transformers import PreTrainedTokenizerFast
+
+    from agentrl.models import build_tiny_tokenizer
+
+    corpus = ["A warehouse holds 1476 crates and ships 16 a day.", "1476 - 16 * 6 = 1380"] * 50
+    merged = build_tiny_tokenizer(corpus, 320)
+    split = build_tiny_tokenizer(corpus, 320, split_digits=True)
+    split.save_pretrained(tmp_path / "tok")
+    loaded = PreTrainedTokenizerFast.from_pretrained(tmp_path / "tok")
+
+    def pieces(tok, text: str) -> list[str]:
+        return [tok.decode([i]) for i in tok.encode(text)]
+
+    assert " 1476" in pieces(merged, "holds 1476")  # a frequent number merges by default
+    for tok in (split, loaded):
+        # the same digit tokens after a space, a quote or a bracket
+        assert pieces(tok, " 1476")[-4:] == pieces(tok, '"1476')[-4:] == ["1", "4", "7", "6"]
+        text = 'answer[1380] {"text": "16.5"} x2y 007'
+        assert tok.decode(tok.encode(text)) == text
+    # as a run asks for it
+    from agentrl.config import load_config
+    from agentrl.models import build_policy_model
+
+    cfg = load_config(None, ["env.id=agentrl/ToolUse-v0", "policy.tiny_corpus_episodes=3",
+                             "policy.tiny_split_digits=true", "policy.tiny_hidden=16"])
+    tok = build_policy_model(cfg)[1]
+    digits = [p for p in pieces(tok, "calculate[103 * 7]") if any(c.isdigit() for c in p)]
+    assert digits == ["1", "0", "3", "7"]

@@ -14,7 +14,9 @@ from agentrl.rollout.chat import ChatTemplate, Conversation
 from agentrl.rollout.toolcalls import (
     ParsedReply,
     ToolCall,
+    action_to_call,
     assistant_message,
+    call_text,
     call_to_action,
     check_tools,
     get_tool_parser,
@@ -105,6 +107,32 @@ def test_parser_registry_is_pluggable_and_names_the_choices() -> None:
         get_tool_parser("nope")
 
 
+@pytest.mark.parametrize("name", ["hermes", "json"])
+def test_env_actions_written_as_calls_parse_back_to_the_same_actions(name: str) -> None:
+    parser = get_tool_parser(name)
+    for action in ("calculate[2 + 3]", 'python[print({"a": [1]}["a"])]', "answer[São Paulo]",
+                   "search[x [y] z]", 'answer["quoted" \\ back]'):
+        assert call_to_action(parser.parse(call_text(parser, action, TOOLS)), TOOLS) == \
+            (action, None)
+    assert call_text(get_tool_parser("hermes"), "answer[5]", TOOLS) == \
+        '<tool_call>\n{"name": "answer", "arguments": {"text": "5"}}\n</tool_call>'
+    assert call_text(get_tool_parser("json"), "answer[5]", TOOLS) == \
+        '{"name": "answer", "parameters": {"text": "5"}}'
+    assert action_to_call("search[capital]", TOOLS) == ToolCall("search", {"query": "capital"})
+    for bad in ("browse[x]", "just text", "answer 5"):
+        with pytest.raises(ValueError, match="not a call of one of the tools"):
+            action_to_call(bad, TOOLS)
+
+    class ReadOnly:  # a registered parser that reads calls but cannot write them
+        example = "CALL name(value)"
+
+        def parse(self, text: str) -> ParsedReply:
+            return ParsedReply(text, [], "no call", False)
+
+    with pytest.raises(ValueError, match="cannot write calls"):
+        call_text(ReadOnly(), "answer[5]", TOOLS)
+
+
 def test_assistant_messages_keep_broken_replies_verbatim() -> None:
     p = get_tool_parser("hermes")
     ok = assistant_message(CALC, p.parse(CALC), "t0")
@@ -143,6 +171,31 @@ def test_envs_expose_their_actions_as_tools() -> None:
 
     with pytest.raises(EnvCheckError, match="info 'tools'"):
         check_env(BadTools(), skip_gym=True)
+
+
+def test_the_tiny_template_lists_tools_in_one_line_and_its_tokenizer_learns_the_calls(
+        tiny_tok) -> None:
+    from agentrl.models import env_corpus, tiny_tools_text
+
+    head = "<|system|>\nTools: search(query), calculate(expression), python(code), answer(text)\n"
+    assert tiny_tools_text(TOOLS) == head
+    template = ChatTemplate(tiny_tok, TOOLS)
+    assert template.tools_note == ""  # the template shows the tools itself, no JSON schemas
+    assert template.render([{"role": "user", "content": "q"}], True) == \
+        head + "<|user|>\nq<|assistant|>\n"
+    assert ChatTemplate(tiny_tok).render([{"role": "user", "content": "q"}], True) == \
+        "<|user|>\nq<|assistant|>\n"  # without tools: unchanged
+
+    kwargs = {"action_choices": True, "task_types": ["arithmetic"], "max_steps": 4}
+    plain = env_corpus("agentrl/ToolUse-v0", kwargs, 3, 4)
+    calls = env_corpus("agentrl/ToolUse-v0", kwargs, 3, 4, tool_parser="hermes")
+    hermes = get_tool_parser("hermes")
+    note = head + hermes.example
+    # per episode: the tools as the prompt lists them, and every listed action as a call
+    assert note not in plain and calls.count(note) == 3
+    actions = [t for t in plain if re.fullmatch(r"(calculate|answer|search)\[.*\]", t)]
+    assert actions and all(call_text(hermes, a, TOOLS) in calls for a in actions)
+    assert [t for t in calls if t != note and not t.startswith("<tool_call>")] == plain
 
 
 def test_tooluse_episode_through_native_tool_calls_succeeds() -> None:

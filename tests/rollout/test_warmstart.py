@@ -83,6 +83,46 @@ def test_expert_trajectories_reproduce_the_expert_and_retokenize_exactly(env_id,
             assert turn.action_valid
 
 
+@pytest.mark.parametrize("parser", ["hermes", "json"])
+def test_tool_call_expert_replies_are_calls_that_parse_back_and_retokenize_exactly(
+        parser, tiny_tok) -> None:
+    from agentrl.rollout.toolcalls import call_to_action, get_tool_parser
+
+    env_id = "agentrl/ToolUse-v0"
+    kwargs = {"split": "train", "max_steps": 6, "instructions": False}
+    cfg = load_config(None, [f"env.id={env_id}", f"env.kwargs={json.dumps(kwargs)}",
+                             "rollout.action_format=tool_call", "rollout.constrained=false",
+                             f"rollout.tool_parser={parser}", "rollout.max_turns=6"])
+    seeds = list(range(6))  # both task types: searches, calculations, answers
+    trajs = collect_expert(cfg, len(seeds), tiny_tok, progress=False)
+    env = make_env(env_id, expert_actions=True, **kwargs)
+    builder, reader = PromptBuilder(tiny_tok, cfg.rollout), get_tool_parser(parser)
+    try:
+        for seed, traj in zip(seeds, trajs):
+            _, info = env.reset(seed=seed)
+            actions = [info["expert_action"]]
+            while True:
+                _, _, term, trunc, info = env.step(actions[-1])
+                if term or trunc:
+                    break
+                actions.append(info["expert_action"])
+            assert traj.success and info["success"], (seed, traj.extra.get("error"))
+            assert [t.action for t in traj.turns] == actions
+            tools = traj.extra["tools"]
+            for turn in traj.turns:
+                text = tiny_tok.decode(turn.action_ids, skip_special_tokens=True)
+                assert text == builder.reply_text(turn.action, tools) == turn.response
+                assert call_to_action(reader.parse(text), tools) == (turn.action, None)
+                # re-tokenising the reply gives the recorded ids (EOS closes it)
+                assert turn.action_ids == tiny_tok.encode(text, add_special_tokens=False) + \
+                    [tiny_tok.eos_token_id]
+                assert turn.action_valid
+        assert {t.task_type for t in trajs} == {"arithmetic", "multihop"}
+        assert any(t.action.startswith("search[") for tr in trajs for t in tr.turns)
+    finally:
+        env.close()
+
+
 def test_an_env_without_an_expert_is_refused_in_one_line() -> None:
     from agentrl.cli import main
 
