@@ -41,3 +41,17 @@ def test_env_overhead_benchmark_tiny_budget(capsys) -> None:
     assert set(rates) == {"bare", "env", "pool"}
     assert all(len(v) == 1 and v[0] > 0 for v in rates.values())
     assert E.report("tooluse", rates)[-1].startswith("pool/bare ")
+
+
+def test_served_quickstart_benchmark_tiny_budget(capsys) -> None:
+    """Both modes run to the end and the served env gives the in-process result."""
+    from examples.benchmarks import served_quickstart as S
+
+    res = S.main(["--seeds", "0", "--threads", "1", "--set", "train.iterations=1",
+                  "rollout.groups=2", "rollout.group_size=2", "eval.episodes=4",
+                  "policy.tiny_corpus_episodes=4", "log.tensorboard=false"])
+    runs = res["results"]
+    assert runs["served"][0]["after"] == runs["in process"][0]["after"]
+    assert runs["served"][0]["before"] == runs["in process"][0]["before"]
+    assert len(res["ratios"]) == 1 and res["ratios"][0] > 0
+    assert "served / in process" in capsys.readouterr().out
