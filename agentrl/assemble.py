@@ -53,18 +53,29 @@ def rank_seed(base: int, rank: int | None = None) -> int:
 
 # --------------------------------------------------------------------------------- models
 
+def call_writer(cfg: Config) -> Any:
+    """How a tiny model's tokenizer corpus writes tool calls: ``rollout.tool_parser``'s
+    `agentrl.rollout.toolcalls.corpus_writer` for ``action_format=tool_call``, else None."""
+    if cfg.rollout.action_format != "tool_call":
+        return None
+    from agentrl.rollout.toolcalls import corpus_writer
+
+    return corpus_writer(cfg.rollout.tool_parser)
+
+
 def train_model(cfg: Config, run_dir: str, resume_from: str | None,
                 roles: list[str] | None = None) -> tuple[Any, Any]:
     """(model, tokenizer) to train: LoRA adapters on a frozen base (one per role with
     ``roles``), the checkpoint's model on resume, else a new one per ``cfg.policy``."""
     if cfg.policy.lora is not None:  # frozen base + adapters (new, or the checkpoint's)
         return build_lora_model(cfg, run_dir, resume_from,
-                                [adapter_name(r) for r in roles] if roles else None)
+                                [adapter_name(r) for r in roles] if roles else None,
+                                call_writer(cfg))
     if resume_from:  # the tokenizer (and tiny model) must be the checkpoint's, not rebuilt
         model, tok = load_pretrained(os.path.join(resume_from, "model"), cfg.policy.dtype)
         model.to(resolve_device(cfg.policy.device))
         return model, tok
-    return build_policy_model(cfg)
+    return build_policy_model(cfg, call_writer(cfg))
 
 
 def policy_model(cfg: Config, model_path: str | None, device: str | None = None,
@@ -74,7 +85,7 @@ def policy_model(cfg: Config, model_path: str | None, device: str | None = None,
     ``cfg.policy.device``) in ``cfg.policy.dtype``. ``frozen``: eval mode, no gradients."""
     if model_path is None:
         seed_everything(cfg.seed)  # the trainer seeds before building, so "untrained" matches
-        model, tok = build_policy_model(cfg)
+        model, tok = build_policy_model(cfg, call_writer(cfg))
     else:
         model, tok = load_pretrained(model_path, cfg.policy.dtype)
     model.to(device=resolve_device(device or cfg.policy.device),
@@ -90,7 +101,7 @@ def run_tokenizer(cfg: Config) -> Any:
     """The tokenizer a run of ``cfg`` trains with (the tiny model's is trained on the env's
     text exactly as `agentrl train` trains it), for data that must share its token ids."""
     if cfg.policy.model == "tiny":
-        return build_policy_model(cfg)[1]
+        return build_policy_model(cfg, call_writer(cfg))[1]
     return load_pretrained(cfg.policy.model, cfg.policy.dtype)[1]
 
 

@@ -18,11 +18,18 @@ import json
 import os
 import random
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from agentrl.cache import cache_dir
+
+#: ``write(action, tools)``: ``action`` as one call in a tool parser's format ("" for an
+#: action no tool writes); ``action=None``: the tools as the tiny chat template lists them and
+#: the parser's example call (`agentrl.rollout.toolcalls.corpus_writer` builds one).
+CallWriter = Callable[[str | None, list[dict[str, Any]]], str]
+
 
 # With tools (``rollout.action_format=tool_call``) a first system line names them and their
 # parameter: ``Tools: search(query), answer(text)``. A model trained from scratch learns the
@@ -249,13 +256,14 @@ def device_problem(device: str) -> str | None:
 
 
 def env_corpus(env_id: str, kwargs: dict[str, Any], episodes: int, max_turns: int,
-               seed: int = 0, tool_parser: str | None = None) -> list[str]:
+               seed: int = 0, write_call: CallWriter | None = None) -> list[str]:
     """Text an env produces under random admissible play (for training a tiny tokenizer).
 
-    ``tool_parser`` (runs with ``rollout.action_format=tool_call``): also, per episode, the
-    env's tools (``info["tools"]``) as the tiny chat template lists them, the parser's example
-    call, and every listed action written as a call in that parser's format: the text the
-    model reads and writes there."""
+    ``write_call`` (runs with ``rollout.action_format=tool_call``; the tool parser's
+    `agentrl.rollout.toolcalls.corpus_writer`): also, per episode, the env's tools
+    (``info["tools"]``) as the tiny chat template lists them with the parser's example call
+    (``write_call(None, tools)``), and every listed action written as a call in that parser's
+    format (``write_call(action, tools)``): the text the model reads and writes there."""
     from agentrl.progress import Progress
     from agentrl.registry import make_env
 
@@ -263,7 +271,7 @@ def env_corpus(env_id: str, kwargs: dict[str, Any], episodes: int, max_turns: in
     rng = random.Random(seed)
     texts: list[str] = []
     failures = 0
-    calls = _call_writer(tool_parser)
+    calls = write_call
     try:
         with Progress(episodes, f"collecting {env_id} text from {episodes} random episodes "
                       "for the tiny model's tokenizer", "episode") as bar:
@@ -308,35 +316,14 @@ def tiny_tools_text(tools: list[dict[str, Any]]) -> str:
     return template.render(messages=[], tools=tools, add_generation_prompt=False)
 
 
-def _call_writer(tool_parser: str | None) -> Any:
-    """``write(action, tools)`` for `env_corpus`: ``action`` as a call in ``tool_parser``'s
-    format ("" for an action no tool writes); ``action=None``: the tools as the tiny chat
-    template lists them, and the parser's example call. None without a parser."""
-    if tool_parser is None:
-        return None
-    from agentrl.rollout.toolcalls import call_text, get_tool_parser
-
-    parser = get_tool_parser(tool_parser)
-
-    def write(action: str | None, tools: list[dict[str, Any]]) -> str:
-        if action is None:
-            return f"{tiny_tools_text(tools)}{parser.example}"
-        try:
-            return call_text(parser, action, tools)
-        except ValueError:
-            return ""
-
-    return write
-
-
-def build_policy_model(cfg: Any) -> tuple[Any, Any]:
+def build_policy_model(cfg: Any, write_call: CallWriter | None = None) -> tuple[Any, Any]:
     """(model, tokenizer) per ``cfg.policy``, on its device and dtype; a tiny model's tokenizer
     is trained on the text of ``cfg.env``. ``cfg`` is an `agentrl.config.Config` (models/ sits
     below the config package, which validates `agentrl.models.lora.LoraSettings`); its
     ``policy``, ``env`` and ``rollout`` sections and ``seed`` are read."""
     p = cfg.policy
     if p.model == "tiny":
-        tok = _tiny_tokenizer(cfg)
+        tok = _tiny_tokenizer(cfg, write_call)
         model = build_tiny_model(len(tok), p.tiny_hidden, p.tiny_layers, p.tiny_heads, cfg.seed,
                                  tok.pad_token_id, tok.eos_token_id)
     else:
@@ -345,7 +332,7 @@ def build_policy_model(cfg: Any) -> tuple[Any, Any]:
     return model, tok
 
 
-def _tiny_tokenizer(cfg: Any) -> Any:
+def _tiny_tokenizer(cfg: Any, write_call: CallWriter | None) -> Any:
     """The tiny model's tokenizer: ``policy.tiny_tokenizer`` when that directory exists, else
     trained on the env's text (and saved there when it is set). An env whose text differs
     between runs (ScienceWorld draws some objects anew at each load) gives another tokenizer
@@ -359,11 +346,14 @@ def _tiny_tokenizer(cfg: Any) -> Any:
         if tok.chat_template is None:  # tokenizer files copied without chat_template.jinja
             tok.chat_template = TINY_CHAT_TEMPLATE
         return tok
+    if cfg.rollout.action_format == "tool_call" and write_call is None:
+        raise ValueError("a tiny model for rollout.action_format=tool_call learns its tokenizer "
+                         "from the calls too: pass write_call (agentrl.assemble builds it from "
+                         "rollout.tool_parser)")
     corpus = env_corpus(cfg.env.id, cfg.env.kwargs, p.tiny_corpus_episodes,
                         cfg.rollout.max_turns,
                         cfg.seed if p.tiny_corpus_seed is None else p.tiny_corpus_seed,
-                        cfg.rollout.tool_parser if cfg.rollout.action_format == "tool_call"
-                        else None)
+                        write_call if cfg.rollout.action_format == "tool_call" else None)
     corpus.append(cfg.rollout.template + " " + cfg.rollout.system_prompt)
     corpus += ["<action>", "</action>"]
     tok = build_tiny_tokenizer(corpus, p.tiny_vocab, split_digits=p.tiny_split_digits)

@@ -217,18 +217,20 @@ class MergedCheckpoint:
 
 
 def build_lora_model(cfg: Any, run_dir: str, resume_from: str | None,
-                     adapters: list[str] | None = None) -> tuple[nn.Module, Any]:
+                     adapters: list[str] | None = None,
+                     write_call: Any = None) -> tuple[nn.Module, Any]:
     """(LoRA-injected model, tokenizer) for ``cfg.policy.lora``: a fresh run injects new
     adapters (saving the tiny model's random base in ``run_dir`` first); a resumed run loads
     the checkpoint's adapter onto the same frozen base. ``adapters``: several named adapters
-    (`apply_lora`), resumed from ``adapter/<name>/`` each."""
+    (`apply_lora`), resumed from ``adapter/<name>/`` each. ``write_call``: as in
+    `agentrl.models.build_policy_model`."""
     from agentrl import collectives as C
     from agentrl.models import build_policy_model, load_pretrained, own_storage, resolve_device
 
     p = cfg.policy
     base_dir = os.path.join(run_dir, BASE_DIR)
     if resume_from is None:
-        model, tok = build_policy_model(cfg)
+        model, tok = build_policy_model(cfg, write_call)
         if p.model == "tiny" and C.rank() == 0:
             model.save_pretrained(base_dir)
             tok.save_pretrained(base_dir)

@@ -261,3 +261,21 @@ def assistant_message(reply_text: str, parsed: ParsedReply, call_id: str) -> dic
 def invalid_call_text(error: str, example: str) -> str:
     """The observation for a reply that was not one valid call."""
     return f"Invalid tool call: {error}. Call exactly one tool, as {example}"
+
+
+def corpus_writer(tool_parser: str) -> Any:
+    """The `agentrl.models.CallWriter` of ``rollout.tool_parser``: what a tiny model's
+    tokenizer corpus holds of tool calls (`agentrl.models.env_corpus`)."""
+    from agentrl.models import tiny_tools_text
+
+    parser = get_tool_parser(tool_parser)
+
+    def write(action: str | None, tools: list[dict[str, Any]]) -> str:
+        if action is None:
+            return f"{tiny_tools_text(tools)}{parser.example}"
+        try:
+            return call_text(parser, action, tools)
+        except ValueError:
+            return ""
+
+    return write

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from agentrl.models import build_tiny_model, load_pretrained
@@ -57,3 +58,20 @@ def test_a_tiny_tokenizer_can_give_every_digit_its_own_token(tmp_path) -> None:
     tok = build_policy_model(cfg)[1]
     digits = [p for p in pieces(tok, "calculate[103 * 7]") if any(c.isdigit() for c in p)]
     assert digits == ["1", "0", "3", "7"]
+
+
+def test_a_tiny_tool_call_tokenizer_needs_the_call_writer() -> None:
+    """models/ sits below rollout/, so the tool parser's corpus writer comes from the
+    composition root; without it the tokenizer would never see a call: refused."""
+    from agentrl.assemble import run_tokenizer
+    from agentrl.config import load_config
+    from agentrl.models import build_policy_model
+
+    cfg = load_config(None, ["env.id=agentrl/ToolUse-v0", "policy.tiny_corpus_episodes=2",
+                             "rollout.action_format=tool_call", "rollout.constrained=false",
+                             "policy.tiny_hidden=16"])
+    with pytest.raises(ValueError, match="write_call"):
+        build_policy_model(cfg)
+    tok = run_tokenizer(cfg)  # the composition root passes it
+    assert tok.encode("<tool_call>") == tok.encode("<tool_call>")
+    assert len(tok.tokenize("<tool_call>")) < len("<tool_call>")  # learned from the calls

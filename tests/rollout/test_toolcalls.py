@@ -19,6 +19,7 @@ from agentrl.rollout.toolcalls import (
     call_text,
     call_to_action,
     check_tools,
+    corpus_writer,
     get_tool_parser,
     invalid_call_text,
 )
@@ -188,7 +189,7 @@ def test_the_tiny_template_lists_tools_in_one_line_and_its_tokenizer_learns_the_
 
     kwargs = {"action_choices": True, "task_types": ["arithmetic"], "max_steps": 4}
     plain = env_corpus("agentrl/ToolUse-v0", kwargs, 3, 4)
-    calls = env_corpus("agentrl/ToolUse-v0", kwargs, 3, 4, tool_parser="hermes")
+    calls = env_corpus("agentrl/ToolUse-v0", kwargs, 3, 4, write_call=corpus_writer("hermes"))
     hermes = get_tool_parser("hermes")
     note = head + hermes.example
     # per episode: the tools as the prompt lists them, and every listed action as a call
