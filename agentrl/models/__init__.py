@@ -271,7 +271,6 @@ def env_corpus(env_id: str, kwargs: dict[str, Any], episodes: int, max_turns: in
     rng = random.Random(seed)
     texts: list[str] = []
     failures = 0
-    calls = write_call
     try:
         with Progress(episodes, f"collecting {env_id} text from {episodes} random episodes "
                       "for the tiny model's tokenizer", "episode") as bar:
@@ -279,14 +278,14 @@ def env_corpus(env_id: str, kwargs: dict[str, Any], episodes: int, max_turns: in
                 try:
                     obs, info = env.reset(seed=ep)
                     texts += [obs, str(info.get("task", ""))]
-                    tools = info.get("tools") if calls else None
+                    tools = info.get("tools") if write_call else None
                     if tools:
-                        texts.append(calls(None, tools))
+                        texts.append(write_call(None, tools))
                     for _ in range(max_turns):
                         adm = info.get("admissible_actions") or []
                         texts += adm
                         if tools:
-                            texts += [calls(a, tools) for a in adm]
+                            texts += [write_call(a, tools) for a in adm]
                         if not adm:
                             break
                         obs, _, term, trunc, info = env.step(rng.choice(adm))
