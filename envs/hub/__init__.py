@@ -27,3 +27,23 @@ register_env(
                     "template": "Previous actions: {last_actions}\n{observation}"},
     },
 )
+register_env(
+    "agentrl/Verifiers-v0",
+    entry_point="agentrl.envs.hub.verifiers_env:VerifiersEnv",
+    description="any verifiers environment (classic vf.SingleTurnEnv / vf.MultiTurnEnv and its "
+                "vf.Rubric as the reward), by 'pkg.module:function' or installed env id "
+                "(env.kwargs.environment)",
+    requires=("verifiers",),
+    extra="verifiers",
+    test_kwargs={"environment": "agentrl.envs.hub.verifiers_tasks:guess_number",
+                 "choices": "choices"},
+    # The arithmetic example env with its candidate replies (configs/verifiers_tiny.yaml).
+    recommended={
+        "env": {"kwargs": {"environment": "agentrl.envs.hub.verifiers_tasks:arithmetic",
+                           "choices": "choices"},
+                "eval_kwargs": {"split": "eval"}, "train_seeds": 200},
+        "rollout": {"context": "window", "history": 0, "template": "{observation}",
+                    "action_format": "raw", "constrained": True, "invalid_penalty": 0.0,
+                    "max_turns": 1, "max_new_tokens": 4},
+    },
+)
