@@ -312,3 +312,20 @@ def test_agentrl_env_runs_as_a_verifiers_environment_through_verifiers_evaluatio
     assert len({o["reward"] for o in outputs}) > 1 or outputs[0]["reward"] != 0
     with pytest.raises(KeyError, match="did you mean"):
         AgentrlVerifiersEnv("agentrl/TicTacTo-v0")
+
+
+def test_an_installed_environment_loads_by_its_verifiers_id(tmp_path: Any,
+                                                             monkeypatch: Any) -> None:
+    """``environment="my-env"``: ``vf.load_environment`` imports module ``my_env`` (what
+    ``vf-install`` puts on the path) and calls its ``load_environment(**kwargs)``."""
+    (tmp_path / "agentrl_vf_demo.py").write_text(
+        "from agentrl.envs.hub.verifiers_tasks import arithmetic\n"
+        "def load_environment(max_operand=4):\n"
+        "    return arithmetic(num_train=5, num_eval=5, max_operand=max_operand)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    env = VerifiersEnv("agentrl-vf-demo", {"max_operand": 0}, choices="choices")
+    obs, info = env.reset(seed=2)
+    assert obs.endswith("What is 0 + 0?") and env.vf_env.env_id == "agentrl-arithmetic"
+    assert env.step("0")[1] == 1.0
+    with pytest.raises(ValueError, match="Could not import 'agentrl-vf-missing'"):
+        VerifiersEnv("agentrl-vf-missing")
