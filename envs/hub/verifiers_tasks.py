@@ -50,7 +50,7 @@ def arithmetic(num_train: int = 200, num_eval: int = 100, max_operand: int = 4,
                num_choices: int = 3, seed: int = 0) -> vf.SingleTurnEnv:
     """Single-turn addition of two numbers from 0 to ``max_operand``; each row offers
     ``num_choices`` candidate sums (the right one among them). Train and eval rows are drawn
-    with different seeds."""
+    with different seeds from the same ``(max_operand + 1) ** 2`` sums."""
     if num_choices < 1 or max_operand < 0:
         raise ValueError("num_choices >= 1 and max_operand >= 0")
     train = Dataset.from_list(_arithmetic_rows(num_train, max_operand, num_choices, seed))
