@@ -504,7 +504,7 @@ def _no_slow_set_up(monkeypatch: Any) -> None:
 
 def test_vllm_backend_without_vllm_is_one_line_before_any_set_up(
         tmp_path: Any, capsys: Any, monkeypatch: Any) -> None:
-    import policies.vllm as vllm_backend
+    import agentrl.policies.vllm as vllm_backend
 
     monkeypatch.setattr(vllm_backend, "_IMPORT_ERROR", ImportError("no vllm", name="vllm"))
     _no_slow_set_up(monkeypatch)
