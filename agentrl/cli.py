@@ -1,7 +1,10 @@
-"""The ``agentrl`` command line: train, eval, report, envs, algorithms, check-env, serve, play.
+"""The ``agentrl`` command line: train, launch, eval, report, envs, algorithms, check-env, serve,
+play.
 
 Every user mistake ends in one line naming the fix and exit status 2 (config errors, start-up
 refusals, missing runs); Ctrl-C says what was interrupted and what was kept (status 130).
+``agentrl launch`` runs ``agentrl train`` on several processes (torchrun) and exits with the
+status the ranks agree on (`agentrl.run.launch`).
 """
 
 from __future__ import annotations
@@ -14,11 +17,25 @@ from typing import Any
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command ``argv`` (default: the process's arguments); its exit status."""
+    from agentrl.run.launch import launch_main, note_exit
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["launch"]:  # torchrun's options, then an agentrl command: not argparse's
+        return launch_main(argv[1:])
+    code = _main(argv)
+    note_exit(code)  # a rank of agentrl launch: for the launcher
+    return code
+
+
+def _main(argv: list[str]) -> int:
     from agentrl.config import ConfigError
 
     ap = argparse.ArgumentParser(prog="agentrl", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     _add_train_parser(sub)
+    sub.add_parser("launch", help="agentrl launch [TORCHRUN OPTIONS] train ...: train on several "
+                   "processes with torchrun, exiting with the ranks' own status (75: preempted)")
     from agentrl.evaluate import add_eval_arguments
 
     add_eval_arguments(sub.add_parser(
