@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -259,9 +260,13 @@ def _train(build: Callable[[], Any]) -> int:
         trainer = build()
         trainer.train()
         return 0
-    except Exception:  # a refusal or a stop (exit 2, 3, 75): under torchrun, leave cleanly
-        from agentrl.learn.distributed import leave_process_group
+    except Exception as e:  # a refusal or a stop (exit 2, 3, 75): under torchrun, leave cleanly
+        from agentrl.learn.distributed import launched_by_torchrun, leave_process_group
 
+        if getattr(e, "exit_code", None) is not None and launched_by_torchrun():
+            # torchrun SIGTERMs the ranks still running once one has exited: this one has its
+            # status (and its part of the checkpoint) already, and says so before it exits
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
         leave_process_group()
         raise
     except KeyboardInterrupt:
