@@ -1,4 +1,5 @@
-"""``python -m agentrl`` (and ``torchrun ... -m agentrl train CONFIG``): the command line."""
+"""``python -m agentrl`` (each rank of ``agentrl launch`` / ``torchrun ... -m agentrl train``
+runs it too): the command line."""
 
 import sys
 

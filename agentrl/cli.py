@@ -1,24 +1,42 @@
-"""The ``agentrl`` command line: train, eval, report, envs, algorithms, check-env, serve, play.
+"""The ``agentrl`` command line: train, launch, eval, report, envs, algorithms, check-env, serve,
+play.
 
 Every user mistake ends in one line naming the fix and exit status 2 (config errors, start-up
 refusals, missing runs); Ctrl-C says what was interrupted and what was kept (status 130).
+``agentrl launch`` runs ``agentrl train`` on several processes (torchrun) and exits with the
+status the ranks agree on (`agentrl.run.launch`).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command ``argv`` (default: the process's arguments); its exit status."""
+    from agentrl.run.launch import launch_main, note_exit
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["launch"]:  # torchrun's options, then an agentrl command: not argparse's
+        return launch_main(argv[1:])
+    code = _main(argv)
+    note_exit(code)  # a rank of agentrl launch: for the launcher
+    return code
+
+
+def _main(argv: list[str]) -> int:
     from agentrl.config import ConfigError
 
     ap = argparse.ArgumentParser(prog="agentrl", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     _add_train_parser(sub)
+    sub.add_parser("launch", help="agentrl launch [TORCHRUN OPTIONS] train ...: train on several "
+                   "processes with torchrun, exiting with the ranks' own status (75: preempted)")
     from agentrl.evaluate import add_eval_arguments
 
     add_eval_arguments(sub.add_parser(
@@ -242,9 +260,13 @@ def _train(build: Callable[[], Any]) -> int:
         trainer = build()
         trainer.train()
         return 0
-    except Exception:  # a refusal or a stop (exit 2, 3, 75): under torchrun, leave cleanly
-        from agentrl.learn.distributed import leave_process_group
+    except Exception as e:  # a refusal or a stop (exit 2, 3, 75): under torchrun, leave cleanly
+        from agentrl.learn.distributed import launched_by_torchrun, leave_process_group
 
+        if getattr(e, "exit_code", None) is not None and launched_by_torchrun():
+            # torchrun SIGTERMs the ranks still running once one has exited: this one has its
+            # status (and its part of the checkpoint) already, and says so before it exits
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
         leave_process_group()
         raise
     except KeyboardInterrupt:

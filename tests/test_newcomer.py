@@ -361,7 +361,7 @@ def test_help_summary_names_every_command(capsys: Any) -> None:
         main(["--help"])
     out = capsys.readouterr().out
     summary = out.split("\n\n")[1].replace("-\n", "-")  # the description under the usage
-    for cmd in ("train", "eval", "report", "envs", "algorithms", "check-env", "play"):
+    for cmd in ("train", "launch", "eval", "report", "envs", "algorithms", "check-env", "play"):
         assert cmd in summary, (cmd, summary)
 
 

@@ -11,7 +11,9 @@ line by line as it comes (``\\r`` progress updates count as lines: that is what 
 
 Budgets: ``agentrl train`` gets ``TRAIN_BUDGET`` appended (its overrides win over the config's);
 ``agentrl eval`` gets ``--seeds 0-3`` after the README's own ``--seeds`` (argparse keeps the
-last); ``torchrun`` starts at most `MAX_RANKS` ranks. Runs an ``agentrl eval`` command reads
+last); ``torchrun`` and ``agentrl launch`` start at most `MAX_RANKS` ranks. ``agentrl launch``'s
+torchrun options are written ``--option=value`` in the README: the first word after ``launch``
+without a leading ``-`` is the agentrl command. Runs an ``agentrl eval`` command reads
 (``runs/NAME``) are trained first from ``configs/NAME.yaml`` at the same budget when no earlier
 command made them; a config whose ``policy.model`` is another run's checkpoint starts from
 that run's latest checkpoint.
@@ -57,14 +59,17 @@ MAX_RANKS = max(2, os.cpu_count() or 2)
 #: placeholders in the README's commands -> what they stand for here. CONFIG: a config other
 #: than the quickstart (a multi-agent one, so DDP also covers self-play). The multi-node line
 #: (``--nnodes=N --node_rank=R --rdzv_endpoint=HOST:29500 ...``) becomes one node of one,
-#: rendezvous on this machine, at a free port, running the quickstart with DDP on 2 ranks.
+#: rendezvous on this machine, at a free port, running the quickstart with DDP on 2 ranks
+#: (``{rest}``: the rest of the command in the launcher's own form).
 PLACEHOLDERS = [
     (r"(?<=\s)CONFIG(?=\s)", "configs/tictactoe_selfplay.yaml"),
     (r"--nnodes=N\b", "--nnodes=1"),
     (r"--node_rank=R\b", "--node_rank=0"),
     (r"--rdzv_endpoint=HOST:\d+", "--rdzv_endpoint=127.0.0.1:{port}"),
-    (r"(?<=\s)\.\.\.$", "--nproc_per_node=2 -m agentrl train train.strategy=ddp"),
+    (r"(?<=\s)\.\.\.$", "--nproc_per_node=2 {rest}"),
 ]
+REST = {"torchrun": "-m agentrl train train.strategy=ddp",
+        "launch": "train train.strategy=ddp"}
 
 
 # ---------------------------------------------------------------------------- the README
@@ -237,31 +242,41 @@ class Step:
     shell: str  # what runs
     agentrl: list[str]  # the agentrl argv within it (after ``agentrl`` / ``-m agentrl``)
     nproc: int = 1  # torchrun ranks per node (1: no torchrun)
+    launcher: str = ""  # "torchrun", "launch" (agentrl launch) or "" (one process)
+
+
+def _launcher(cmd: str) -> str:
+    return "launch" if cmd.startswith("agentrl launch ") else \
+        "torchrun" if cmd.startswith("torchrun ") else ""
 
 
 def _substitute(cmd: str) -> str:
-    port = _free_port()
+    port, rest = _free_port(), REST.get(_launcher(cmd), "")
     for pattern, repl in PLACEHOLDERS:
-        cmd = re.sub(pattern, repl.format(port=port), cmd)
+        cmd = re.sub(pattern, repl.format(port=port, rest=rest), cmd)
     left = [t for t in shlex.split(cmd) if re.fullmatch(r"[A-Z]{2,}", t)]
     assert not left, f"placeholder {left[0]} in the README command {cmd!r}: map it in PLACEHOLDERS"
     return cmd
 
 
 def plan(cmd: str) -> Step:
-    """The small-budget form of an ``agentrl`` or ``torchrun -m agentrl`` command."""
-    cmd = _substitute(cmd)
+    """The small-budget form of an ``agentrl``, ``agentrl launch`` or ``torchrun -m agentrl``
+    command."""
+    cmd, launcher = _substitute(cmd), _launcher(cmd)
     words = shlex.split(cmd)
-    if words[0] == "agentrl":
-        at, nproc = 1, 1
-    elif words[0] == "torchrun" and "-m" in words and words[words.index("-m") + 1] == "agentrl":
+    if launcher == "launch":  # torchrun's options as --option=value, then the agentrl command
+        at = next(i for i, w in enumerate(words) if i > 1 and not w.startswith("-"))
+    elif launcher == "torchrun" and "-m" in words and words[words.index("-m") + 1] == "agentrl":
         at = words.index("-m") + 2
-        nproc = next((int(w.split("=")[1]) for w in words if w.startswith("--nproc_per_node=")), 1)
-        if nproc > MAX_RANKS:  # ranks beyond the cores only queue up to import torch
-            cmd = cmd.replace(f"--nproc_per_node={nproc}", f"--nproc_per_node={MAX_RANKS}")
-            words, nproc = shlex.split(cmd), MAX_RANKS
+    elif words[0] == "agentrl":
+        at = 1
     else:
         raise AssertionError(f"no rule for the README command {cmd!r}: add one to this test")
+    nproc = next((int(w.split("=")[1]) for w in words[:at] if w.startswith("--nproc_per_node=")),
+                 1)
+    if nproc > MAX_RANKS:  # ranks beyond the cores only queue up to import torch
+        cmd = cmd.replace(f"--nproc_per_node={nproc}", f"--nproc_per_node={MAX_RANKS}")
+        words, nproc = shlex.split(cmd), MAX_RANKS
     argv = words[at:]
     if argv[0] == "train":
         budget = [*TRAIN_BUDGET, f"rollout.groups={max(2, nproc)}"]  # whole groups per rank
@@ -269,7 +284,7 @@ def plan(cmd: str) -> Step:
         budget = EVAL_BUDGET
     else:
         raise AssertionError(f"no budget for `agentrl {argv[0]}` ({cmd!r}): add one to this test")
-    return Step(cmd + " " + shlex.join(budget), argv + budget, nproc)
+    return Step(cmd + " " + shlex.join(budget), argv + budget, nproc, launcher)
 
 
 def cannot_run_here(step: Step) -> str | None:
@@ -345,7 +360,8 @@ def test_the_readme_sections_have_their_commands() -> None:
         "agentrl train configs/tictactoe_selfplay.yaml",
         "agentrl eval",
         "--elo",
-        "torchrun --nproc_per_node=2 -m agentrl train",
+        "agentrl launch --standalone --nproc_per_node=2 train",
+        "agentrl launch --nnodes=N --node_rank=R --rdzv_endpoint=HOST:29500 ...",
         "--rdzv_endpoint",
         "policy.backend=vllm_server",
         "ray start --head",
@@ -382,6 +398,13 @@ def test_readme_command_runs_or_refuses_in_one_line(cmd: str, workdir: str) -> N
         assert "Traceback" not in ran.out, ran.out[-5000:]
         assert len(errors) == 1
         assert [ln for ln in ran.lines if not ln.startswith("[agentrl]")] == errors
+        return
+    if step.launcher == "launch":
+        # agentrl launch exits 2 as its ranks do, without a traceback. Each rank says why; one
+        # that torchrun stopped (SIGTERM) once another had refused may not have said it yet.
+        assert ran.rc == 2, f"exit {ran.rc} ({why}): {step.shell}\n{ran.out[-3000:]}"
+        assert "Traceback" not in ran.out, ran.out[-5000:]
+        assert 1 <= ran.out.count(errors[0][:60]) <= step.nproc, ran.out[-5000:]
         return
     # Under torchrun every rank stops with the same line and status 2; torchrun then prints
     # its own failure summary (its ChildFailedError traceback, which no rank can suppress)

@@ -173,8 +173,8 @@ class TrainConfig:
     checkpoint_every: int = F(10, "iterations between checkpoints (0 = only at the end)", ge=0)
     keep_checkpoints: int = F(2, "checkpoints kept on disk", ge=1)
     strategy: Literal["single", "ddp", "fsdp"] = F(
-        "single", "learner: one process ('single'), or under `torchrun --nproc_per_node=N -m "
-        "agentrl train CONFIG`: replicated weights with all-reduced gradients ('ddp') or "
+        "single", "learner: one process ('single'), or under `agentrl launch --standalone "
+        "--nproc_per_node=N train CONFIG` (torchrun): replicated weights with all-reduced gradients ('ddp') or "
         "weights, gradients and optimizer state sharded across ranks ('fsdp', FSDP2); "
         "rollout.groups is the global number, split across ranks")
     mixed_precision: Literal["no", "bf16"] = F(

@@ -1,6 +1,6 @@
 """The learner under ``torchrun``: DDP or FSDP2 (``train.strategy``), one process per device.
 
-    torchrun --nproc_per_node=2 -m agentrl train configs/quickstart.yaml train.strategy=fsdp
+    agentrl launch --standalone --nproc_per_node=2 train configs/quickstart.yaml train.strategy=fsdp
 
 SPMD, as TRL and verl run colocated training: every rank rolls out its own share of the
 iteration's groups with its own generation engine (group statistics stay local), then all ranks
@@ -67,7 +67,8 @@ def init_distributed(strategy: str, device: str = "auto") -> torch.device:
                             else ("cpu" if device == "auto" else device))
     if not launched_by_torchrun():
         raise LaunchError(f"train.strategy={strategy} runs under torchrun: launch the same "
-                          "command as torchrun --nproc_per_node=N -m agentrl train ... (or add "
+                          "command as agentrl launch --standalone --nproc_per_node=N train ... "
+                          "(or torchrun --nproc_per_node=N -m agentrl train ...; or add "
                           "train.strategy=single to run in one process; a distributed run's "
                           "checkpoint resumes that way too)")
     local = int(os.environ.get("LOCAL_RANK", "0"))

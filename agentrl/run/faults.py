@@ -4,8 +4,8 @@
 Preemption (`StopOnSignal`, `Interrupted`): the first SIGTERM or SIGINT (what SLURM and
 Kubernetes send before killing a job, or Ctrl-C) lets the current iteration finish; the trainer
 then writes a checkpoint and exits with `EXIT_INTERRUPTED` (75, "temporary failure": resume
-later with ``agentrl train --resume RUN_DIR``). A second signal exits at once, without a
-checkpoint.
+later with ``agentrl train --resume RUN_DIR``, or under torchrun the ``agentrl launch`` command
+rank 0 prints). A second signal exits at once, without a checkpoint.
 
 Fault injection:
 
@@ -29,19 +29,20 @@ EXIT_INTERRUPTED = 75  # sysexits.h EX_TEMPFAIL: `agentrl train` after a SIGTERM
 
 def resume_command(run_dir: str) -> str:
     """The command that continues ``run_dir`` as this process was launched: ``agentrl train
-    --resume`` in one process; under torchrun, the torchrun command with this launch's
-    process counts (and the one-process alternative: the checkpoint resumes on any number of
-    ranks)."""
+    --resume`` in one process; under torchrun, ``agentrl launch`` with this launch's process
+    counts (and the alternatives: plain torchrun, or one process, since the checkpoint resumes
+    on any number of ranks)."""
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
     if world <= 1 or "RANK" not in os.environ:
         return f"agentrl train --resume {run_dir}"
     local = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)) or world)
     nodes = max(1, world // max(1, local))
-    launch = f"torchrun --nproc_per_node={local}" + (
-        f" --nnodes={nodes} (on every node, with its --node_rank and --rdzv_endpoint)"
-        if nodes > 1 else "")
-    return (f"{launch} -m agentrl train --resume {run_dir} (or in one process: agentrl train "
-            f"--resume {run_dir} train.strategy=single)")
+    options = (f"--standalone --nproc_per_node={local}" if nodes == 1 else
+               f"--nnodes={nodes} --nproc_per_node={local}")
+    where = "" if nodes == 1 else " on every node, with its --node_rank and --rdzv_endpoint"
+    return (f"agentrl launch {options} train --resume {run_dir}{where} (or: torchrun {options} "
+            f"-m agentrl train --resume {run_dir}; in one process: agentrl train --resume "
+            f"{run_dir} train.strategy=single)")
 
 
 class Interrupted(Exception):

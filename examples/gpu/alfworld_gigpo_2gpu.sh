@@ -7,10 +7,12 @@
 #   pip install 'agentrl[alfworld,vllm]' && export ALFWORLD_DATA=...
 #   bash examples/gpu/alfworld_gigpo_2gpu.sh [key=value overrides]
 #
-# Several nodes: torchrun --nnodes=N --node_rank=R --rdzv_endpoint=HOST:29500 ... (same command
-# on every node); rollout.groups must divide by the total number of ranks.
+# Preempted (SIGTERM/SIGINT), every rank writes its part of a checkpoint and the script exits 75
+# with the command that resumes the run. Several nodes: agentrl launch --nnodes=N --node_rank=R
+# --rdzv_endpoint=HOST:29500 ... (same command on every node); rollout.groups must divide by the
+# total number of ranks.
 set -euo pipefail
-torchrun --standalone --nproc_per_node=2 --local-ranks-filter=0 -m agentrl train \
+agentrl launch --standalone --nproc_per_node=2 --local-ranks-filter=0 train \
   configs/alfworld_gigpo_qwen2.5-1.5b.yaml \
   train.strategy=fsdp policy.dtype=float32 train.mixed_precision=bf16 \
   train.activation_checkpointing=true "$@"

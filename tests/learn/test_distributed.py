@@ -190,8 +190,9 @@ def test_on_resume_rank_0_alone_cuts_the_run_back(monkeypatch, tmp_path) -> None
 def test_preemption_under_torchrun_exits_75_on_every_rank(tmp_path) -> None:
     # Every rank gets SIGTERM at the end of its first iteration, as a scheduler's preemption
     # forwarded by torchrun: each writes its part of the checkpoint and stops; rank 0 names
-    # the torchrun command that resumes the run. (torchrun itself then reports the ranks'
-    # exit codes and exits 1: its own convention.)
+    # the agentrl launch command that resumes the run. (Plain torchrun itself then reports the
+    # ranks' exit codes and exits 1: its own convention; tests/run/test_launch.py has the
+    # launcher that exits 75.)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "",
            "AGENTRL_FAULT": "iteration_end:term"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
@@ -203,7 +204,8 @@ def test_preemption_under_torchrun_exits_75_on_every_rank(tmp_path) -> None:
     # (torchrun ends the other rank once the first exits, so its summary may list one)
     assert "exitcode  : 75" in out, out[-3000:]
     run = tmp_path / "run"
-    assert f"Continue with: torchrun --nproc_per_node=2 -m agentrl train --resume {run} " in out
+    assert (f"Continue with: agentrl launch --standalone --nproc_per_node=2 train --resume {run} "
+            in out)
     assert "rank 1 stopped by SIGTERM after iteration 1" in out
     frames = [ln for ln in out.splitlines() if ln.strip().startswith('File "')]
     import agentrl

@@ -125,11 +125,13 @@ def test_the_resume_command_follows_the_launch(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("RANK", "0")
     msg = str(Interrupted(signal.SIGTERM, 4, "runs/x/checkpoints/step_4", "runs/x"))
     assert msg == ("stopped by SIGTERM after iteration 4; checkpoint runs/x/checkpoints/step_4. "
-                   "Continue with: torchrun --nproc_per_node=2 -m agentrl train --resume runs/x "
-                   "(or in one process: agentrl train --resume runs/x train.strategy=single)")
+                   "Continue with: agentrl launch --standalone --nproc_per_node=2 train --resume "
+                   "runs/x (or: torchrun --standalone --nproc_per_node=2 -m agentrl train --resume "
+                   "runs/x; in one process: agentrl train --resume runs/x train.strategy=single)")
     monkeypatch.setenv("RANK", "1")  # one resume command per launch, from rank 0
     assert str(Interrupted(signal.SIGTERM, 4, "cp", "runs/x")) == (
         "rank 1 stopped by SIGTERM after iteration 4 (rank 0 says how to continue)")
     monkeypatch.setenv("WORLD_SIZE", "16")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
-    assert resume_command("r").startswith("torchrun --nproc_per_node=8 --nnodes=2 (on every node")
+    assert resume_command("r").startswith("agentrl launch --nnodes=2 --nproc_per_node=8 train "
+                                          "--resume r on every node, with its --node_rank")
