@@ -405,3 +405,69 @@ def test_trl_environment_plays_an_agentrl_env_through_trls_interface() -> None:
         assert env.get_reward() == total
     with pytest.raises(KeyError, match="did you mean"):
         trl_environment("agentrl/TicTacToe-v9")
+
+
+def test_trl_grpo_trainer_trains_on_an_agentrl_env_through_environment_factory(tmp_path) -> None:
+    """GRPOTrainer(environment_factory=trl_environment(...)) end to end on CPU: a tiny model,
+    first taught the one reply that calls ``act("take coin")`` in `with_tool_calling`'s format,
+    rolls out coin collector (level 1) through TRL's tool loop and takes an optimizer step;
+    the act calls reach the env and the rewards TRL logs are the env's returns."""
+    import torch
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    from agentrl.envs.hub.trl import TOOL_CHAT_TEMPLATE, trl_environment, with_tool_calling
+    from agentrl.models import build_tiny_model, build_tiny_tokenizer
+
+    base = trl_environment("agentrl/TextWorld-CoinCollector-v0", level=1)
+    calls: list[tuple[str, str]] = []
+    rewards: list[float] = []
+
+    class CoinEnv(base):  # type: ignore[misc, valid-type]
+        def act(self, action: str) -> str:
+            out = super().act(action)
+            calls.append((action, out))
+            return out
+
+        def get_reward(self) -> float:
+            rewards.append(super().get_reward())
+            return rewards[-1]
+
+    CoinEnv.act.__doc__ = base.act.__doc__
+    env = CoinEnv()
+    user = [{"role": "user", "content": "Take the coin.\n"}]
+    first = user[0]["content"] + env.reset(seed=0)
+    reply = '<tool_call>\n{"name": "act", "arguments": {"action": "take coin"}}\n</tool_call>'
+    tok = build_tiny_tokenizer([first, reply, TOOL_CHAT_TEMPLATE], vocab_size=400,
+                               specials=["<|pad|>", "<|im_start|>", "<|im_end|>"],
+                               eos="<|im_end|>", chat_template=TOOL_CHAT_TEMPLATE)
+    tok = with_tool_calling(tok)
+    prompt = tok.apply_chat_template([{"role": "user", "content": first}], tools=[env.act],
+                                     add_generation_prompt=True, return_dict=False)
+    target = tok.encode(reply + "<|im_end|>", add_special_tokens=False)
+    model = build_tiny_model(len(tok), seed=0, pad_token_id=tok.pad_token_id,
+                             eos_token_id=tok.eos_token_id)
+    ids = torch.tensor([prompt + target])
+    labels = ids.clone()
+    labels[0, :len(prompt)] = -100
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(150):  # the reply, memorised
+        opt.zero_grad()
+        model(input_ids=ids, labels=labels).loss.backward()
+        opt.step()
+
+    data = Dataset.from_dict({"prompt": [user, user], "seed": [0, 1]})
+    config = GRPOConfig(output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=2,
+                        num_generations=2, max_completion_length=128,
+                        max_tool_calling_iterations=1, use_cpu=True, bf16=False,
+                        report_to="none", logging_steps=1, save_strategy="no",
+                        disable_tqdm=True)
+    trainer = GRPOTrainer(model=model, processing_class=tok, args=config, train_dataset=data,
+                          environment_factory=CoinEnv)
+    trainer.train()
+    assert trainer.state.global_step == 1
+    assert calls and all(action == "take coin" for action, _ in calls), calls
+    assert all(out.endswith("The episode succeeded.") for _, out in calls), calls
+    logged = next(r for r in trainer.state.log_history if "rewards/CoinEnv/mean" in r)
+    assert rewards and logged["rewards/CoinEnv/mean"] == pytest.approx(sum(rewards) / len(rewards))
+    assert logged["tools/call_frequency"] > 0 and sum(rewards) == len(calls)

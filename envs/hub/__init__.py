@@ -1,10 +1,11 @@
 """Environments from hubs: OpenEnv servers by URL (`agentrl.envs.hub.openenv`), and agentrl
-envs for TRL's ``GRPOTrainer(environment_factory=...)`` (`trl_environment`)."""
+envs for TRL's ``GRPOTrainer(environment_factory=...)`` (`trl_environment`, and
+`with_tool_calling` for a ChatML tokenizer without tool support)."""
 
-from agentrl.envs.hub.trl import trl_environment
+from agentrl.envs.hub.trl import trl_environment, with_tool_calling
 from agentrl.registry import register_env
 
-__all__ = ["trl_environment"]
+__all__ = ["trl_environment", "with_tool_calling"]
 
 register_env(
     "agentrl/OpenEnv-v0",

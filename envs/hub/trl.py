@@ -16,13 +16,78 @@ rollout. `trl_environment` makes such a class for any registered agentrl env:
 The one tool is ``act(action)``: one env step, returning the next observation (with the
 admissible actions, where the env lists them). The reward is the episode's return. Episodes
 are seeded from the dataset row's ``seed`` column when there is one, else from a counter per
-instance. TRL needs a model whose chat template renders tool calls (it checks).
+instance. TRL needs a model whose chat template renders tool calls (it checks) and a tokenizer
+that parses them back out of generated text; `with_tool_calling` gives a ChatML model (SmolLM2,
+whose own template has no tools) both.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
+
+#: A ChatML chat template that renders tools, tool calls and tool results. The tools' JSON
+#: schemas go in the system message, with how to call one: a JSON object with ``name`` and
+#: ``arguments`` between ``<tool_call>`` and ``</tool_call>``; an assistant turn writes its
+#: calls that way and a result comes back as a ``tool`` turn. Each message renders the same
+#: whatever follows it (TRL needs the template to be prefix-preserving).
+TOOL_CHAT_TEMPLATE = (
+    "{% set ns = namespace(system='You are a helpful assistant.', start=0) %}"
+    "{% if messages and messages[0]['role'] == 'system' %}"
+    "{% set ns.system = messages[0]['content'] %}{% set ns.start = 1 %}{% endif %}"
+    "<|im_start|>system\n{{ ns.system }}"
+    "{% if tools %}{{ '\n\nFunctions you can call, as JSON schemas:\n<tools>\n' }}"
+    "{% for tool in tools %}{{ (tool['function'] if tool['function'] is defined else tool)"
+    " | tojson }}{{ '\n' }}{% endfor %}</tools>\n"
+    "Call a function by replying with a JSON object naming it and giving its arguments, "
+    "between <tool_call> and </tool_call>:\n"
+    "<tool_call>\n{\"name\": \"function_name\", \"arguments\": {\"argument\": \"value\"}}\n"
+    "</tool_call>{% endif %}<|im_end|>{{ '\n' }}"
+    "{% for message in messages[ns.start:] %}"
+    "<|im_start|>{{ message['role'] + '\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% endif %}"
+    "{% if message['role'] == 'assistant' and message['tool_calls'] is defined"
+    " and message['tool_calls'] %}"
+    "{% for call in message['tool_calls'] %}"
+    "{% set f = call['function'] if call['function'] is defined else call %}"
+    "{% if message['content'] or not loop.first %}{{ '\n' }}{% endif %}"
+    "<tool_call>\n{\"name\": {{ f['name'] | tojson }}, \"arguments\": "
+    "{{ f['arguments'] if f['arguments'] is string else f['arguments'] | tojson }}}\n"
+    "</tool_call>{% endfor %}{% endif %}<|im_end|>{{ '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+#: How transformers' ``tokenizer.parse_response`` reads a reply written for
+#: `TOOL_CHAT_TEMPLATE` (its ``response_template`` format): text up to ``<|im_end|>`` is the
+#: content, each ``<tool_call>`` JSON block a call.
+TOOL_RESPONSE_TEMPLATE: dict[str, Any] = {
+    "defaults": {"role": "assistant"},
+    "start_anchor": "<|im_start|>assistant\n",
+    "fields": {
+        "tool_calls": {
+            "open": "<tool_call>",
+            "close_pattern": r"</tool_call>\s*",
+            "repeats": True,
+            "content": "json",
+            "transform": {"type": "function", "function": "{content}"},
+        },
+        "content": {"close_pattern": r"<\|im_end\|>\s*", "content": "text"},
+    },
+}
+
+
+def with_tool_calling(tokenizer: Any) -> Any:
+    """``tokenizer`` (a ChatML one: ``<|im_start|>`` / ``<|im_end|>``, e.g. SmolLM2's) with
+    `TOOL_CHAT_TEMPLATE` as its chat template and `TOOL_RESPONSE_TEMPLATE` as the
+    ``response_template`` its ``parse_response`` reads tool calls with; changed in place and
+    returned. Pass it to ``GRPOTrainer(processing_class=...)``."""
+    missing = [t for t in ("<|im_start|>", "<|im_end|>") if t not in tokenizer.get_vocab()]
+    if missing:
+        raise ValueError(f"with_tool_calling needs a ChatML tokenizer; this one lacks {missing}")
+    tokenizer.chat_template = TOOL_CHAT_TEMPLATE
+    tokenizer.response_template = TOOL_RESPONSE_TEMPLATE
+    return tokenizer
 
 
 class AgentrlTRLEnv:
