@@ -1,11 +1,22 @@
 """Environments from hubs: OpenEnv servers by URL (`agentrl.envs.hub.openenv`), and agentrl
 envs for TRL's ``GRPOTrainer(environment_factory=...)`` (`trl_environment`, and
-`with_tool_calling` for a ChatML tokenizer without tool support)."""
+`with_tool_calling` for a ChatML tokenizer without tool support), and an agentrl env as a
+verifiers environment (`AgentrlVerifiersEnv`, imported on first use: it imports verifiers)."""
+
+from typing import Any
 
 from agentrl.envs.hub.trl import trl_environment, with_tool_calling
 from agentrl.registry import register_env
 
-__all__ = ["trl_environment", "with_tool_calling"]
+__all__ = ["AgentrlVerifiersEnv", "trl_environment", "with_tool_calling"]
+
+
+def __getattr__(name: str) -> Any:
+    """``AgentrlVerifiersEnv`` on first use, so importing the hub does not import verifiers."""
+    if name == "AgentrlVerifiersEnv":
+        from agentrl.envs.hub.verifiers_env import AgentrlVerifiersEnv
+        return AgentrlVerifiersEnv
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 register_env(
     "agentrl/OpenEnv-v0",
