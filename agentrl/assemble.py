@@ -185,12 +185,19 @@ def assemble(cfg: Config, run_dir: str, resume_from: str | None, groups: int,
     role_policies = role_adapters.policies(policy) if role_adapters else None
     builder = PromptBuilder(tok, r)
     pool = make_pool(cfg.env, groups * r.group_size, ray_cfg=cfg.ray)
-    lineup = make_lineup(cfg, run_dir, player_loader(cfg))
-    eval_pool = make_pool(cfg.env, min(cfg.eval.episodes, 64),
-                          {**cfg.env.kwargs, **cfg.env.eval_kwargs}, cfg.ray)
-    logger = MetricsLogger(run_dir, cfg.log.tensorboard,
-                           config_to_dict(cfg) if cfg.log.wandb else None,
-                           purge_step=purge_step) if C.rank() == 0 else NullLogger()
+    eval_pool: EnvPool | None = None
+    try:  # a failure past here (e.g. the eval pool's actors do not fit) closes the pools built
+        lineup = make_lineup(cfg, run_dir, player_loader(cfg))
+        eval_pool = make_pool(cfg.env, min(cfg.eval.episodes, 64),
+                              {**cfg.env.kwargs, **cfg.env.eval_kwargs}, cfg.ray)
+        logger = MetricsLogger(run_dir, cfg.log.tensorboard,
+                               config_to_dict(cfg) if cfg.log.wandb else None,
+                               purge_step=purge_step) if C.rank() == 0 else NullLogger()
+    except BaseException:
+        for built in (eval_pool, pool):
+            if built is not None:
+                built.close()
+        raise
     return Components(
         model, tok, full_model, algorithm, learner, policy, role_adapters, pool,
         make_engine(policy, pool, builder, r, cfg.env.id, lineup, role_policies),

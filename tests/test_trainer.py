@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 from helpers import SMALL
 from safetensors.torch import load_file
@@ -119,3 +120,28 @@ def test_the_training_sampler_follows_the_run_seed(tmp_path) -> None:
         tr.close()
     assert not torch.equal(states[0], states[1])
     assert torch.equal(states[0], states[2])
+
+
+def test_a_failed_set_up_closes_the_env_pools_it_built(tmp_path, monkeypatch) -> None:
+    # The eval pool cannot be built (as when its Ray actors do not fit): the training pool,
+    # built first, is closed before the error reaches the caller, so its workers (or a Ray
+    # cluster's CPUs) are not left held.
+    import agentrl.assemble as assemble_mod
+
+    built: list = []
+    real = assemble_mod.make_pool
+
+    def make_pool(*args, **kwargs):
+        if built:
+            raise RuntimeError("the eval pool does not fit")
+        pool = real(*args, **kwargs)
+        closes = []
+        real_close = pool.close
+        pool.close = lambda: (closes.append(1), real_close())[1]
+        built.append((pool, closes))
+        return pool
+
+    monkeypatch.setattr(assemble_mod, "make_pool", make_pool)
+    with pytest.raises(RuntimeError, match="does not fit"):
+        Trainer(_cfg(tmp_path, "env.pool=process"))
+    assert len(built) == 1 and built[0][1] == [1]
