@@ -136,8 +136,14 @@ class AgentrlTRLEnv:
         return self._return
 
     def _show(self, obs: str) -> str:
-        actions = self.info.get("admissible_actions")
-        return f"{obs}\nAdmissible actions: {', '.join(actions)}" if actions else obs
+        return show_observation(obs, self.info)
+
+
+def show_observation(obs: str, info: dict[str, Any]) -> str:
+    """An observation with the env's admissible actions listed, where it has them (what a
+    trainer that sees only text is shown: TRL's tool results, verifiers' env responses)."""
+    actions = info.get("admissible_actions")
+    return f"{obs}\nAdmissible actions: {', '.join(map(str, actions))}" if actions else obs
 
 
 def trl_environment(env_id: str, **env_kwargs: Any) -> Callable[[], AgentrlTRLEnv]:

@@ -67,6 +67,7 @@ import verifiers as vf
 from verifiers.legacy.envs import environment as _vf_environment_module
 
 from agentrl.envs.base import TextEnv
+from agentrl.envs.hub.trl import show_observation
 
 #: stop conditions that cut a rollout short rather than finish it (gymnasium's truncation)
 TRUNCATIONS = frozenset({"max_turns_reached", "timeout_reached", "prompt_too_long",
@@ -428,12 +429,6 @@ class VerifiersEnv(TextEnv):
 
 # ------------------------------------------------------- agentrl envs as verifiers environments
 
-def _show(obs: str, info: dict[str, Any]) -> str:
-    """An observation with the env's admissible actions listed, where it has them."""
-    actions = info.get("admissible_actions")
-    return f"{obs}\nAdmissible actions: {', '.join(map(str, actions))}" if actions else obs
-
-
 async def episode_return(state: Any) -> float:
     """The agentrl episode's return: the sum of its step rewards."""
     return float(state.total_step_reward())
@@ -499,7 +494,7 @@ class AgentrlVerifiersEnv(vf.MultiTurnEnv):
         try:
             for seed in range(n):
                 obs, info = env.reset(seed=seed)
-                rows.append({"question": _show(obs, info), "answer": "",
+                rows.append({"question": show_observation(obs, info), "answer": "",
                              "info": {"seed": seed, "split": split}})
         finally:
             env.close()
@@ -527,7 +522,7 @@ class AgentrlVerifiersEnv(vf.MultiTurnEnv):
             done = [vf.UserMessage(content=obs or "The episode is over.")]
             state["final_env_response"] = done
             return done
-        return [vf.UserMessage(content=_show(obs, info))]
+        return [vf.UserMessage(content=show_observation(obs, info))]
 
     @vf.cleanup
     async def close_agentrl_env(self, state: vf.State) -> None:
